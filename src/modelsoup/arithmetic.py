@@ -1,0 +1,465 @@
+"""Streamed arithmetic on ingredients: combinations, running means, inner products.
+
+Everything here reads tensors by name, in bounded chunks, so memory does not grow with
+the number of ingredients: a k-way average holds one chunk per step plus its result.
+A combination is itself an ingredient, so operations compose lazily
+(``task_vector(interpolate(a, b, 0.5), base)``) and only a writer or `materialize`
+makes the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .checks import check_compatible, check_weights
+from .errors import MismatchError, NonFiniteError, SoupError
+from .ingredients import Ingredient
+from .layout import Layout, TensorSpec, is_float
+
+IntegerPolicy = Literal["error", "first"]
+INTEGER_POLICIES: tuple[str, ...] = ("error", "first")
+
+# Arithmetic works on chunks of this many bytes of accumulator (256 Ki float32 values).
+# Measured on 2 cores (benchmarks/bench_uniform.py): 1 MiB chunks stay in cache between
+# the read and the arithmetic and beat both 256 KiB (Python overhead per chunk) and
+# 4-16 MiB (cache misses, allocator page faults).
+CHUNK_BYTES = 1 << 20
+# Gram matrices stack k chunks in float64; a larger budget keeps each matmul efficient.
+GRAM_CHUNK_BYTES = 64 << 20
+# Worker threads that read and combine chunks ahead of the consumer (see stream_chunks).
+STREAM_WORKERS = 2
+
+
+def chunk_ranges(
+    numel: int, itemsize: int = 4, chunk_bytes: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """Split ``range(numel)`` into ``(start, stop)`` pieces of about ``chunk_bytes``
+    (default `CHUNK_BYTES`, read at call time)."""
+    step = max(1, (CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // itemsize)
+    if numel == 0:
+        yield 0, 0
+    for start in range(0, numel, step):
+        yield start, min(numel, start + step)
+
+
+def stream_chunks(
+    ing: Ingredient, names: list[str], lookahead: int = 4
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, chunk)`` for every chunk of ``names`` in order (``ing.read`` of
+    each `chunk_ranges` piece), with up to ``lookahead`` chunks computed ahead by
+    `STREAM_WORKERS` threads.
+
+    Reading and arithmetic (in the workers) overlap with what the caller does with each
+    chunk (a file write); ``pread``, writes and torch ops release the GIL. Measured on 2
+    cores, 8-way average of 100M-parameter files: 0.87 s with one worker, 0.60 s with two.
+    """
+    specs = ing.layout.specs
+    jobs = [(n, a, b) for n in names for a, b in chunk_ranges(specs[n].numel)]
+    # One intra-op thread in the worker (a per-thread setting, the caller's is untouched):
+    # on 1 MiB chunks, splitting each op over threads cost more than it saved
+    # (measured on 2 cores: 8-way average 0.8-1.7 s with 2 threads, 0.3-0.6 s with 1).
+    pool = ThreadPoolExecutor(
+        max_workers=STREAM_WORKERS,
+        thread_name_prefix="modelsoup-read",
+        initializer=torch.set_num_threads,
+        initargs=(1,),
+    )
+    pending: deque = deque()
+    try:
+        for i, (name, _, _) in enumerate(jobs):
+            while len(pending) <= lookahead and i + len(pending) < len(jobs):
+                n, a, b = jobs[i + len(pending)]
+                pending.append(pool.submit(ing.read, n, a, b))
+            yield name, pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when ``t`` has no NaN or Inf. One float64 sum (NaN and Inf propagate into it)
+    settles the common case in a single pass; a non-finite sum (which a huge but finite
+    tensor can also give) is confirmed element by element."""
+    if t.numel() == 0 or math.isfinite(float(t.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+class Combination:
+    """The ingredient ``sum_i c_i * theta_i``, computed one chunk at a time on demand.
+
+    Floating tensors are accumulated in ``accumulate`` (float32 by default) and cast to
+    ``dtype`` (default: each tensor's ingredient dtype). Both ways of summing below
+    work on differences between ingredients, so a soup of identical ingredients (or an
+    interpolation at an endpoint) returns the ingredient bit for bit, which a plain
+    sum-then-divide cannot promise (measured: (x+x+x)/3 differs from x in 15% of
+    float32 values), and fine-tunes of one model, being close, lose little to rounding:
+
+    - non-negative coefficients (averages, interpolations): the running weighted mean
+      ``m <- m + (c_i / W_i) (θi - m)`` with ``W_i = c_1 + ... + c_i``, one fused
+      ``lerp`` per ingredient (the formula of torch.optim.swa_utils), scaled by
+      ``sum c`` at the end when that is not 1;
+    - any other coefficients (task arithmetic): anchored on the ingredient with the
+      largest coefficient, ``(sum c) θa + sum_i c_i (θi - θa)``.
+
+    Integer and bool tensors are never combined: ``integers="error"`` requires them to
+    be equal in every ingredient, ``"first"`` takes the first ingredient's value.
+    With ``check_finite`` (default), NaN or Inf in any ingredient, or an overflow of the
+    output dtype, raises `NonFiniteError` naming the file and the tensor.
+    """
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        coefficients: Sequence[float],
+        *,
+        accumulate: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
+        integers: IntegerPolicy = "error",
+        check_finite: bool = True,
+    ):
+        self.ingredients = list(ingredients)
+        self.coefficients = [float(c) for c in coefficients]
+        if len(self.coefficients) != len(self.ingredients):
+            raise SoupError(
+                f"{len(self.coefficients)} coefficients for {len(self.ingredients)} "
+                "ingredients; give one per ingredient"
+            )
+        if not all(math.isfinite(c) for c in self.coefficients):
+            raise SoupError(f"coefficients must be finite, got {self.coefficients}")
+        if integers not in INTEGER_POLICIES:
+            raise SoupError(f"integers must be one of {INTEGER_POLICIES}, got {integers!r}")
+        if not accumulate.is_floating_point:
+            raise SoupError(f"accumulate must be a floating dtype, got {accumulate}")
+        self.accumulate = accumulate
+        self.integers = integers
+        self.check_finite = check_finite
+        shared = check_compatible(self.ingredients, allow_float_dtype_mix=dtype is not None)
+        self._layout = Layout(
+            {
+                n: TensorSpec(
+                    s.shape, dtype if dtype is not None and is_float(s.dtype) else s.dtype
+                )
+                for n, s in shared.specs.items()
+            },
+            shared.aliases,
+        )
+        # Anchor of the general path: the largest coefficient (first among equals).
+        self._anchor = max(range(len(self.coefficients)), key=lambda i: self.coefficients[i])
+        self._sum = sum(self.coefficients)
+        # Running mean needs non-negative coefficients and a positive total.
+        self._running = all(c >= 0 for c in self.coefficients) and self._sum > 0
+
+    @property
+    def source(self) -> str:
+        k = len(self.ingredients)
+        return f"combination of {k} ingredient{'s' * (k != 1)} ({self.ingredients[0].source}, ...)"
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(f for ing in self.ingredients for f in ing.files))
+
+    def get(self, name: str) -> torch.Tensor:
+        spec = self._layout.spec(name)
+        return _assemble(self, name, spec)
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        name = self._layout.canonical(name)
+        spec = self._layout.specs[name]
+        stop = spec.numel if stop is None else stop
+        if not is_float(spec.dtype):
+            return self._read_integer(name, start, stop)
+        if self._running:
+            out = self._running_mean(name, start, stop)
+        else:
+            out = self._anchored_sum(name, start, stop)
+        out = out.to(spec.dtype)
+        if self.check_finite and not all_finite(out):
+            raise self._nonfinite(name, start, stop, spec)
+        return out
+
+    def _running_mean(self, name: str, start: int, stop: int) -> torch.Tensor:
+        terms = [(ing, c) for ing, c in zip(self.ingredients, self.coefficients) if c > 0]
+        first, total = terms[0]
+        m = first.read(name, start, stop).to(self.accumulate, copy=True)
+        for ing, c in terms[1:]:
+            total += c
+            m.lerp_(ing.read(name, start, stop).to(self.accumulate), c / total)
+        if abs(self._sum - 1.0) > 1e-12:
+            m.mul_(self._sum)
+        return m
+
+    def _anchored_sum(self, name: str, start: int, stop: int) -> torch.Tensor:
+        anchor = self.ingredients[self._anchor].read(name, start, stop).to(self.accumulate)
+        acc: torch.Tensor | None = None
+        diff = torch.empty_like(anchor)
+        for i, (ing, c) in enumerate(zip(self.ingredients, self.coefficients)):
+            if i == self._anchor:
+                continue
+            torch.sub(ing.read(name, start, stop), anchor, out=diff)
+            if acc is None:
+                acc = diff.mul(c)
+            else:
+                acc.add_(diff, alpha=c)
+        return anchor * self._sum if acc is None else acc.add_(anchor, alpha=self._sum)
+
+    def _read_integer(self, name: str, start: int, stop: int) -> torch.Tensor:
+        first = self.ingredients[0].read(name, start, stop)
+        if self.integers == "error":
+            for ing in self.ingredients[1:]:
+                if not torch.equal(ing.read(name, start, stop), first):
+                    raise MismatchError(
+                        f"integer tensor {name!r} differs between {self.ingredients[0].source} "
+                        f"and {ing.source} (BatchNorm's num_batches_tracked does after runs "
+                        "of different lengths). Integer and bool tensors are never averaged: "
+                        "to keep the first ingredient's value pass --integers first "
+                        "(integers='first' in Python)"
+                    )
+        return first.clone()
+
+    def _nonfinite(self, name: str, start: int, stop: int, spec: TensorSpec) -> NonFiniteError:
+        for ing in self.ingredients:
+            x = ing.read(name, start, stop)
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                return NonFiniteError(
+                    f"{ing.source}: tensor {name!r} holds {bad} NaN/Inf value(s). The "
+                    "checkpoint is broken (a diverged run?): leave it out of the soup"
+                )
+        return NonFiniteError(
+            f"tensor {name!r} overflows {spec.dtype} in the combination; write a wider "
+            "dtype (--dtype float32) or accumulate in float64 (--accumulate float64)"
+        )
+
+
+def _assemble(ing: Ingredient, name: str, spec: TensorSpec) -> torch.Tensor:
+    """Whole tensor from chunked reads (one read when the tensor fits one chunk)."""
+    ranges = list(chunk_ranges(spec.numel))
+    if len(ranges) == 1:
+        return ing.read(name).view(spec.shape)
+    out = torch.empty(spec.numel, dtype=spec.dtype)
+    done = 0
+    for _, chunk in stream_chunks(ing, [name]):
+        out[done : done + chunk.numel()] = chunk
+        done += chunk.numel()
+    return out.view(spec.shape)
+
+
+def linear_combination(
+    ingredients: Sequence[Ingredient], coefficients: Sequence[float], **options
+) -> Combination:
+    """``sum_i c_i θ_i`` with any real coefficients (task arithmetic); lazy.
+
+    Options are those of `Combination` (``accumulate``, ``dtype``, ``integers``,
+    ``check_finite``).
+    """
+    return Combination(ingredients, coefficients, **options)
+
+
+def weighted_average(
+    ingredients: Sequence[Ingredient], weights: Sequence[float] | None = None, **options
+) -> Combination:
+    """Average of ingredients, uniform or with ``weights`` (non-negative, summing to 1); lazy.
+
+    Raises `SoupError` when the weights are negative, do not sum to 1 (within 1e-6) or
+    do not match the number of ingredients.
+    """
+    k = len(ingredients)
+    if k == 0:
+        raise SoupError("no ingredients: give at least one checkpoint")
+    w = [1.0 / k] * k if weights is None else check_weights(weights, k)
+    return Combination(ingredients, w, **options)
+
+
+def interpolate(a: Ingredient, b: Ingredient, alpha: float, **options) -> Combination:
+    """``(1 - alpha) * a + alpha * b``; exactly ``a`` at 0 and ``b`` at 1; lazy.
+
+    ``alpha`` outside [0, 1] extrapolates (allowed, as WiSE-FT plots do).
+    """
+    return Combination([a, b], [1.0 - alpha, alpha], **options)
+
+
+def task_vector(a: Ingredient, base: Ingredient, **options) -> Combination:
+    """``a - base`` (the fine-tuning update), kept in the accumulation dtype; lazy.
+
+    The difference of two nearby weights loses most of its bits if cast back to fp16,
+    so floating tensors stay in float32 (or ``accumulate``) unless ``dtype`` is given.
+    """
+    options.setdefault("dtype", options.get("accumulate", torch.float32))
+    return Combination([a, base], [1.0, -1.0], **options)
+
+
+class RunningMean:
+    """A mean of ingredients added one at a time, for greedy recipes.
+
+    Holds the first ingredient as an anchor (read again when needed, never copied)
+    and the sum of the others' differences from it, ``D = sum_i (θi - θ1)``, in the
+    accumulation dtype: memory is one model's floating tensors, whatever the count.
+    ``mean()`` is ``θ1 + D / n``, so a mean of one ingredient is that ingredient
+    bit for bit.
+    """
+
+    def __init__(
+        self,
+        first: Ingredient,
+        *,
+        accumulate: torch.dtype = torch.float32,
+        integers: IntegerPolicy = "error",
+    ):
+        self.anchor = first
+        self.accumulate = accumulate
+        self.integers = integers
+        self.count = 1
+        self.members: list[Ingredient] = [first]
+        self._layout = check_compatible([first])
+        self._delta: dict[str, torch.Tensor] = {}
+
+    @property
+    def source(self) -> str:
+        return f"running mean of {self.count} ingredient(s) ({self.anchor.source}, ...)"
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(f for ing in self.members for f in ing.files))
+
+    def add(self, ingredient: Ingredient) -> None:
+        """Add one ingredient: reads it (and the anchor) once, tensor by tensor."""
+        layout = check_compatible([self, ingredient])
+        for name in layout.specs:
+            # A tie the new ingredient breaks: the untied name's sum so far equals its
+            # former target's, since the two were one tensor in every earlier member.
+            target = self._layout.canonical(name)
+            if name not in self._delta and target != name and target in self._delta:
+                self._delta[name] = self._delta[target].clone()
+        for name, spec in layout.specs.items():
+            if not is_float(spec.dtype):
+                if self.integers == "error" and not torch.equal(
+                    ingredient.get(name), self.anchor.get(name)
+                ):
+                    raise MismatchError(
+                        f"integer tensor {name!r} differs between {self.anchor.source} and "
+                        f"{ingredient.source}; integer tensors are never averaged: pass "
+                        "--integers first (integers='first') to keep the first's value"
+                    )
+                continue
+            delta = self._delta.get(name)
+            if delta is None:
+                delta = self._delta[name] = torch.zeros(spec.numel, dtype=self.accumulate)
+            for a, b in chunk_ranges(spec.numel):
+                x = ingredient.read(name, a, b)
+                if not all_finite(x):
+                    raise NonFiniteError(
+                        f"{ingredient.source}: tensor {name!r} holds NaN/Inf values; leave "
+                        "this checkpoint out of the soup"
+                    )
+                delta[a:b].add_(torch.sub(x, self.anchor.read(name, a, b).to(self.accumulate)))
+        self._layout = layout
+        self.members.append(ingredient)
+        self.count += 1
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        name = self._layout.canonical(name)
+        spec = self._layout.specs[name]
+        x = self.anchor.read(name, start, stop)
+        delta = self._delta.get(name)
+        if delta is None:
+            return x
+        stop = spec.numel if stop is None else stop
+        # Out of place: x may be the caller's own tensor (an in-memory anchor).
+        mean = torch.add(x.to(self.accumulate), delta[start:stop], alpha=1.0 / self.count)
+        return mean.to(spec.dtype)
+
+    def get(self, name: str) -> torch.Tensor:
+        return _assemble(self, name, self._layout.spec(name))
+
+    def mean(self) -> RunningMean:
+        """The current mean as an ingredient (this object: a live view)."""
+        return self
+
+
+def gram(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient | None = None,
+    *,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The k x k matrix of inner products ``<θi - base, θj - base>`` over floating tensors.
+
+    Without ``base`` the raw weights are compared. Streams every tensor in chunks, reads
+    each ingredient once, and accumulates in float64 (cosines of fine-tunes are close
+    to 1, where float32 would lose the angle). Tied tensors count once; integer tensors
+    are skipped. Returns a float64 tensor.
+    """
+    from tqdm.auto import tqdm
+
+    members = [*ingredients, *([base] if base is not None else [])]
+    layout = check_compatible(members, allow_float_dtype_mix=True)
+    k = len(ingredients)
+    g = torch.zeros(k, k, dtype=torch.float64)
+    floats = [(n, s) for n, s in layout.specs.items() if is_float(s.dtype)]
+    total = sum(s.numel for _, s in floats)
+    with tqdm(
+        total=total,
+        unit="param",
+        unit_scale=True,
+        disable=not progress,
+        desc="inner products",
+        delay=0.5,
+    ) as bar:
+        for name, spec in floats:
+            for a, b in chunk_ranges(spec.numel, 8 * k, GRAM_CHUNK_BYTES):
+                m = torch.empty(k, b - a, dtype=torch.float64)
+                for i, ing in enumerate(ingredients):
+                    m[i] = ing.read(name, a, b)
+                if base is not None:
+                    m -= base.read(name, a, b).to(torch.float64)
+                g.addmm_(m, m.T)
+                bar.update(b - a)
+    return g
+
+
+def dot(a: Ingredient, b: Ingredient, base: Ingredient | None = None) -> float:
+    """Inner product of two ingredients (of their task vectors when ``base`` is given)."""
+    return float(gram([a, b], base)[0, 1])
+
+
+def norm(a: Ingredient, base: Ingredient | None = None) -> float:
+    """Euclidean norm over all floating tensors (of ``a - base`` when given)."""
+    return math.sqrt(float(gram([a], base)[0, 0]))
+
+
+def cosine_matrix(g: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities from a Gram matrix; NaN where a vector is zero."""
+    d = g.diagonal().sqrt()
+    return g / (d[:, None] * d[None, :])
+
+
+def cosine(a: Ingredient, b: Ingredient, base: Ingredient | None = None) -> float:
+    """Cosine similarity of ``a`` and ``b`` (of their task vectors when ``base`` is given).
+
+    NaN when either vector is zero (e.g. the task vector of the base itself).
+    """
+    return float(cosine_matrix(gram([a, b], base))[0, 1])
+
+
+def angle(a: Ingredient, b: Ingredient, base: Ingredient | None = None) -> float:
+    """Angle in degrees between ``a - base`` and ``b - base`` (or ``a`` and ``b``).
+
+    The paper's Figure 3 uses the angle between task vectors of two fine-tunes.
+    """
+    c = cosine(a, b, base)
+    return math.degrees(math.acos(max(-1.0, min(1.0, c)))) if math.isfinite(c) else math.nan

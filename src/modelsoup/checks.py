@@ -1,0 +1,131 @@
+"""Validation before any work: do the ingredients describe the same network?"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import MismatchError, SoupError
+from .ingredients import Ingredient
+from .layout import Layout, TensorSpec, is_float
+
+
+def check_compatible(
+    ingredients: Sequence[Ingredient], *, allow_float_dtype_mix: bool = False
+) -> Layout:
+    """Check that all ingredients hold the same tensors; return their shared layout.
+
+    Compares names, shapes and dtypes against the first ingredient and raises
+    `MismatchError` at the first difference, naming both sources, the tensor and the
+    shapes. Floating tensors of different dtypes (fp16 in one, fp32 in another) are an
+    error unless ``allow_float_dtype_mix`` (set when the caller fixes the output dtype);
+    integer and bool tensors must always agree in dtype.
+
+    Ties: two names are tied in the result only when they are tied in every ingredient,
+    so a tie is never invented for tensors that differ in some ingredient.
+    Reads headers only.
+    """
+    if not ingredients:
+        raise SoupError("no ingredients: give at least one checkpoint")
+    first = ingredients[0]
+    ref = first.layout
+    ref_names = ref.names
+    ref_set = set(ref_names)
+    for other in ingredients[1:]:
+        lay = other.layout
+        names = set(lay.names)
+        if names != ref_set:
+            raise _names_error(first, other, ref_names, lay.names, ref_set, names)
+        for name in ref_names:
+            a, b = ref.spec(name), lay.spec(name)
+            if a.shape != b.shape:
+                raise MismatchError(
+                    f"tensor {name!r} has shape {list(a.shape)} in {first.source} but "
+                    f"{list(b.shape)} in {other.source}; soups need ingredients of one "
+                    "architecture, fine-tuned from the same pretrained model"
+                )
+            if a.dtype != b.dtype and not (
+                allow_float_dtype_mix and is_float(a.dtype) and is_float(b.dtype)
+            ):
+                fix = (
+                    "choose the output dtype with --dtype (dtype= in Python)"
+                    if is_float(a.dtype) and is_float(b.dtype)
+                    else "integer and bool tensors are never converted; re-save one of them"
+                )
+                raise MismatchError(
+                    f"tensor {name!r} is {a.describe()} in {first.source} but "
+                    f"{b.describe()} in {other.source}; {fix}"
+                )
+    # Tied in the result = tied in every ingredient: group names by their canonical
+    # name in each ingredient; the first name of a group (in the first ingredient's
+    # order) is stored, the others are aliases of it.
+    groups: dict[tuple[str, ...], str] = {}
+    specs: dict[str, TensorSpec] = {}
+    aliases: dict[str, str] = {}
+    for name in ref_names:
+        key = tuple(ing.layout.canonical(name) for ing in ingredients)
+        if key in groups:
+            aliases[name] = groups[key]
+        else:
+            groups[key] = name
+            specs[name] = ref.spec(name)
+    return Layout(specs, aliases)
+
+
+def _names_error(
+    first: Ingredient,
+    other: Ingredient,
+    a_names: list[str],
+    b_names: list[str],
+    a_set: set[str],
+    b_set: set[str],
+) -> MismatchError:
+    only_a = [n for n in a_names if n not in b_set]
+    only_b = [n for n in b_names if n not in a_set]
+    parts = []
+    if only_a:
+        parts.append(
+            f"{len(only_a)} tensor(s) in {first.source} are missing from "
+            f"{other.source}, first {only_a[0]!r}"
+        )
+    if only_b:
+        parts.append(
+            f"{len(only_b)} tensor(s) in {other.source} are missing from "
+            f"{first.source}, first {only_b[0]!r}"
+        )
+    return MismatchError(
+        "ingredients hold different tensors: " + "; ".join(parts) + ". Soups need "
+        "ingredients of one architecture; if one checkpoint has an extra head or a name "
+        "prefix, re-save it with the same module structure"
+    )
+
+
+def check_distinct(ingredients: Sequence[Ingredient]) -> None:
+    """Refuse an ingredient listed twice (it would silently count double)."""
+    seen: dict[Path, str] = {}
+    for ing in ingredients:
+        if not ing.files:
+            continue
+        key = Path(ing.files[0]).resolve()
+        if key in seen:
+            raise SoupError(
+                f"{ing.source} is listed twice (also as {seen[key]}); each ingredient may "
+                "appear once. To give one model more weight, use --weights"
+            )
+        seen[key] = ing.source
+
+
+def check_weights(weights: Sequence[float], k: int) -> list[float]:
+    """Check mixing weights (k of them, non-negative, summing to 1); return them as floats."""
+    w = [float(x) for x in weights]
+    if len(w) != k:
+        raise SoupError(f"{len(w)} weights for {k} ingredients; give one weight per ingredient")
+    if not all(torch.isfinite(torch.tensor(x)) and x >= 0 for x in w):
+        raise SoupError(f"weights must be finite and non-negative, got {w}")
+    total = sum(w)
+    if abs(total - 1.0) > 1e-6:
+        hint = f"; normalized they would be {[round(x / total, 6) for x in w]}" if total else ""
+        raise SoupError(f"weights must sum to 1, they sum to {total:g}{hint}")
+    return [x / total for x in w]

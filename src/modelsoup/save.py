@@ -1,0 +1,352 @@
+"""Writing ingredients (soups) to disk: safetensors, PyTorch files, Hugging Face folders.
+
+Every writer streams: it asks the ingredient for one chunk at a time and writes it, so
+saving a lazy soup costs one chunk of memory (PyTorch files are the exception: torch.save
+needs the whole state dict). Outputs appear atomically: data goes to a hidden temporary
+name beside the output and is renamed into place only when complete, so an interrupted
+run never leaves a half-written file under the output name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from .arithmetic import stream_chunks
+from .errors import SoupError
+from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient, ShardedCheckpoint
+from .layout import SAFETENSORS_CODES, Layout
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+# Files of a Hugging Face model folder that describe the model rather than hold weights
+# or training state; copied from the first ingredient into a folder output.
+_HF_COPY = re.compile(r".*\.(json|txt|model|tiktoken|py|jinja)$|^tokenizer.*")
+_HF_SKIP = re.compile(r".*\.index\.json$|^trainer_state\.json$|^training_args\.bin$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"5GB"``, ``"500MB"``, ``"2GiB"`` or an int (GB = 10**9, as transformers)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*", text.upper())
+    if not m:
+        raise SoupError(f"cannot read size {text!r}; write it like 5GB, 500MB or 2GiB")
+    unit = m.group(2) or "B"
+    base = 1024 if "I" in unit else 1000
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("B").rstrip("I")]
+    return int(float(m.group(1)) * base**power)
+
+
+def _write_order(layout: Layout) -> list[str]:
+    """Stored names ordered for a safetensors file: widest dtype first (stable).
+
+    The format forbids gaps between tensors, so sorting by item size is what keeps
+    every tensor aligned to its own item size for zero-copy readers.
+    """
+    return sorted(layout.specs, key=lambda n: -layout.specs[n].dtype.itemsize)
+
+
+def _write_safetensors(
+    ing: Ingredient, names: list[str], f: BinaryIO, metadata: Mapping[str, str], bar
+) -> None:
+    layout = ing.layout
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for name in names:
+        spec = layout.specs[name]
+        header[name] = {
+            "dtype": SAFETENSORS_CODES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for name, t in stream_chunks(ing, names):
+        assert t.dtype == layout.specs[name].dtype and t.dim() == 1, (name, t.dtype, t.shape)
+        f.write(memoryview(t.view(torch.uint8).numpy()))
+        bar.update(t.numel() * t.dtype.itemsize)
+
+
+def _metadata(layout: Layout, names: list[str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    meta = {"format": "pt", **(extra or {})}
+    aliases = {a: t for a, t in layout.aliases.items() if t in names}
+    if aliases:
+        meta[ALIASES_METADATA_KEY] = json.dumps(aliases)
+    return meta
+
+
+def check_output(path: Path, inputs: tuple[Path, ...], force: bool) -> None:
+    """Refuse an output that is an input, holds an input, or lies inside an input folder."""
+    out = path.resolve()
+    for p in inputs:
+        src = p.resolve()
+        if out == src or out in src.parents:
+            raise SoupError(
+                f"output {path} would overwrite the input {p}; choose another output path"
+            )
+        if src.is_dir() and src in out.parents:
+            raise SoupError(
+                f"output {path} lies inside the input folder {p}; inputs are never modified: "
+                "write the soup elsewhere"
+            )
+    if path.exists() and not force:
+        raise SoupError(f"output {path} exists; pass --force (force=True) to replace it")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, force: bool, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place if the block succeeds.
+
+    On any exception (KeyboardInterrupt included) the temporary file or folder is
+    removed and ``path`` is untouched. A replaced output (``force``) is swapped in with
+    ``os.replace`` for files; for folders the old one is moved aside, the new one moved
+    in, and the old one deleted.
+    """
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SoupError(f"cannot create the output folder {parent}: {e.strerror}") from e
+    tmp = parent / f".{path.name}.modelsoup-tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        if folder:
+            tmp.mkdir()
+        yield tmp
+        _fsync_tree(tmp)
+        _move_into_place(tmp, path, force=force, folder=folder)
+        _fsync_dir(parent)
+    except OSError as e:  # read-only folder, disk full, ...: nothing was written
+        where = f" ({e.filename})" if e.filename else ""
+        raise SoupError(f"cannot write {path}: {e.strerror or e}{where}") from e
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def _move_into_place(tmp: Path, path: Path, *, force: bool, folder: bool) -> None:
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise SoupError(f"output {path} exists and is {kind}; remove it or choose another path")
+    if not folder:
+        if force:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # fails if path exists: no silent overwrite in a race
+        except FileExistsError as e:
+            raise SoupError(f"output {path} appeared while writing; pass --force") from e
+        except OSError:  # file systems without hard links
+            if path.exists():
+                raise SoupError(f"output {path} exists; pass --force") from None
+            os.rename(tmp, path)
+        return
+    if path.exists():
+        if not force:
+            raise SoupError(f"output {path} exists; pass --force (force=True) to replace it")
+        old = path.parent / f".{path.name}.modelsoup-old-{secrets.token_hex(4)}"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
+def _fsync_tree(p: Path) -> None:
+    files = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]
+    for q in files:
+        fd = os.open(q, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _progress(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not progress,
+        delay=0.5,  # no bar for work that ends before it would be read
+    )
+
+
+def materialize(ingredient: Ingredient) -> dict[str, torch.Tensor]:
+    """Read every tensor into a new plain state dict; tied names share one tensor."""
+    specs = ingredient.layout.specs
+    out = {n: torch.empty(s.numel, dtype=s.dtype) for n, s in specs.items()}
+    filled = dict.fromkeys(specs, 0)
+    for name, chunk in stream_chunks(ingredient, list(specs)):
+        out[name][filled[name] : filled[name] + chunk.numel()] = chunk
+        filled[name] += chunk.numel()
+    state = {n: t.view(specs[n].shape) for n, t in out.items()}
+    for alias, target in ingredient.layout.aliases.items():
+        state[alias] = state[target]
+    return state
+
+
+def save_safetensors(
+    ingredient: Ingredient,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Stream ``ingredient`` into one ``.safetensors`` file, atomically.
+
+    Tied names are stored once, the others recorded in the metadata under
+    ``modelsoup.aliases`` (modelsoup restores them on reading; safetensors'
+    ``load_model`` and ``from_pretrained`` re-tie them from the model).
+    """
+    path = Path(path)
+    check_output(path, ingredient.files, force)
+    layout = ingredient.layout
+    names = _write_order(layout)
+    with (
+        atomic_output(path, force=force) as tmp,
+        open(tmp, "wb") as f,
+        _progress(layout.nbytes, progress, f"writing {path.name}") as bar,
+    ):
+        _write_safetensors(ingredient, names, f, _metadata(layout, names, metadata), bar)
+    return path
+
+
+def save_torch(
+    ingredient: Ingredient, path: str | os.PathLike, *, force: bool = False, progress: bool = False
+) -> Path:
+    """Write a PyTorch state dict file (``torch.save``), atomically; ties are kept.
+
+    Unlike the other writers this holds the whole state dict in memory.
+    """
+    path = Path(path)
+    check_output(path, ingredient.files, force)
+    with atomic_output(path, force=force) as tmp:
+        state = materialize(ingredient)
+        torch.save(state, tmp)
+    return path
+
+
+def save_hf_folder(
+    ingredient: Ingredient,
+    path: str | os.PathLike,
+    template: ShardedCheckpoint,
+    *,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    metadata: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a Hugging Face model folder: weights as safetensors, sharded like
+    ``save_pretrained`` when larger than ``max_shard_size``, plus the config and tokenizer
+    files of ``template`` (the first ingredient's folder). Atomic."""
+    path = Path(path)
+    check_output(path, ingredient.files, force)
+    limit = parse_size(max_shard_size)
+    layout = ingredient.layout
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, spec in layout.specs.items():  # model order, like save_pretrained
+        if shards[-1] and size + spec.nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += spec.nbytes
+    n = len(shards)
+    files = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    with (
+        atomic_output(path, force=force, folder=True) as tmp,
+        _progress(layout.nbytes, progress, f"writing {path.name}") as bar,
+    ):
+        for fname, names in zip(files, shards):
+            names = sorted(names, key=lambda x: -layout.specs[x].dtype.itemsize)
+            with open(tmp / fname, "wb") as f:
+                _write_safetensors(ingredient, names, f, _metadata(layout, names, metadata), bar)
+        if n > 1:
+            index = {
+                "metadata": {"total_size": layout.nbytes},
+                "weight_map": {
+                    name: fname for fname, names in zip(files, shards) for name in sorted(names)
+                },
+            }
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        for src in sorted(template.folder.iterdir()):
+            if src.is_file() and _HF_COPY.match(src.name) and not _HF_SKIP.match(src.name):
+                shutil.copy2(src, tmp / src.name)
+    return path
+
+
+def save(
+    ingredient: Ingredient,
+    path: str | os.PathLike,
+    *,
+    template: Ingredient | None = None,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    force: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write ``ingredient`` where ``path`` says: ``.safetensors`` file, PyTorch file
+    (``.pt``/``.pth``/``.bin``) or, for a path without suffix, a Hugging Face folder
+    modelled on ``template`` (which must then be a Hugging Face folder ingredient).
+
+    The output is written atomically, never replaces an existing path unless ``force``,
+    and is never one of the ingredient's own input files.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return save_safetensors(ingredient, path, metadata=metadata, force=force, progress=progress)
+    if path.suffix in TORCH_SUFFIXES:
+        return save_torch(ingredient, path, force=force, progress=progress)
+    if path.suffix:
+        raise SoupError(
+            f"output {path}: unknown suffix {path.suffix!r}; write .safetensors, .pt, or a "
+            "folder name without suffix (for Hugging Face folder inputs)"
+        )
+    if not isinstance(template, ShardedCheckpoint):
+        raise SoupError(
+            f"output {path} has no suffix, so it would be a Hugging Face folder, but the "
+            "first ingredient is not one; name the output *.safetensors or *.pt"
+        )
+    return save_hf_folder(
+        ingredient,
+        path,
+        template,
+        max_shard_size=max_shard_size,
+        metadata=metadata,
+        force=force,
+        progress=progress,
+    )
