@@ -25,15 +25,21 @@ from .arithmetic import (
 )
 from .checks import check_compatible
 from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
+from .evaluation import ClassificationEvaluator, Evaluation, Evaluator, FunctionEvaluator
 from .ingredients import Ingredient, StateDictIngredient, open_ingredient
 from .layout import Layout, TensorSpec
-from .recipes import RECIPES, uniform_soup
+from .recipes import RECIPES, GreedyResult, greedy_soup, uniform_soup
 from .save import materialize, save
 
 __all__ = [
     "RECIPES",
     "CheckpointError",
+    "ClassificationEvaluator",
     "Combination",
+    "Evaluation",
+    "Evaluator",
+    "FunctionEvaluator",
+    "GreedyResult",
     "Ingredient",
     "Layout",
     "MismatchError",
@@ -47,6 +53,7 @@ __all__ = [
     "cosine",
     "dot",
     "gram",
+    "greedy_soup",
     "interpolate",
     "linear_combination",
     "materialize",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -20,7 +20,7 @@ import torch
 
 from .checks import check_compatible, check_weights
 from .errors import MismatchError, NonFiniteError, SoupError
-from .ingredients import Ingredient
+from .ingredients import Ingredient, StateDictIngredient
 from .layout import Layout, TensorSpec, is_float
 
 IntegerPolicy = Literal["error", "first"]
@@ -51,10 +51,10 @@ def chunk_ranges(
 
 def stream_chunks(
     ing: Ingredient, names: list[str], lookahead: int = 4
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, chunk)`` for every chunk of ``names`` in order (``ing.read`` of
-    each `chunk_ranges` piece), with up to ``lookahead`` chunks computed ahead by
-    `STREAM_WORKERS` threads.
+) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """Yield ``(name, start, chunk)`` for every chunk of ``names`` in order (``chunk`` is
+    ``ing.read(name, start, stop)`` of each `chunk_ranges` piece), with up to
+    ``lookahead`` chunks computed ahead by `STREAM_WORKERS` threads.
 
     Reading and arithmetic (in the workers) overlap with what the caller does with each
     chunk (a file write); ``pread``, writes and torch ops release the GIL. Measured on 2
@@ -73,11 +73,11 @@ def stream_chunks(
     )
     pending: deque = deque()
     try:
-        for i, (name, _, _) in enumerate(jobs):
+        for i, (name, start, _) in enumerate(jobs):
             while len(pending) <= lookahead and i + len(pending) < len(jobs):
                 n, a, b = jobs[i + len(pending)]
                 pending.append(pool.submit(ing.read, n, a, b))
-            yield name, pending.popleft().result()
+            yield name, start, pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -248,10 +248,8 @@ def _assemble(ing: Ingredient, name: str, spec: TensorSpec) -> torch.Tensor:
     if len(ranges) == 1:
         return ing.read(name).view(spec.shape)
     out = torch.empty(spec.numel, dtype=spec.dtype)
-    done = 0
-    for _, chunk in stream_chunks(ing, [name]):
-        out[done : done + chunk.numel()] = chunk
-        done += chunk.numel()
+    for _, start, chunk in stream_chunks(ing, [name]):
+        out[start : start + chunk.numel()] = chunk
     return out.view(spec.shape)
 
 
@@ -300,13 +298,15 @@ def task_vector(a: Ingredient, base: Ingredient, **options) -> Combination:
 
 
 class RunningMean:
-    """A mean of ingredients added one at a time, for greedy recipes.
+    """The mean of ingredients added one at a time (what greedy recipes grow).
 
-    Holds the first ingredient as an anchor (read again when needed, never copied)
-    and the sum of the others' differences from it, ``D = sum_i (θi - θ1)``, in the
-    accumulation dtype: memory is one model's floating tensors, whatever the count.
-    ``mean()`` is ``θ1 + D / n``, so a mean of one ingredient is that ingredient
-    bit for bit.
+    Holds the mean so far in the accumulation dtype (integer tensors keep theirs): memory
+    is one model, whatever the count. Adding θ is the exact running mean
+    ``m <- lerp(m, θ, 1/(n+1))`` (the formula of torch.optim.swa_utils), which reads θ
+    once; a mean of one ingredient, or of identical ones, is that ingredient bit for bit.
+
+    ``propose(θ)`` computes the mean with θ into a second buffer without committing it,
+    so a greedy recipe can evaluate the candidate and then ``commit()`` or drop it.
     """
 
     def __init__(
@@ -316,17 +316,22 @@ class RunningMean:
         accumulate: torch.dtype = torch.float32,
         integers: IntegerPolicy = "error",
     ):
-        self.anchor = first
         self.accumulate = accumulate
         self.integers = integers
-        self.count = 1
         self.members: list[Ingredient] = [first]
         self._layout = check_compatible([first])
-        self._delta: dict[str, torch.Tensor] = {}
+        self._mean = self._buffers()
+        self._cand: dict[str, torch.Tensor] | None = None
+        self._proposed: Ingredient | None = None
+        _fill(Combination([first], [1.0], dtype=accumulate), self._mean)
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
 
     @property
     def source(self) -> str:
-        return f"running mean of {self.count} ingredient(s) ({self.anchor.source}, ...)"
+        return f"running mean of {self.count} ingredient(s) ({self.members[0].source}, ...)"
 
     @property
     def layout(self) -> Layout:
@@ -336,59 +341,87 @@ class RunningMean:
     def files(self) -> tuple[Path, ...]:
         return tuple(dict.fromkeys(f for ing in self.members for f in ing.files))
 
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {
+            n: torch.empty(s.shape, dtype=self.accumulate if is_float(s.dtype) else s.dtype)
+            for n, s in self._layout.specs.items()
+        }
+
+    def _view(self, buffers: Mapping[str, torch.Tensor]) -> StateDictIngredient:
+        """The buffers as an ingredient, tied names sharing their tensor."""
+        sd = dict(buffers)
+        sd.update({a: sd[t] for a, t in self._layout.aliases.items()})
+        return StateDictIngredient(sd, source="the running mean")
+
+    def propose(self, ingredient: Ingredient) -> None:
+        """Compute the mean with ``ingredient`` (read once) into the candidate buffer.
+
+        Checks it like any combination: names, shapes, integer tensors (``integers``),
+        NaN/Inf naming its file.
+        """
+        layout = check_compatible([self, ingredient], allow_float_dtype_mix=True)
+        if set(layout.specs) != set(self._layout.specs):  # the new one breaks a tie
+            for name in layout.specs.keys() - self._layout.specs.keys():
+                self._mean[name] = self._mean[self._layout.canonical(name)].clone()
+            self._layout = layout
+            self._cand = None
+        if self._cand is None:
+            self._cand = self._buffers()
+        w = 1.0 / (self.count + 1)
+        mix = Combination(
+            [self._view(self._mean), ingredient],
+            [1.0 - w, w],
+            dtype=self.accumulate,
+            integers=self.integers,
+        )
+        _fill(mix, self._cand)
+        self._proposed = ingredient
+
+    def commit(self) -> None:
+        """Make the proposed candidate the mean."""
+        assert self._proposed is not None and self._cand is not None, "propose() first"
+        self._mean, self._cand = self._cand, self._mean
+        self.members.append(self._proposed)
+        self._proposed = None
+
     def add(self, ingredient: Ingredient) -> None:
-        """Add one ingredient: reads it (and the anchor) once, tensor by tensor."""
-        layout = check_compatible([self, ingredient])
-        for name in layout.specs:
-            # A tie the new ingredient breaks: the untied name's sum so far equals its
-            # former target's, since the two were one tensor in every earlier member.
-            target = self._layout.canonical(name)
-            if name not in self._delta and target != name and target in self._delta:
-                self._delta[name] = self._delta[target].clone()
-        for name, spec in layout.specs.items():
-            if not is_float(spec.dtype):
-                if self.integers == "error" and not torch.equal(
-                    ingredient.get(name), self.anchor.get(name)
-                ):
-                    raise MismatchError(
-                        f"integer tensor {name!r} differs between {self.anchor.source} and "
-                        f"{ingredient.source}; integer tensors are never averaged: pass "
-                        "--integers first (integers='first') to keep the first's value"
-                    )
-                continue
-            delta = self._delta.get(name)
-            if delta is None:
-                delta = self._delta[name] = torch.zeros(spec.numel, dtype=self.accumulate)
-            for a, b in chunk_ranges(spec.numel):
-                x = ingredient.read(name, a, b)
-                if not all_finite(x):
-                    raise NonFiniteError(
-                        f"{ingredient.source}: tensor {name!r} holds NaN/Inf values; leave "
-                        "this checkpoint out of the soup"
-                    )
-                delta[a:b].add_(torch.sub(x, self.anchor.read(name, a, b).to(self.accumulate)))
-        self._layout = layout
-        self.members.append(ingredient)
-        self.count += 1
+        """Add one ingredient (``propose`` then ``commit``)."""
+        self.propose(ingredient)
+        self.commit()
+
+    def state(self, candidate: bool = False) -> dict[str, torch.Tensor]:
+        """The mean (or the proposed candidate) as a state dict in the ingredients' dtypes,
+        tied names sharing one tensor. Float32 ingredients share the buffers: copy before
+        modifying."""
+        buffers = self._cand if candidate else self._mean
+        assert buffers is not None
+        out = {n: buffers[n].to(s.dtype) for n, s in self._ingredient_specs().items()}
+        out.update({a: out[t] for a, t in self._layout.aliases.items()})
+        return out
+
+    def _ingredient_specs(self) -> dict[str, TensorSpec]:
+        first = self.members[0].layout
+        return {n: first.spec(n) for n in self._layout.specs}
+
+    def mean(self) -> StateDictIngredient:
+        """The current mean as an in-memory ingredient (in the ingredients' dtypes)."""
+        return StateDictIngredient(self.state(), source=self.source)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        name = self._layout.canonical(name)
-        spec = self._layout.specs[name]
-        x = self.anchor.read(name, start, stop)
-        delta = self._delta.get(name)
-        if delta is None:
-            return x
-        stop = spec.numel if stop is None else stop
-        # Out of place: x may be the caller's own tensor (an in-memory anchor).
-        mean = torch.add(x.to(self.accumulate), delta[start:stop], alpha=1.0 / self.count)
-        return mean.to(spec.dtype)
+        spec = self._ingredient_specs()[self._layout.canonical(name)]
+        flat = self._mean[self._layout.canonical(name)].view(-1)
+        stop = flat.numel() if stop is None else stop
+        return flat[start:stop].to(spec.dtype, copy=True)
 
     def get(self, name: str) -> torch.Tensor:
-        return _assemble(self, name, self._layout.spec(name))
+        return self.read(name).view(self._layout.spec(name).shape)
 
-    def mean(self) -> RunningMean:
-        """The current mean as an ingredient (this object: a live view)."""
-        return self
+
+def _fill(ingredient: Ingredient, out: Mapping[str, torch.Tensor]) -> None:
+    """Stream every stored tensor of ``ingredient`` into the matching tensor of ``out``."""
+    flat = {n: out[n].view(-1) for n in ingredient.layout.specs}
+    for name, start, chunk in stream_chunks(ingredient, list(flat)):
+        flat[name][start : start + chunk.numel()] = chunk
 
 
 def gram(

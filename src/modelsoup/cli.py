@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .arithmetic import INTEGER_POLICIES
@@ -16,7 +18,7 @@ from .errors import SoupError
 from .ingredients import Ingredient, open_ingredient
 from .layout import DTYPE_NAMES, parse_dtype
 from .recipes import RECIPES
-from .save import DEFAULT_MAX_SHARD_SIZE, save
+from .save import DEFAULT_MAX_SHARD_SIZE, check_output, save
 from .summary import compare, human_bytes, human_count, summarize
 
 
@@ -118,6 +120,193 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` (this rank's GPU under torchrun) when available, else ``cpu``."""
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def _init_distributed(device: str) -> None:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on GPU)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def _evaluator(args: argparse.Namespace):
+    from .evaluation import build_evaluator
+
+    device = _resolve_device(args.device)
+    _init_distributed(device)
+    return build_evaluator(
+        model=args.model,
+        data=args.data,
+        evaluator=args.evaluator,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=device,
+    )
+
+
+def _rank() -> int:
+    from .evaluation import world
+
+    return world()[0]
+
+
+def _cmd_greedy(args: argparse.Namespace) -> int:
+    from .pipelines import greedy_run, read_scores
+
+    ingredients = _open_all(args.ingredients, args.key)
+    out = Path(args.output)
+    check_output(out, tuple(f for i in ingredients for f in i.files), args.force)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    evaluator = _evaluator(args)
+    scores = read_scores(args.scores, ingredients) if args.scores else None
+    resolved = {k: v for k, v in vars(args).items() if k != "run"}
+    soup, result = greedy_run(  # runs RECIPES["greedy"] and records the run folder
+        ingredients,
+        evaluator,
+        run_dir,
+        compare=args.compare,
+        order=args.order,
+        seed=args.seed,
+        repeats=args.repeats,
+        scores=scores,
+        early_rejection=not args.no_early_rejection,
+        args=resolved,
+        progress=not args.quiet,
+        accumulate=parse_dtype(args.accumulate),
+        integers=args.integers,
+    )
+    if _rank() != 0:
+        return 0
+    provenance = {
+        "recipe": "greedy",
+        "modelsoup": __version__,
+        "kept": result["kept"],
+        "compare": args.compare,
+        "order": args.order,
+        "run_dir": str(run_dir),
+    }
+    save(
+        soup.soup,
+        out,
+        template=ingredients[0],
+        metadata={"modelsoup": json.dumps(provenance)},
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    held = result["heldout"]
+    best = result["best_single"]
+    print(
+        f"greedy soup: kept {len(result['kept'])} of {len(ingredients)} ingredients: "
+        f"{', '.join(result['kept'])}"
+    )
+    line = f"held-out {getattr(evaluator, 'name', 'score')}: soup {held['score']:.4f}"
+    if best:
+        line += f" (best single {best['heldout']:.4f}, {best['source']})"
+    print(line)
+    for split, score in result["splits"].items():
+        print(f"  {split}: {score:.4f}")
+    cost = result["cost"]
+    full = cost["heldout_examples_without_early_rejection"]
+    if full:
+        saved = full - cost["heldout_examples"]
+        print(
+            f"early rejection saved {saved} of {full} held-out examples ({100 * saved / full:.1f}%)"
+        )
+    if "repeats" in result:
+        r = result["repeats"]
+        print(
+            f"{len(r['seeds'])} random orders: held-out {r['heldout_mean']:.4f} "
+            f"± {r['heldout_std']:.4f}"
+        )
+    print(f"wrote {out}; run folder {run_dir}")
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .evaluation import ClassificationEvaluator
+    from .pipelines import ensemble_run
+
+    ingredients = _open_all(args.ingredients, args.key)
+    evaluator = _evaluator(args)
+    if not isinstance(evaluator, ClassificationEvaluator):
+        raise SoupError(
+            "ensemble baselines need logits: use --evaluator accuracy with --model and --data"
+        )
+    resolved = {k: v for k, v in vars(args).items() if k != "run"}
+    result = ensemble_run(
+        ingredients,
+        evaluator,
+        args.run_dir,
+        compare=args.compare,
+        args=resolved,
+        progress=not args.quiet,
+    )
+    if _rank() != 0:
+        return 0
+    splits = result["splits"]
+    width = max(
+        len("greedy ensemble"), *(len(Path(i["source"]).name) for i in result["individual"])
+    )
+    print(f"{'accuracy':<{width}}  {'models':>6}" + "".join(f"{s:>10}" for s in splits))
+
+    def row(label: str, models: int, d: dict) -> None:
+        print(f"{label:<{width}}  {models:>6}" + "".join(f"{d[s]:>10.4f}" for s in splits))
+
+    for ind in result["individual"]:
+        row(Path(ind["source"]).name, 1, ind)
+    row("best on val", 1, result["best_on_val"])
+    row("ensemble", result["ensemble"]["models"], result["ensemble"])
+    row("greedy ensemble", result["greedy_ensemble"]["models"], result["greedy_ensemble"])
+    print(
+        f"selected on {result['selection']!r}; read {result['reads']} checkpoint(s) "
+        f"(the rest from the logit cache); run folder {args.run_dir}"
+    )
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="function returning the nn.Module the checkpoints belong to "
+        "(module:function or path/to/file.py:function)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="MODULE:FUNCTION",
+        help="function returning the held-out Dataset, or a dict of named splits "
+        "(Datasets of (input, label)); for the built-in evaluators",
+    )
+    p.add_argument(
+        "--evaluator",
+        default="accuracy",
+        metavar="accuracy|loss|MODULE:FUNCTION",
+        help="'accuracy' (default) or 'loss' on --data, or your function: called "
+        "with the model (state loaded) if --model is given, else with the "
+        "state dict; returns a float, higher is better",
+    )
+    p.add_argument(
+        "--split", default="val", help="the held-out split that drives every choice (default: val)"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelsoup",
@@ -178,6 +367,104 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_uniform)
 
+    r = RECIPES["greedy"]
+    p = sub.add_parser(
+        "greedy",
+        help=r.summary,
+        description=f"{r.summary.capitalize()}. After {r.paper}. "
+        "Ingredients are scored on the held-out split and sorted, best first; each next one "
+        "joins the soup if the soup's held-out score does not drop. The run folder keeps a "
+        "journal: rerun the same command after an interruption to resume.",
+    )
+    _add_reading_options(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output: *.safetensors, *.pt, or a folder (Hugging Face inputs)",
+    )
+    _add_eval_options(p)
+    p.add_argument(
+        "--compare",
+        choices=["ge", "gt"],
+        default="ge",
+        help="keep a candidate whose soup scores >= the current soup (ge, the "
+        "paper) or only > (gt, the paper's released code)",
+    )
+    p.add_argument(
+        "--order",
+        choices=["sorted", "random"],
+        default="sorted",
+        help="candidates by held-out score (sorted, default) or in a random order",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --order random: run R orders (seeds S..S+R-1), report mean ± std",
+    )
+    p.add_argument(
+        "--scores",
+        metavar="FILE",
+        help="held-out scores of the ingredients (JSON), instead of scoring them",
+    )
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run folder: journal, scores, results, logit cache (default: OUTPUT.run)",
+    )
+    p.add_argument(
+        "--no-early-rejection",
+        action="store_true",
+        help="evaluate every candidate on the whole held-out split",
+    )
+    p.add_argument(
+        "--accumulate",
+        choices=["float32", "float64"],
+        default="float32",
+        help="dtype of the running mean (default: float32)",
+    )
+    p.add_argument(
+        "--integers",
+        choices=INTEGER_POLICIES,
+        default="error",
+        help="integer tensors that differ: error (default) or take the first's",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help="largest weight file of a folder output (default: 5GB)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_greedy)
+
+    p = sub.add_parser(
+        "ensemble",
+        help="baselines from cached logits: best on val, logit ensemble, greedy ensemble",
+        description="The paper's baselines (Table 2): the best ingredient on the held-out "
+        "split, the ensemble of all (mean logits), and the greedy ensemble (Recipe 1 on "
+        "logit ensembles). Each ingredient's logits on each split are computed once and "
+        "cached in the run folder.",
+    )
+    _add_reading_options(p)
+    _add_eval_options(p)
+    p.add_argument(
+        "--compare",
+        choices=["ge", "gt"],
+        default="ge",
+        help="greedy ensemble's test: >= (default) or >",
+    )
+    p.add_argument(
+        "--run-dir",
+        default="runs/ensemble",
+        metavar="DIR",
+        help="run folder with the logit cache (default: runs/ensemble)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_ensemble)
+
     p = sub.add_parser(
         "inspect",
         help="sizes of checkpoints and the angles between them",
@@ -209,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"modelsoup {args.command}: interrupted; no output was written", file=sys.stderr)
         return 130
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

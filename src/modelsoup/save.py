@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import torch
 
-from .arithmetic import stream_chunks
+from .arithmetic import _fill, stream_chunks
 from .errors import SoupError
 from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient, ShardedCheckpoint
 from .layout import SAFETENSORS_CODES, Layout
@@ -75,7 +75,7 @@ def _write_safetensors(
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
     f.write(len(raw).to_bytes(8, "little"))
     f.write(raw)
-    for name, t in stream_chunks(ing, names):
+    for name, _, t in stream_chunks(ing, names):
         assert t.dtype == layout.specs[name].dtype and t.dim() == 1, (name, t.dtype, t.shape)
         f.write(memoryview(t.view(torch.uint8).numpy()))
         bar.update(t.numel() * t.dtype.itemsize)
@@ -203,14 +203,9 @@ def _progress(total: int, progress: bool, desc: str):
 def materialize(ingredient: Ingredient) -> dict[str, torch.Tensor]:
     """Read every tensor into a new plain state dict; tied names share one tensor."""
     specs = ingredient.layout.specs
-    out = {n: torch.empty(s.numel, dtype=s.dtype) for n, s in specs.items()}
-    filled = dict.fromkeys(specs, 0)
-    for name, chunk in stream_chunks(ingredient, list(specs)):
-        out[name][filled[name] : filled[name] + chunk.numel()] = chunk
-        filled[name] += chunk.numel()
-    state = {n: t.view(specs[n].shape) for n, t in out.items()}
-    for alias, target in ingredient.layout.aliases.items():
-        state[alias] = state[target]
+    state = {n: torch.empty(s.shape, dtype=s.dtype) for n, s in specs.items()}
+    _fill(ingredient, state)
+    state.update({a: state[t] for a, t in ingredient.layout.aliases.items()})
     return state
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .ensemble import greedy_ensemble
+from .greedy import GreedyResult, greedy_soup
 from .uniform import uniform_soup
 
 
@@ -23,6 +25,16 @@ RECIPES: dict[str, Recipe] = {
         "average every ingredient (optionally with weights)",
         "Wortsman et al., Model soups, ICML 2022 (Table 2, uniform soup)",
     ),
+    "greedy": Recipe(
+        greedy_soup,
+        "greedy soup: keep an ingredient only if the held-out score does not drop",
+        "Wortsman et al., Model soups, ICML 2022 (Recipe 1)",
+    ),
+    "greedy_ensemble": Recipe(
+        greedy_ensemble,
+        "greedy ensemble: Recipe 1 over logit ensembles, from cached logits",
+        "Wortsman et al., Model soups, ICML 2022 (Table 2, greedy ensemble)",
+    ),
 }
 
-__all__ = ["RECIPES", "Recipe", "uniform_soup"]
+__all__ = ["RECIPES", "GreedyResult", "Recipe", "greedy_ensemble", "greedy_soup", "uniform_soup"]

@@ -1,0 +1,273 @@
+"""Greedy soup: add ingredients one by one, keeping each only if the soup does not get worse.
+
+Wortsman et al., "Model soups", ICML 2022, Recipe 1: sort the ingredients by held-out
+score, best first; start the soup with the best; for each next candidate, keep it if
+the held-out score of average(soup + candidate) is >= the current soup's (the paper's
+text; its released code uses >, selectable here as ``compare="gt"``). Without the sort
+(``order="random"``) it is the paper's "greedy soup, random order".
+
+The soup is a running mean kept in memory (one model in the accumulation dtype) plus
+one buffer for the candidate: each candidate is read once, and the soup is never rebuilt
+from scratch. With an accuracy evaluator, a candidate's evaluation stops as soon as its
+errors rule out reaching the bar (exact: accuracy only counts). Every decision goes to a
+journal, so a killed run resumes where it stopped and ends with the same soup.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..arithmetic import IntegerPolicy, RunningMean
+from ..checks import check_compatible
+from ..errors import SoupError
+from ..evaluation import Compare, Evaluation, Evaluator, beats, evaluate
+from ..ingredients import Ingredient, StateDictIngredient
+from ..runs import Journal, fingerprint
+from ..save import materialize
+
+Order = Literal["sorted", "random"]
+
+
+@dataclass
+class Decision:
+    """One step of Recipe 1: candidate ``index`` was ``accepted`` or not."""
+
+    step: int
+    index: int
+    accepted: bool
+    evaluation: Evaluation
+
+
+@dataclass
+class GreedyResult:
+    """What a greedy soup run chose and what it cost.
+
+    ``kept`` lists ingredient indices in the order they joined the soup; ``scores`` holds
+    each ingredient's own held-out evaluation (None where not computed, e.g. random order
+    without scores). Costs count this process's work only (a resumed run replays the
+    journal's decisions without evaluating). The scoring pass (each ingredient alone)
+    costs ``scoring_reads`` checkpoint reads and ``scoring_examples`` held-out examples;
+    the soup pass costs ``reads`` checkpoint reads (k: the first ingredient, then each
+    candidate once), ``evaluations`` of candidate soups over ``examples`` held-out
+    examples, where full evaluations would have run ``examples_full``.
+    """
+
+    soup: StateDictIngredient
+    kept: list[int]
+    order: list[int]
+    scores: list[Evaluation | None]
+    evaluation: Evaluation
+    decisions: list[Decision] = field(default_factory=list)
+    evaluations: int = 0
+    examples: int = 0
+    examples_full: int = 0
+    reads: int = 0
+    scoring_reads: int = 0
+    scoring_examples: int = 0
+    resumed_steps: int = 0
+
+    @property
+    def examples_saved(self) -> int:
+        return self.examples_full - self.examples
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.evaluations = self.examples = self.examples_full = self.reads = 0
+        self.scoring_reads = self.scoring_examples = 0
+
+    def count(self, ev: Evaluation) -> Evaluation:
+        self.evaluations += 1
+        self.examples += ev.examples
+        self.examples_full += ev.total
+        return ev
+
+
+def score_ingredients(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    *,
+    journal: Journal | None = None,
+    progress: bool = False,
+    counter: _Counter | None = None,
+) -> list[Evaluation]:
+    """Each ingredient's held-out evaluation (one read and one evaluation each).
+
+    Scores found in ``journal`` are reused; new ones are appended to it.
+    """
+    from tqdm.auto import tqdm
+
+    out: list[Evaluation] = []
+    for i, ing in enumerate(
+        tqdm(ingredients, desc="scoring ingredients", disable=not progress, delay=0.5)
+    ):
+        done = journal.find(event="score", index=i) if journal else None
+        if done is not None:
+            out.append(Evaluation.from_json(done["evaluation"]))
+            continue
+        state = materialize(ing)
+        ev = evaluate(evaluator, state, what=ing.source)
+        del state
+        if counter is not None:
+            counter.scoring_reads += 1
+            counter.scoring_examples += ev.examples
+        if journal is not None:
+            journal.append({"event": "score", "index": i, "evaluation": ev.to_json()})
+        out.append(ev)
+    return out
+
+
+def greedy_soup(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    *,
+    compare: Compare = "ge",
+    order: Order = "sorted",
+    seed: int = 0,
+    scores: Sequence[Evaluation | float] | None = None,
+    journal: str | Path | None = None,
+    early_rejection: bool = True,
+    accumulate: torch.dtype = torch.float32,
+    integers: IntegerPolicy = "error",
+    progress: bool = False,
+) -> GreedyResult:
+    """Recipe 1 of the paper: the greedy soup of ``ingredients`` under ``evaluator``.
+
+    - ``order="sorted"``: by held-out score, best first (ties keep the given order);
+      ``"random"``: a permutation drawn with ``seed`` (the paper's random-order variant;
+      individual scores are then not needed and not computed unless given).
+    - ``compare``: ``"ge"`` keeps a candidate that ties the soup (the paper), ``"gt"``
+      only one that improves it (the released code).
+    - ``scores``: each ingredient's held-out score (floats or `Evaluation`s), to skip the
+      scoring pass; an `Evaluation` with exact counts keeps comparisons exact.
+    - ``journal``: a JSON-lines file recording every decision; rerunning with the same
+      arguments and journal resumes and ends with the same soup.
+    - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
+      (accuracy evaluators only; the decision is the same as a full evaluation's).
+
+    Memory: two full-size buffers in ``accumulate`` (soup and candidate) plus what the
+    evaluator holds, whatever the number of ingredients.
+    """
+    from tqdm.auto import tqdm
+
+    if order not in ("sorted", "random"):
+        raise SoupError(f"order must be 'sorted' or 'random', got {order!r}")
+    if compare not in ("ge", "gt"):
+        raise SoupError(f"compare must be 'ge' or 'gt', got {compare!r}")
+    k = len(ingredients)
+    check_compatible(ingredients)  # before any work: names, shapes, dtypes
+    if scores is not None and len(scores) != k:
+        raise SoupError(f"{len(scores)} scores for {k} ingredients; give one per ingredient")
+    given = (
+        None
+        if scores is None
+        else [s if isinstance(s, Evaluation) else Evaluation(float(s)) for s in scores]
+    )
+    header = {
+        "recipe": "greedy",
+        "compare": compare,
+        "order": order,
+        "seed": seed if order == "random" else None,
+        "ingredients": [fingerprint(i) or i.source for i in ingredients],
+        "evaluator": getattr(evaluator, "name", type(evaluator).__name__),
+        "scores": None if given is None else [g.to_json() for g in given],
+        "accumulate": str(accumulate),
+        "integers": integers,
+    }
+    log = Journal(Path(journal), header) if journal is not None else None
+    counter = _Counter()
+
+    if order == "sorted":
+        evals = given or score_ingredients(
+            ingredients, evaluator, journal=log, progress=progress, counter=counter
+        )
+        sequence = sorted(range(k), key=lambda i: -evals[i].score)  # stable: ties keep order
+    else:
+        evals = given or [None] * k
+        sequence = list(range(k))
+        random.Random(seed).shuffle(sequence)
+
+    first = sequence[0]
+    soup = RunningMean(ingredients[first], accumulate=accumulate, integers=integers)
+    counter.reads += 1
+    known = evals[first]
+    start = log.find(event="start") if log else None
+    if start is not None:
+        current = Evaluation.from_json(start["evaluation"])
+    elif known is not None:
+        current = known  # the soup of one ingredient is that ingredient, bit for bit
+    else:
+        current = counter.count(evaluate(evaluator, soup.state(), what=ingredients[first].source))
+        if log:
+            log.append({"event": "start", "index": first, "evaluation": current.to_json()})
+
+    decisions: list[Decision] = []
+    resumed = 0
+    bar = tqdm(total=k, initial=1, desc="greedy soup", disable=not progress, delay=0.5)
+    for step, i in enumerate(sequence[1:], start=1):
+        past = log.find(event="decision", step=step) if log else None
+        if past is not None:
+            if past["index"] != i:
+                raise SoupError(
+                    f"{log.path}: step {step} was ingredient {past['index']}, "
+                    f"now {i}; the journal belongs to another run"
+                )
+            ev = Evaluation.from_json(past["evaluation"])
+            accepted = bool(past["accepted"])
+            if accepted:  # replay: rebuild the same running mean
+                soup.propose(ingredients[i])
+                counter.reads += 1
+            resumed += 1
+        else:
+            soup.propose(ingredients[i])
+            counter.reads += 1
+            ev = counter.count(
+                evaluate(
+                    evaluator,
+                    soup.state(candidate=True),
+                    bar=current if early_rejection else None,
+                    compare=compare,
+                    what=f"the soup with {ingredients[i].source}",
+                )
+            )
+            accepted = beats(ev, current, compare)
+            if log:
+                log.append(
+                    {
+                        "event": "decision",
+                        "step": step,
+                        "index": i,
+                        "accepted": accepted,
+                        "evaluation": ev.to_json(),
+                    }
+                )
+        if accepted:
+            soup.commit()
+            current = ev
+        decisions.append(Decision(step, i, accepted, ev))
+        bar.update(1)
+        bar.set_postfix(kept=soup.count, refresh=False)
+    bar.close()
+    kept = [first] + [d.index for d in decisions if d.accepted]
+    sources = ", ".join(ingredients[j].source for j in kept)
+    return GreedyResult(
+        soup=StateDictIngredient(soup.state(), source=f"greedy soup of {sources}"),
+        kept=kept,
+        order=sequence,
+        scores=list(evals),
+        evaluation=current,
+        decisions=decisions,
+        evaluations=counter.evaluations,
+        examples=counter.examples,
+        examples_full=counter.examples_full,
+        reads=counter.reads,
+        scoring_reads=counter.scoring_reads,
+        scoring_examples=counter.scoring_examples,
+        resumed_steps=resumed,
+    )

@@ -1,0 +1,60 @@
+"""The README's main job and its custom-evaluator example run as documented."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).parent.parent
+
+
+def _env():
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_demo_script(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run(
+        ["bash", "examples/demo.sh", str(out)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "greedy soup: kept" in r.stdout and "greedy ensemble" in r.stdout
+    result = json.loads((out / "run" / "result.json").read_text())
+    assert result["heldout"]["score"] >= result["best_single"]["heldout"]
+    ensemble = json.loads((out / "run" / "ensemble.json").read_text())
+    assert ensemble["greedy_ensemble"]["val"] >= ensemble["best_on_val"]["val"]
+    assert result["cost"]["scoring_reads"] == 0  # scores came from the ensemble's logits
+    assert set(load_file(out / "greedy.safetensors")) == set(load_file(out / "ft0.safetensors"))
+    # The custom evaluator of the README, on the same sweep.
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelsoup.cli",
+            "greedy",
+            *map(str, sorted(out.glob("ft*"))),
+            "-o",
+            str(tmp_path / "custom.safetensors"),
+            "--model",
+            "examples/tiny_sweep.py:model",
+            "--evaluator",
+            "examples/custom_evaluator.py:top1",
+            "-q",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    custom = json.loads((tmp_path / "custom.safetensors.run" / "result.json").read_text())
+    assert custom["kept"] == result["kept"]  # the same accuracy, measured by the user's code
