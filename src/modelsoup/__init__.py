@@ -28,7 +28,16 @@ from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
 from .evaluation import ClassificationEvaluator, Evaluation, Evaluator, FunctionEvaluator
 from .ingredients import Ingredient, StateDictIngredient, open_ingredient
 from .layout import Layout, TensorSpec
-from .recipes import RECIPES, GreedyResult, greedy_soup, uniform_soup
+from .recipes import (
+    RECIPES,
+    GreedyResult,
+    LearnedResult,
+    greedy_soup,
+    learned_soup,
+    model_stock,
+    uniform_soup,
+    wise_ft,
+)
 from .save import materialize, save
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
     "Evaluator",
     "FunctionEvaluator",
     "GreedyResult",
+    "LearnedResult",
     "Ingredient",
     "Layout",
     "MismatchError",
@@ -55,12 +65,15 @@ __all__ = [
     "gram",
     "greedy_soup",
     "interpolate",
+    "learned_soup",
     "linear_combination",
     "materialize",
+    "model_stock",
     "norm",
     "open_ingredient",
     "save",
     "task_vector",
     "uniform_soup",
     "weighted_average",
+    "wise_ft",
 ]

@@ -108,6 +108,9 @@ class Combination:
     - any other coefficients (task arithmetic): anchored on the ingredient with the
       largest coefficient, ``(sum c) θa + sum_i c_i (θi - θa)``.
 
+    ``per_tensor`` gives some tensors their own coefficients (Model Stock, soups learned by
+    layer); the others use ``coefficients``.
+
     Integer and bool tensors are never combined: ``integers="error"`` requires them to
     be equal in every ingredient, ``"first"`` takes the first ingredient's value.
     With ``check_finite`` (default), NaN or Inf in any ingredient, or an overflow of the
@@ -123,16 +126,13 @@ class Combination:
         dtype: torch.dtype | None = None,
         integers: IntegerPolicy = "error",
         check_finite: bool = True,
+        per_tensor: Mapping[str, Sequence[float]] | None = None,
     ):
         self.ingredients = list(ingredients)
-        self.coefficients = [float(c) for c in coefficients]
-        if len(self.coefficients) != len(self.ingredients):
-            raise SoupError(
-                f"{len(self.coefficients)} coefficients for {len(self.ingredients)} "
-                "ingredients; give one per ingredient"
-            )
-        if not all(math.isfinite(c) for c in self.coefficients):
-            raise SoupError(f"coefficients must be finite, got {self.coefficients}")
+        self.coefficients = self._check([float(c) for c in coefficients])
+        self.per_tensor = {
+            n: self._check([float(c) for c in cs]) for n, cs in (per_tensor or {}).items()
+        }
         if integers not in INTEGER_POLICIES:
             raise SoupError(f"integers must be one of {INTEGER_POLICIES}, got {integers!r}")
         if not accumulate.is_floating_point:
@@ -150,11 +150,21 @@ class Combination:
             },
             shared.aliases,
         )
-        # Anchor of the general path: the largest coefficient (first among equals).
-        self._anchor = max(range(len(self.coefficients)), key=lambda i: self.coefficients[i])
-        self._sum = sum(self.coefficients)
-        # Running mean needs non-negative coefficients and a positive total.
-        self._running = all(c >= 0 for c in self.coefficients) and self._sum > 0
+        unknown = set(self.per_tensor) - set(shared.specs)
+        if unknown:
+            raise SoupError(
+                f"per-tensor coefficients for tensors the ingredients lack: {sorted(unknown)[:5]}"
+            )
+
+    def _check(self, coefficients: list[float]) -> list[float]:
+        if len(coefficients) != len(self.ingredients):
+            raise SoupError(
+                f"{len(coefficients)} coefficients for {len(self.ingredients)} "
+                "ingredients; give one per ingredient"
+            )
+        if not all(math.isfinite(c) for c in coefficients):
+            raise SoupError(f"coefficients must be finite, got {coefficients}")
+        return coefficients
 
     @property
     def source(self) -> str:
@@ -179,39 +189,44 @@ class Combination:
         stop = spec.numel if stop is None else stop
         if not is_float(spec.dtype):
             return self._read_integer(name, start, stop)
-        if self._running:
-            out = self._running_mean(name, start, stop)
+        coefs = self.per_tensor.get(name, self.coefficients)
+        # The running mean needs non-negative coefficients and a positive total.
+        if all(c >= 0 for c in coefs) and sum(coefs) > 0:
+            out = self._running_mean(name, start, stop, coefs)
         else:
-            out = self._anchored_sum(name, start, stop)
+            out = self._anchored_sum(name, start, stop, coefs)
         out = out.to(spec.dtype)
         if self.check_finite and not all_finite(out):
             raise self._nonfinite(name, start, stop, spec)
         return out
 
-    def _running_mean(self, name: str, start: int, stop: int) -> torch.Tensor:
-        terms = [(ing, c) for ing, c in zip(self.ingredients, self.coefficients) if c > 0]
+    def _running_mean(self, name: str, start: int, stop: int, coefs: list[float]) -> torch.Tensor:
+        terms = [(ing, c) for ing, c in zip(self.ingredients, coefs) if c > 0]
         first, total = terms[0]
         m = first.read(name, start, stop).to(self.accumulate, copy=True)
         for ing, c in terms[1:]:
             total += c
             m.lerp_(ing.read(name, start, stop).to(self.accumulate), c / total)
-        if abs(self._sum - 1.0) > 1e-12:
-            m.mul_(self._sum)
+        if abs(sum(coefs) - 1.0) > 1e-12:
+            m.mul_(sum(coefs))
         return m
 
-    def _anchored_sum(self, name: str, start: int, stop: int) -> torch.Tensor:
-        anchor = self.ingredients[self._anchor].read(name, start, stop).to(self.accumulate)
+    def _anchored_sum(self, name: str, start: int, stop: int, coefs: list[float]) -> torch.Tensor:
+        # Anchored on the largest coefficient (first among equals).
+        a = max(range(len(coefs)), key=lambda i: coefs[i])
+        anchor = self.ingredients[a].read(name, start, stop).to(self.accumulate)
         acc: torch.Tensor | None = None
         diff = torch.empty_like(anchor)
-        for i, (ing, c) in enumerate(zip(self.ingredients, self.coefficients)):
-            if i == self._anchor:
+        for i, (ing, c) in enumerate(zip(self.ingredients, coefs)):
+            if i == a:
                 continue
             torch.sub(ing.read(name, start, stop), anchor, out=diff)
             if acc is None:
                 acc = diff.mul(c)
             else:
                 acc.add_(diff, alpha=c)
-        return anchor * self._sum if acc is None else acc.add_(anchor, alpha=self._sum)
+        total = sum(coefs)
+        return anchor * total if acc is None else acc.add_(anchor, alpha=total)
 
     def _read_integer(self, name: str, start: int, stop: int) -> torch.Tensor:
         first = self.ingredients[0].read(name, start, stop)
@@ -424,6 +439,43 @@ def _fill(ingredient: Ingredient, out: Mapping[str, torch.Tensor]) -> None:
         flat[name][start : start + chunk.numel()] = chunk
 
 
+def tensor_grams(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per floating tensor, the k x k inner products ``<θi - base, θj - base>`` of that
+    tensor (float64). Streams in chunks and reads each ingredient once; see `gram`."""
+    from tqdm.auto import tqdm
+
+    members = [*ingredients, *([base] if base is not None else [])]
+    layout = check_compatible(members, allow_float_dtype_mix=True)
+    k = len(ingredients)
+    floats = [(n, s) for n, s in layout.specs.items() if is_float(s.dtype)]
+    out: dict[str, torch.Tensor] = {}
+    with tqdm(
+        total=sum(s.numel for _, s in floats),
+        unit="param",
+        unit_scale=True,
+        disable=not progress,
+        desc="inner products",
+        delay=0.5,
+    ) as bar:
+        for name, spec in floats:
+            g = torch.zeros(k, k, dtype=torch.float64)
+            for a, b in chunk_ranges(spec.numel, 8 * k, GRAM_CHUNK_BYTES):
+                m = torch.empty(k, b - a, dtype=torch.float64)
+                for i, ing in enumerate(ingredients):
+                    m[i] = ing.read(name, a, b)
+                if base is not None:
+                    m -= base.read(name, a, b).to(torch.float64)
+                g.addmm_(m, m.T)
+                bar.update(b - a)
+            out[name] = g
+    return out
+
+
 def gram(
     ingredients: Sequence[Ingredient],
     base: Ingredient | None = None,
@@ -437,32 +489,9 @@ def gram(
     to 1, where float32 would lose the angle). Tied tensors count once; integer tensors
     are skipped. Returns a float64 tensor.
     """
-    from tqdm.auto import tqdm
-
-    members = [*ingredients, *([base] if base is not None else [])]
-    layout = check_compatible(members, allow_float_dtype_mix=True)
+    per = tensor_grams(ingredients, base, progress=progress)
     k = len(ingredients)
-    g = torch.zeros(k, k, dtype=torch.float64)
-    floats = [(n, s) for n, s in layout.specs.items() if is_float(s.dtype)]
-    total = sum(s.numel for _, s in floats)
-    with tqdm(
-        total=total,
-        unit="param",
-        unit_scale=True,
-        disable=not progress,
-        desc="inner products",
-        delay=0.5,
-    ) as bar:
-        for name, spec in floats:
-            for a, b in chunk_ranges(spec.numel, 8 * k, GRAM_CHUNK_BYTES):
-                m = torch.empty(k, b - a, dtype=torch.float64)
-                for i, ing in enumerate(ingredients):
-                    m[i] = ing.read(name, a, b)
-                if base is not None:
-                    m -= base.read(name, a, b).to(torch.float64)
-                g.addmm_(m, m.T)
-                bar.update(b - a)
-    return g
+    return sum(per.values(), torch.zeros(k, k, dtype=torch.float64))
 
 
 def dot(a: Ingredient, b: Ingredient, base: Ingredient | None = None) -> float:

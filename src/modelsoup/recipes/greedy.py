@@ -196,13 +196,13 @@ def greedy_soup(
     first = sequence[0]
     soup = RunningMean(ingredients[first], accumulate=accumulate, integers=integers)
     counter.reads += 1
-    known = evals[first]
     start = log.find(event="start") if log else None
     if start is not None:
         current = Evaluation.from_json(start["evaluation"])
-    elif known is not None:
-        current = known  # the soup of one ingredient is that ingredient, bit for bit
     else:
+        # The soup of one ingredient is that ingredient bit for bit, but its score is
+        # measured again: given scores may come from another evaluator (one without the
+        # evaluator's `prepare` step, an earlier run), and the bar must be this one's.
         current = counter.count(evaluate(evaluator, soup.state(), what=ingredients[first].source))
         if log:
             log.append({"event": "start", "index": first, "evaluation": current.to_json()})

@@ -1,0 +1,274 @@
+"""Learned soup: mixing weights fit by gradient descent on the held-out split.
+
+Wortsman et al., "Model soups", ICML 2022, Appendix I: minimise over mixing weights
+alpha = softmax(a) (one vector, or one per layer) and a temperature beta the
+cross-entropy of beta * f(x; sum_i alpha_i theta_i) on the held-out split; the released
+code uses AdamW, lr 0.05, 5 epochs, and held all 72 models in memory.
+
+Here memory does not grow with k. The loss depends on alpha only through the mixed
+weights, so dL/d alpha_{l,i} = <dL/d theta_l, theta_{i,l}>: one forward/backward on the
+mixed model gives the gradient g, and one streamed pass over the ingredients gives every
+inner product; a second pass mixes the weights for the next step. Each step therefore
+holds the mixed model, its gradient and a few chunks, and reads every ingredient twice
+(from the page cache after the first step). When the ingredients fit a memory budget,
+an in-memory path stacks them and lets autograd do the same computation.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.func import functional_call
+
+from ..arithmetic import Combination, chunk_ranges
+from ..checks import check_compatible
+from ..errors import SoupError
+from ..evaluation import ClassificationEvaluator, _logits, _to, world
+from ..ingredients import Ingredient, StateDictIngredient
+from ..layout import is_float
+from ..save import materialize
+
+Mode = Literal["auto", "streamed", "memory"]
+DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of stacked float32 ingredients for mode="auto"
+
+
+@dataclass
+class LearnedResult:
+    """The learned soup and its mixing weights.
+
+    ``alpha`` is [k] (per model) or [rows, k] (by layer: ``rows`` names each row's
+    tensors); ``beta`` the learned temperature; ``history`` one entry per epoch (mean
+    held-out loss); ``mode`` the path used and ``seconds_per_step`` its speed.
+    """
+
+    soup: StateDictIngredient
+    alpha: torch.Tensor
+    beta: float
+    rows: list[str]
+    history: list[dict] = field(default_factory=list)
+    mode: str = "streamed"
+    steps: int = 0
+    seconds_per_step: float = 0.0
+
+
+class _Mixer:
+    """Mixed weights sum_i alpha[row(name), i] * theta_i, and the alpha gradient.
+
+    ``memory`` stacks every ingredient's floating tensors ([k, ...] float32);
+    ``streamed`` keeps only the mixed tensors and reads ingredients chunk by chunk.
+    """
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        names: list[str],
+        row_of: dict[str, int],
+        mode: str,
+        device: torch.device,
+        trainable: set[str],
+    ):
+        self.ingredients, self.names, self.row_of = list(ingredients), names, row_of
+        self.mode, self.device, self.trainable = mode, device, trainable
+        self.stack: dict[str, torch.Tensor] = {}
+        if mode == "memory":
+            for n in names:
+                self.stack[n] = torch.stack(
+                    [ing.get(n).to(torch.float32) for ing in ingredients]
+                ).to(device)
+
+    def mix(self, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mixed float32 tensors (autograd-connected to alpha in memory mode)."""
+        if self.mode == "memory":
+            # Buffers (BatchNorm statistics) are mixed with the same weights, but torch
+            # does not differentiate through them, so they use a detached alpha.
+            return {
+                n: torch.tensordot(
+                    (alpha if n in self.trainable else alpha.detach())[self.row_of[n]],
+                    self.stack[n],
+                    dims=1,
+                )
+                for n in self.names
+            }
+        a = alpha.detach().cpu().double()
+        out = {}
+        layout = self.ingredients[0].layout
+        for n in self.names:
+            spec = layout.spec(n)
+            flat = torch.zeros(spec.numel, dtype=torch.float32)
+            w = a[self.row_of[n]].tolist()
+            for start, stop in chunk_ranges(spec.numel):
+                acc = flat[start:stop]
+                for ing, wi in zip(self.ingredients, w):
+                    acc.add_(ing.read(n, start, stop), alpha=wi)
+            out[n] = flat.view(spec.shape).to(self.device)
+        return out
+
+    def alpha_grad(self, grads: dict[str, torch.Tensor], rows: int) -> torch.Tensor:
+        """dL/d alpha [rows, k] = per row, sum over its tensors of <g_n, theta_{i,n}>."""
+        k = len(self.ingredients)
+        dots = torch.zeros(rows, k, dtype=torch.float64)
+        for n, grad in grads.items():
+            g = grad.detach().reshape(-1).to("cpu", torch.float32)
+            r = self.row_of[n]
+            for start, stop in chunk_ranges(g.numel()):
+                gc = g[start:stop]
+                for i, ing in enumerate(self.ingredients):
+                    dots[r, i] += float(torch.dot(gc, ing.read(n, start, stop).float()))
+        return dots
+
+
+def learned_soup(
+    ingredients: Sequence[Ingredient],
+    evaluator: ClassificationEvaluator,
+    *,
+    by_layer: bool = False,
+    epochs: int = 5,
+    lr: float = 0.05,
+    mode: Mode = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
+    progress: bool = False,
+) -> LearnedResult:
+    """Fit mixing weights (and a temperature) on the evaluator's held-out split.
+
+    ``evaluator`` supplies the architecture (its model), the held-out batches (its
+    selection split, sharded under torchrun) and the device. ``by_layer`` learns one
+    weight vector per floating tensor instead of one for the model. AdamW with ``lr``
+    for ``epochs`` passes over the held-out split, as the paper's released code.
+    ``mode``: ``"memory"`` stacks the ingredients and uses autograd; ``"streamed"`` holds
+    one model whatever k; ``"auto"`` picks memory when the stacked float32 ingredients
+    fit ``memory_budget`` bytes. Integer tensors are taken from the first ingredient.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(evaluator, ClassificationEvaluator):
+        raise SoupError(
+            "a learned soup needs the model and the held-out data: use the built-in "
+            "evaluator (--model and --data), not a custom --evaluator"
+        )
+    if mode not in ("auto", "streamed", "memory"):
+        raise SoupError(f"mode must be auto, streamed or memory, got {mode!r}")
+    k = len(ingredients)
+    layout = check_compatible(ingredients)
+    names = [n for n, s in layout.specs.items() if is_float(s.dtype)]
+    if not names:
+        raise SoupError("the ingredients have no floating tensors to mix")
+    rows = names if by_layer else ["all"]
+    row_of = {n: (i if by_layer else 0) for i, n in enumerate(names)}
+    stacked = k * sum(layout.specs[n].numel for n in names) * 4
+    if mode == "auto":
+        mode = "memory" if stacked <= memory_budget else "streamed"
+    device = evaluator.device
+    fixed = {
+        n: ingredients[0].get(n).to(device)
+        for n, s in layout.specs.items()
+        if not is_float(s.dtype)
+    }
+    model = evaluator.model
+    own = dict(model.named_parameters())
+    trainable = {n for n in names if n in own or layout.canonical(n) in own}
+    mixer = _Mixer(ingredients, names, row_of, mode, device, trainable)
+    learnable = [n for n in names if n in trainable]
+
+    a = torch.zeros(len(rows), k, dtype=torch.float32, device=device, requires_grad=True)
+    log_beta = torch.zeros((), dtype=torch.float32, device=device, requires_grad=True)
+    opt = torch.optim.AdamW([a, log_beta], lr=lr, weight_decay=0.0)
+    batches = list(evaluator._batches(evaluator.selection))
+    size = world()[1]
+    total = evaluator.size(evaluator.selection)
+    rng = random.Random(seed)
+    history: list[dict] = []
+    steps = 0
+    t0 = time.perf_counter()
+    model.eval()
+    bar = tqdm(
+        total=epochs * len(batches), desc=f"learned soup ({mode})", disable=not progress, delay=0.5
+    )
+    for epoch in range(epochs):
+        order = list(range(len(batches)))
+        rng.shuffle(order)
+        loss_sum = 0.0
+        for bi in order:
+            _, x, y = batches[bi]
+            alpha = torch.softmax(a, dim=1)
+            mixed = mixer.mix(alpha)
+            if mode == "streamed":
+                for n in learnable:
+                    mixed[n].requires_grad_(True)
+            state = {**mixed, **fixed}
+            state.update({al: state[t] for al, t in layout.aliases.items()})
+            y = y.to(device)
+            logits = _forward_functional(model, state, _to(x, device))
+            # The mean over the whole global batch: each rank holds its share.
+            n_global = torch.tensor(float(len(y)))
+            if size > 1:
+                torch.distributed.all_reduce(n_global)
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.float() * log_beta.exp(), y, reduction="sum"
+                )
+                / n_global.item()
+            )
+            opt.zero_grad(set_to_none=True)
+            if mode == "memory":
+                loss.backward()
+            else:
+                grads = torch.autograd.grad(
+                    loss, [mixed[n] for n in learnable] + [log_beta], allow_unused=True
+                )
+                dalpha = mixer.alpha_grad(
+                    {n: g for n, g in zip(learnable, grads[:-1]) if g is not None}, len(rows)
+                )
+                # chain rule through the softmax, row by row
+                al = alpha.detach().double().cpu()
+                da = al * (dalpha - (al * dalpha).sum(1, keepdim=True))
+                a.grad = da.to(a.dtype).to(device)
+                log_beta.grad = grads[-1].detach()
+            if size > 1:
+                for p in (a, log_beta):
+                    torch.distributed.all_reduce(p.grad)
+            opt.step()
+            loss_sum += float(loss.detach()) * (n_global.item() / max(total, 1))
+            steps += 1
+            bar.update(1)
+        history.append({"epoch": epoch + 1, "loss": loss_sum})
+    bar.close()
+    seconds = (time.perf_counter() - t0) / max(steps, 1)
+    alpha = torch.softmax(a.detach(), dim=1).cpu()
+    soup = learned_mixture(ingredients, alpha if by_layer else alpha[0], rows if by_layer else None)
+    kind = "learned soup by layer" if by_layer else "learned soup"
+    return LearnedResult(
+        soup=StateDictIngredient(materialize(soup), source=f"{kind} of {k} ingredients"),
+        alpha=alpha if by_layer else alpha[0],
+        beta=float(log_beta.detach().exp()),
+        rows=rows,
+        history=history,
+        mode=mode,
+        steps=steps,
+        seconds_per_step=seconds,
+    )
+
+
+def learned_mixture(
+    ingredients: Sequence[Ingredient], alpha: torch.Tensor, rows: Sequence[str] | None = None
+) -> Combination:
+    """The soup of mixing weights ``alpha`` ([k], or [rows, k] with ``rows`` naming each
+    row's tensor), lazy; integer tensors from the first ingredient. Rebuilds a learned
+    soup from saved weights."""
+    if rows is None:
+        return Combination(ingredients, alpha.tolist(), integers="first")
+    per_tensor = {n: alpha[i].tolist() for i, n in enumerate(rows)}
+    k = len(ingredients)
+    return Combination(ingredients, [1.0 / k] * k, integers="first", per_tensor=per_tensor)
+
+
+def _forward_functional(model: torch.nn.Module, state: dict, x) -> torch.Tensor:
+    """``model`` run with ``state`` as its parameters and buffers (no module is changed)."""
+    if isinstance(x, Mapping):
+        return _logits(functional_call(model, state, (), x))
+    return _logits(functional_call(model, state, (x,)))

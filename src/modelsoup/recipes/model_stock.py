@@ -1,0 +1,64 @@
+"""Model Stock: a per-layer interpolation toward the pretrained weights, from the angle
+between fine-tuned weights, with no held-out search.
+
+Jang, Yun and Han, "Model Stock: All we need is just a few fine-tuned models", ECCV 2024.
+For each layer l, with phi_l the angle between the task vectors theta_i,l - theta0_l of
+the k fine-tunes (the mean of their pairwise cosines):
+
+    t_l = k cos(phi_l) / ((k - 1) cos(phi_l) + 1)
+    theta_l = t_l * mean_i(theta_i,l) + (1 - t_l) * theta0_l
+
+Two streamed passes: per-tensor inner products, then the per-tensor combination.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..arithmetic import Combination, tensor_grams
+from ..errors import SoupError
+from ..ingredients import Ingredient
+
+
+def model_stock_ratio(cos: float, k: int) -> float:
+    """t = k cos / ((k - 1) cos + 1), the weight of the fine-tunes' mean."""
+    return k * cos / ((k - 1) * cos + 1)
+
+
+def mean_pairwise_cosine(g: torch.Tensor) -> float:
+    """Mean cosine over pairs i < j from a Gram matrix; NaN if a vector is zero."""
+    k = g.shape[0]
+    d = g.diagonal().sqrt()
+    cos = g / (d[:, None] * d[None, :])
+    iu = torch.triu_indices(k, k, offset=1)
+    return float(cos[iu[0], iu[1]].mean())
+
+
+def model_stock(
+    finetuned: Sequence[Ingredient], base: Ingredient, *, progress: bool = False, **options
+) -> tuple[Combination, dict[str, float]]:
+    """The Model Stock merge of ``finetuned`` (k >= 2) and ``base`` (theta0), lazy, and the
+    ratio t chosen for each tensor. A tensor no fine-tune changed (zero task vectors, e.g.
+    frozen BatchNorm statistics) keeps t = 1, which there equals theta0 anyway.
+    ``options`` as `Combination` (``dtype``, ``integers``, ...)."""
+    k = len(finetuned)
+    if k < 2:
+        raise SoupError(
+            "Model Stock needs at least 2 fine-tuned models (it measures the "
+            "angle between their task vectors)"
+        )
+    grams = tensor_grams(finetuned, base, progress=progress)
+    ratios: dict[str, float] = {}
+    per_tensor: dict[str, list[float]] = {}
+    for name, g in grams.items():
+        cos = mean_pairwise_cosine(g)
+        t = model_stock_ratio(cos, k) if math.isfinite(cos) else 1.0
+        ratios[name] = t
+        per_tensor[name] = [t / k] * k + [1.0 - t]
+    merged = Combination(
+        [*finetuned, base], [1.0 / k] * k + [0.0], per_tensor=per_tensor, **options
+    )
+    return merged, ratios

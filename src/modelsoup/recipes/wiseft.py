@@ -1,0 +1,53 @@
+"""WiSE-FT: interpolate fine-tuned weights back toward the pretrained ones.
+
+Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022:
+theta(a) = (1 - a) theta0 + a theta_ft, for one scalar a. The model-soups paper notes
+that interpolating a soup toward theta0 improves robustness further. `wiseft_scan`
+scores a grid of a on the held-out split and reports every split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..arithmetic import Combination, interpolate
+from ..evaluation import ClassificationEvaluator, Evaluator, evaluate
+from ..ingredients import Ingredient
+from ..save import materialize
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def wise_ft(base: Ingredient, finetuned: Ingredient, alpha: float, **options) -> Combination:
+    """``(1 - alpha) * base + alpha * finetuned``, lazy (exact at 0 and 1)."""
+    return interpolate(base, finetuned, alpha, **options)
+
+
+def wiseft_scan(
+    base: Ingredient,
+    finetuned: Ingredient,
+    evaluator: Evaluator,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    **options,
+) -> list[dict[str, Any]]:
+    """Score ``wise_ft(base, finetuned, a)`` for each ``a``: the held-out score, and with
+    the built-in evaluator the accuracy on every split. Returns one dict per ``a``."""
+    out = []
+    for a in alphas:
+        state = materialize(wise_ft(base, finetuned, a, **options))
+        row: dict[str, Any] = {"alpha": a}
+        if isinstance(evaluator, ClassificationEvaluator):
+            for i, split in enumerate(evaluator.splits):
+                row[split] = evaluator.evaluate(state if i == 0 else None, split).score
+            row["heldout"] = row[evaluator.selection]
+        else:
+            row["heldout"] = evaluate(evaluator, state, what=f"WiSE-FT at alpha={a}").score
+        out.append(row)
+    return out
+
+
+def best_alpha(scan: Sequence[dict[str, Any]]) -> float:
+    """The alpha with the best held-out score (the largest among ties: closest to the
+    fine-tuned model)."""
+    return max(scan, key=lambda r: (r["heldout"], r["alpha"]))["alpha"]

@@ -1,0 +1,429 @@
+"""The paper's experiment, end to end and offline (Wortsman et al., ICML 2022, Table 3).
+
+A pretrained network with a linear-probe head is the shared initialization (model_0, an
+ingredient itself); the sweep fine-tunes it with random hyperparameters; every method
+of Table 3 is then computed with the modelsoup library, used as any user would, and
+reported on the held-out split (which drives every choice), the ID test split and five
+distribution shifts. Finished ingredients, logits and journals are cached in the output
+folder (keyed by config), so a rerun is quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import update_bn
+
+import modelsoup as ms
+from modelsoup.evaluation import ClassificationEvaluator, Evaluation
+from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
+from modelsoup.recipes.learned import learned_mixture
+from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
+from modelsoup.runs import LogitCache, content_hash, data_id, versions, write_json
+
+from .config import Config
+from .data import ImageData, load_image_data, mobilenet_weights
+from .mobilenet import build
+from .sweep import finetune, linear_probe, sample_hparams
+
+NUM_CLASSES = 10
+WISEFT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+@dataclass
+class Row:
+    """One line of the results table: accuracy per split and inference cost."""
+
+    method: str
+    models: int | str
+    scores: dict[str, float]
+    std: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def make_ingredients(
+    config: Config, data: ImageData, folder: Path, *, progress: bool, log: Callable[[str], None]
+) -> tuple[list[ms.Ingredient], list[dict]]:
+    """model_0 (pretrained features + linear-probe head) and the fine-tunes, each saved as
+    safetensors with its hyperparameters; files already made with the same config are
+    reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = mobilenet_weights()
+    model = build(NUM_CLASSES)
+    lp_key = _key(
+        {"v": 1, "data": data.fingerprint, "weights": weights.stat().st_size, "l2": config.lp_l2}
+    )
+    path0 = folder / f"model_0-{lp_key}.safetensors"
+    info: list[dict] = []
+    t = time.perf_counter()
+    if path0.exists():
+        init = ms.materialize(ms.open_ingredient(path0))
+        info.append(
+            {
+                "name": "model_0",
+                "hparams": {"info": "LP initialization"},
+                "path": str(path0),
+                "cached": True,
+                "seconds": 0.0,
+            }
+        )
+    else:
+        pretrained = torch.load(weights, map_location="cpu", weights_only=True)
+        backbone = {k: v for k, v in pretrained.items() if not k.startswith("classifier.")}
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        assert not unexpected and set(missing) == {"classifier.1.weight", "classifier.1.bias"}
+        lp = linear_probe(
+            model, data.splits["train"], data.splits["val"], NUM_CLASSES, config.lp_l2
+        )
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        hp = {"info": "LP initialization", **lp}
+        ms.save(
+            ms.StateDictIngredient(init), path0, force=True, metadata={"hparams": json.dumps(hp)}
+        )
+        info.append(
+            {
+                "name": "model_0",
+                "hparams": hp,
+                "path": str(path0),
+                "cached": False,
+                "seconds": time.perf_counter() - t,
+            }
+        )
+        log(f"model_0: linear probe (L2 {lp['l2']:g}), held-out accuracy {lp['val_accuracy']:.4f}")
+    rng = random.Random(config.seed)
+    for i in range(1, config.ingredients):
+        hp = sample_hparams(rng, config.sweep)
+        seed = config.seed * 1000 + i
+        key = _key(
+            {
+                "v": 1,
+                "lp": lp_key,
+                "hp": hp.to_json(),
+                "seed": seed,
+                "bn": config.bn,
+                "batch": config.batch_size,
+            }
+        )
+        path = folder / f"model_{i}-{key}.safetensors"
+        t = time.perf_counter()
+        cached = path.exists()
+        if not cached:
+            state = finetune(
+                model,
+                init,
+                data.splits["train"],
+                hp,
+                seed=seed,
+                bn=config.bn,
+                batch_size=config.batch_size,
+                progress=progress,
+                desc=f"fine-tune model_{i}/{config.ingredients - 1}",
+            )
+            ms.save(
+                ms.StateDictIngredient(state),
+                path,
+                force=True,
+                metadata={"hparams": json.dumps(hp.to_json())},
+            )
+            log(
+                f"model_{i}: lr {hp.lr:.2e}, wd {hp.wd:.2g}, {hp.epochs} epoch(s), smoothing "
+                f"{hp.smoothing:.2f}, mixup {hp.mixup:.2f}, aug {hp.aug} "
+                f"({time.perf_counter() - t:.0f} s)"
+            )
+        info.append(
+            {
+                "name": f"model_{i}",
+                "hparams": hp.to_json(),
+                "path": str(path),
+                "cached": cached,
+                "seconds": time.perf_counter() - t,
+            }
+        )
+    ingredients = [ms.open_ingredient(d["path"]) for d in info]
+    return ingredients, info
+
+
+class SoupScorer:
+    """Accuracy of a soup on every split, computed once per distinct soup (keyed by the
+    soup's content hash) and cached with the ingredients' logits."""
+
+    def __init__(
+        self,
+        evaluator: ClassificationEvaluator,
+        cache: LogitCache,
+        labels: Mapping[str, torch.Tensor],
+        tag: str,
+    ):
+        self.evaluator, self.cache, self.labels, self.tag = evaluator, cache, labels, tag
+
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        key = f"soup-{content_hash(state)}{self.tag}"
+        out, loaded = {}, False
+        for split, y in self.labels.items():
+            ident = data_id(y)
+            logits = self.cache.get(key, split, ident)
+            if logits is None:
+                logits, _ = self.evaluator.logits(None if loaded else state, split)
+                loaded = True
+                self.cache.put(key, split, ident, logits)
+            out[split] = correct_count(logits, y) / len(y)
+        return out
+
+
+def _bn_recompute(train: torch.utils.data.TensorDataset, batch_size: int):
+    """``prepare`` hook: recompute a soup's BatchNorm statistics on the training split
+    (``torch.optim.swa_utils.update_bn``), as networks averaged with BN need."""
+    loader = [x for x in train.tensors[0].split(batch_size)]
+
+    def prepare(model: torch.nn.Module) -> None:
+        update_bn(loader, model)
+
+    return prepare
+
+
+def _learned(
+    ingredients: Sequence[ms.Ingredient],
+    info: list[dict],
+    evaluator: ClassificationEvaluator,
+    config: Config,
+    run: Path,
+    by_layer: bool,
+    progress: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A learned soup (paper, Appendix I: AdamW, lr 0.05, fit on held-out), its weights
+    cached in the run folder under a key of the ingredients and settings."""
+    key = _key(
+        {
+            "v": 1,
+            "ingredients": [d["path"] for d in info],
+            "by_layer": by_layer,
+            "epochs": config.learned_epochs,
+            "lr": 0.05,
+            "seed": config.seed,
+        }
+    )
+    path = run / f"learned{'-by-layer' if by_layer else ''}-{key}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        alpha, rows = torch.tensor(saved["alpha"]), saved["rows"]
+    else:
+        res = ms.learned_soup(
+            ingredients,
+            evaluator,
+            by_layer=by_layer,
+            epochs=config.learned_epochs,
+            lr=0.05,
+            seed=config.seed,
+            progress=progress,
+        )
+        alpha, rows = res.alpha, res.rows
+        saved = {
+            "alpha": alpha.tolist(),
+            "rows": rows,
+            "beta": res.beta,
+            "mode": res.mode,
+            "history": res.history,
+            "seconds_per_step": res.seconds_per_step,
+        }
+        write_json(path, saved)
+    soup = learned_mixture(ingredients, alpha, rows if by_layer else None)
+    detail = {"beta": saved["beta"], "mode": saved["mode"], "weights_file": path.name}
+    if not by_layer:
+        detail["alpha"] = {d["name"]: round(a, 4) for d, a in zip(info, saved["alpha"])}
+    return ms.materialize(soup), detail
+
+
+def reproduce(
+    config: Config, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the experiment; write results.md/.json/.csv, figure1.png and config.json to
+    ``out``; return the results dict."""
+    from .report import write_reports
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    torch.manual_seed(config.seed)
+    write_json(out / "config.json", {**config.to_json(), "versions": versions()})
+
+    data = load_image_data(
+        config.resolution, config.train, config.val, config.test, config.shifts, config.shift_size
+    )
+    timing["data"] = time.perf_counter() - t0
+    ingredients, info = make_ingredients(
+        config, data, out / "ingredients", progress=progress, log=log
+    )
+    timing["ingredients"] = time.perf_counter() - t0 - timing["data"]
+
+    t = time.perf_counter()
+    splits = data.eval_splits()
+    cache = LogitCache(out / "cache" / "logits")
+    evaluator = ClassificationEvaluator(
+        build(NUM_CLASSES), splits, batch_size=config.eval_batch_size
+    )
+    logits, labels, _ = compute_logits(
+        ingredients, evaluator, list(splits), cache, progress=progress
+    )
+    n = {s: len(y) for s, y in labels.items()}
+
+    def acc(lg: torch.Tensor, s: str) -> float:
+        return correct_count(lg, labels[s]) / n[s]
+
+    for i, d in enumerate(info):
+        d["scores"] = {s: acc(logits[s][i], s) for s in splits}
+    timing["evaluate ingredients"] = time.perf_counter() - t
+
+    # Soups are evaluated as they would be deployed: with BatchNorm statistics recomputed
+    # when fine-tuning updated them (bn="train"); with frozen statistics (bn="frozen")
+    # every ingredient shares the pretrained ones and averaging keeps them.
+    t = time.perf_counter()
+    prepare = (
+        _bn_recompute(data.splits["train"], config.eval_batch_size)
+        if config.bn == "train"
+        else None
+    )
+    soup_evaluator = ClassificationEvaluator(
+        build(NUM_CLASSES), splits, batch_size=config.eval_batch_size, prepare=prepare
+    )
+    score_soup = SoupScorer(soup_evaluator, cache, labels, "-bn" if prepare else "")
+    val_evals = [
+        Evaluation(acc(lg, "val"), correct_count(lg, labels["val"]), n["val"], n["val"])
+        for lg in logits["val"]
+    ]
+    # Integer tensors (BatchNorm's num_batches_tracked) differ after fine-tunes of different
+    # lengths when BN trains; they carry no weights, so the first ingredient's is kept.
+    rows: list[Row] = []
+    order = sorted(range(len(ingredients)), key=lambda i: -val_evals[i].correct)
+    best, second = order[0], order[1]
+    rows.append(
+        Row("best individual", 1, info[best]["scores"], detail={"ingredient": info[best]["name"]})
+    )
+    rows.append(
+        Row("second best", 1, info[second]["scores"], detail={"ingredient": info[second]["name"]})
+    )
+    uniform = ms.materialize(ms.uniform_soup(ingredients, integers="first"))
+    rows.append(Row("uniform soup", 1, score_soup(uniform)))
+    run = out / "run"
+    greedy = ms.greedy_soup(
+        ingredients,
+        soup_evaluator,
+        scores=val_evals,
+        integers="first",
+        journal=run / "greedy.jsonl",
+        progress=progress,
+    )
+    rows.append(
+        Row(
+            "greedy soup",
+            1,
+            score_soup(ms.materialize(greedy.soup)),
+            detail={
+                "kept": [info[i]["name"] for i in greedy.kept],
+                "examples_saved": greedy.examples_saved,
+            },
+        )
+    )
+    randoms = []
+    for r in range(config.random_orders):
+        res = ms.greedy_soup(
+            ingredients,
+            soup_evaluator,
+            order="random",
+            seed=config.seed + r,
+            integers="first",
+            journal=run / f"greedy-random-{r}.jsonl",
+            progress=progress,
+        )
+        randoms.append((res, score_soup(ms.materialize(res.soup))))
+    mean = {s: statistics.fmean(sc[s] for _, sc in randoms) for s in splits}
+    std = {
+        s: statistics.stdev(sc[s] for _, sc in randoms) if len(randoms) > 1 else 0.0 for s in splits
+    }
+    rows.append(
+        Row(
+            f"greedy soup, random order ({config.random_orders} orders)",
+            1,
+            mean,
+            std,
+            detail={"kept": [[info[i]["name"] for i in res.kept] for res, _ in randoms]},
+        )
+    )
+    for by_layer in (False, True):
+        name = "learned soup by layer" if by_layer else "learned soup"
+        state, detail = _learned(ingredients, info, evaluator, config, run, by_layer, progress)
+        rows.append(Row(name, 1, score_soup(state), detail=detail))
+    k = len(ingredients)
+    rows.append(Row("ensemble", k, {s: acc(mean_logits(logits[s]), s) for s in splits}))
+    kept, _ = greedy_ensemble(logits["val"], labels["val"])
+    rows.append(
+        Row(
+            "greedy ensemble",
+            len(kept),
+            {s: acc(mean_logits([logits[s][i] for i in kept]), s) for s in splits},
+            detail={"kept": [info[i]["name"] for i in kept]},
+        )
+    )
+    # Related recipes: Model Stock (no held-out search; theta0 = the LP initialization),
+    # and WiSE-FT of the greedy soup toward theta0, its alpha chosen on held-out.
+    stock, ratios = ms.model_stock(ingredients[1:], ingredients[0], integers="first")
+    rows.append(
+        Row(
+            "Model Stock",
+            1,
+            score_soup(ms.materialize(stock)),
+            detail={"mean_ratio": statistics.fmean(ratios.values())},
+        )
+    )
+    val_only = ClassificationEvaluator(
+        build(NUM_CLASSES),
+        {"val": splits["val"]},
+        batch_size=config.eval_batch_size,
+        prepare=prepare,
+    )
+    scan = wiseft_scan(
+        ingredients[0], greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first"
+    )
+    alpha = best_alpha(scan)
+    wise = ms.materialize(ms.wise_ft(ingredients[0], greedy.soup, alpha, integers="first"))
+    rows.append(
+        Row(
+            f"WiSE-FT of greedy soup (alpha={alpha:g})",
+            1,
+            score_soup(wise),
+            detail={"alpha": alpha, "scan": scan},
+        )
+    )
+    timing["soups and baselines"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t0
+
+    results = {
+        "config": config.to_json(),
+        "splits": {s: n[s] for s in splits},
+        "shifts": list(config.shifts),
+        "ingredients": info,
+        "methods": [r.__dict__ for r in rows],
+        "uniform_soup_bn_note": "frozen" if config.bn == "frozen" else "recomputed",
+        "timing_seconds": timing,
+        "versions": versions(),
+    }
+    write_reports(results, out)
+    return results
+
+
+def table_rows(results: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+    """The methods of a results dict, for reports and tests."""
+    return results["methods"]

@@ -1,0 +1,242 @@
+"""The experiment's outputs: results.md / .json / .csv and the paper's Figure 1 scatter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from modelsoup.save import atomic_output
+
+
+def shift_mean(scores: Mapping[str, float], shifts: list[str]) -> float:
+    return sum(scores[s] for s in shifts) / len(shifts)
+
+
+def _columns(results: Mapping[str, Any]) -> list[str]:
+    return ["val", "test", *results["shifts"]]
+
+
+def _cell(row: Mapping[str, Any], col: str, shifts: list[str]) -> str:
+    value = shift_mean(row["scores"], shifts) if col == "shift mean" else row["scores"][col]
+    text = f"{100 * value:.2f}"
+    std = row.get("std") or {}
+    if col in std:
+        text += f" ± {100 * std[col]:.2f}"
+    elif col == "shift mean" and std:
+        text += f" ± {100 * shift_mean(std, shifts):.2f}"
+    return text
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    shifts = list(results["shifts"])
+    cols = [*_columns(results), "shift mean"]
+    names = {"val": "held-out", "test": "ID test"}
+    head = ["method", "models", *(names.get(c, c) for c in cols)]
+    lines = [
+        f"# Model soups on {results['config']['name']}: results",
+        "",
+        f"Accuracy (%) of every method of the paper's Table 3. The held-out split "
+        f"({results['splits']['val']} examples carved from the training data) drives every "
+        f"choice; ID test ({results['splits']['test']}) and the shifts are only reported. "
+        "`models` is the inference cost.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in results["methods"]:
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["method"], str(row["models"]), *(_cell(row, c, shifts) for c in cols)]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## Ingredients",
+        "",
+        "| model | hyperparameters | " + " | ".join(names.get(c, c) for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for ing in results["ingredients"]:
+        hp = ing["hparams"]
+        desc = hp.get("info") or (
+            f"lr {hp['lr']:.1e}, wd {hp['wd']:.1e}, {hp['epochs']} ep, "
+            f"ls {hp['smoothing']:.2f}, mix {hp['mixup']:.2f}, "
+            f"aug {hp['aug']}"
+        )
+        row = {"scores": ing["scores"]}
+        lines.append(
+            f"| {ing['name']} | {desc} | " + " | ".join(_cell(row, c, shifts) for c in cols) + " |"
+        )
+    lines += ["", "## What reproduces", ""] + [f"- {f}" for f in findings(results)]
+    t = results["timing_seconds"]
+    lines += ["", "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _by_method(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {r["method"].split(" (")[0]: r for r in results["methods"]}
+
+
+def findings(results: Mapping[str, Any]) -> list[str]:
+    """The paper's claims (BRIEF.md) checked on this run, with the numbers."""
+    shifts = list(results["shifts"])
+    m = _by_method(results)
+
+    def pp(a: str, b: str, col: str) -> float:
+        sa, sb = m[a]["scores"], m[b]["scores"]
+        va = shift_mean(sa, shifts) if col == "shift mean" else sa[col]
+        vb = shift_mean(sb, shifts) if col == "shift mean" else sb[col]
+        return 100 * (va - vb)
+
+    def cmp(a: str, b: str) -> str:
+        return ", ".join(
+            f"{label} {pp(a, b, col):+.2f} pp"
+            for col, label in (("val", "held-out"), ("test", "ID test"), ("shift mean", "shifts"))
+        )
+
+    greedy_kept = len(m["greedy soup"]["detail"]["kept"])
+    out = [
+        f"Greedy soup vs best individual: {cmp('greedy soup', 'best individual')} "
+        f"(kept {greedy_kept} of {len(results['ingredients'])}). Paper: +0.65 ImageNet, "
+        "+2.92 shifts.",
+        f"Uniform soup vs best individual: {cmp('uniform soup', 'best individual')}. Paper: "
+        "-0.41 ImageNet, +3.62 shifts.",
+        f"Greedy soup, random order vs sorted: "
+        f"{cmp('greedy soup, random order', 'greedy soup')}. Paper: -0.24 ImageNet, +0.55 "
+        "shifts.",
+        f"Ensemble vs greedy soup: {cmp('ensemble', 'greedy soup')}. Paper: +0.16 ImageNet, "
+        "+0.02 shifts (ensembles cost k forward passes).",
+        f"Greedy ensemble vs ensemble: {cmp('greedy ensemble', 'ensemble')}. Paper: +0.71 "
+        "ImageNet, -1.33 shifts.",
+        f"Learned soup vs greedy soup: {cmp('learned soup', 'greedy soup')}. Paper: -0.14 "
+        "ImageNet, +0.32 shifts.",
+        f"Learned soup by layer vs greedy soup: {cmp('learned soup by layer', 'greedy soup')}. "
+        "Paper: +0.34 ImageNet, +0.12 shifts.",
+        f"WiSE-FT of the greedy soup vs greedy soup: "
+        f"{cmp('WiSE-FT of greedy soup', 'greedy soup')} (its alpha chosen on held-out).",
+        f"Model Stock vs uniform soup: {cmp('Model Stock', 'uniform soup')} (Model Stock "
+        "needs no held-out search).",
+    ]
+    return out
+
+
+def write_csv(results: Mapping[str, Any]) -> str:
+    shifts = list(results["shifts"])
+    cols = _columns(results)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["kind", "method", "models", *cols, "shift_mean", *(f"{c}_std" for c in cols)])
+    for row in results["methods"]:
+        std = row.get("std") or {}
+        w.writerow(
+            [
+                "method",
+                row["method"],
+                row["models"],
+                *(f"{row['scores'][c]:.6f}" for c in cols),
+                f"{shift_mean(row['scores'], shifts):.6f}",
+                *(f"{std[c]:.6f}" if c in std else "" for c in cols),
+            ]
+        )
+    for ing in results["ingredients"]:
+        w.writerow(
+            [
+                "ingredient",
+                ing["name"],
+                1,
+                *(f"{ing['scores'][c]:.6f}" for c in cols),
+                f"{shift_mean(ing['scores'], shifts):.6f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def figure1(results: Mapping[str, Any], path: Path) -> None:
+    """ID test accuracy vs mean shift accuracy for every ingredient and method (Fig. 1)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shifts = list(results["shifts"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=150)
+    ings = results["ingredients"]
+    xs = [100 * i["scores"]["test"] for i in ings]
+    ys = [100 * shift_mean(i["scores"], shifts) for i in ings]
+    ax.scatter(xs[1:], ys[1:], c="0.6", s=28, label="fine-tuned models", zorder=2)
+    ax.scatter(
+        xs[:1], ys[:1], c="0.3", marker="s", s=36, label="LP initialization (model_0)", zorder=2
+    )
+    # Methods often coincide (a greedy soup that kept one model is the best individual):
+    # larger markers are drawn first, so coinciding points show as nested markers.
+    styles = {
+        "best individual": ("tab:red", "o", 260),
+        "uniform soup": ("tab:purple", "*", 200),
+        "greedy soup": ("tab:green", "*", 150),
+        "greedy soup, random order": ("tab:olive", "P", 90),
+        "ensemble": ("tab:blue", "D", 70),
+        "learned soup": ("tab:orange", "p", 110),
+        "learned soup by layer": ("tab:brown", "h", 80),
+        "Model Stock": ("tab:pink", "X", 80),
+        "WiSE-FT of greedy soup": ("tab:gray", "v", 60),
+        "greedy ensemble": ("tab:cyan", "D", 35),
+    }
+    methods = _by_method(results)
+    for name in sorted(styles, key=lambda n: -styles[n][2]):
+        row = methods.get(name)
+        if row is None:
+            continue
+        color, marker, size = styles[name]
+        x = 100 * row["scores"]["test"]
+        y = 100 * shift_mean(row["scores"], shifts)
+        std = row.get("std") or {}
+        if std:
+            ax.errorbar(
+                x,
+                y,
+                xerr=100 * std["test"],
+                yerr=100 * shift_mean(std, shifts),
+                color=color,
+                capsize=3,
+                zorder=3,
+            )
+        ax.scatter(
+            [x],
+            [y],
+            c=color,
+            marker=marker,
+            s=size,
+            label=row["method"],
+            edgecolors="k",
+            linewidths=0.5,
+            zorder=4,
+        )
+    ax.set_xlabel("ID test accuracy (%)")
+    ax.set_ylabel(f"mean accuracy over {len(shifts)} shifts (%)")
+    ax.set_title(f"Model soups on {results['config']['name']} (Figure 1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_output(path, force=True) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_reports(results: Mapping[str, Any], out: Path) -> None:
+    """results.json, results.csv, results.md and figure1.png in ``out`` (atomically)."""
+    for name, text in (
+        ("results.json", json.dumps(results, indent=2, default=str) + "\n"),
+        ("results.csv", write_csv(results)),
+        ("results.md", markdown(results)),
+    ):
+        with atomic_output(out / name, force=True) as tmp:
+            tmp.write_text(text)
+    figure1(results, out / "figure1.png")

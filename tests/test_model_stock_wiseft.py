@@ -1,0 +1,80 @@
+"""Model Stock follows its formula; WiSE-FT's curve ends at its endpoints."""
+
+import math
+
+import pytest
+import tinytask
+import torch
+
+from modelsoup import SoupError, StateDictIngredient, materialize, model_stock, wise_ft
+from modelsoup.evaluation import ClassificationEvaluator
+from modelsoup.recipes.model_stock import mean_pairwise_cosine, model_stock_ratio
+from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
+
+
+def _pair_at(theta_deg: float, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, dtype=torch.float64, generator=g)
+    v = torch.randn(n, dtype=torch.float64, generator=g)
+    u /= u.norm()
+    v -= (v @ u) * u
+    v /= v.norm()
+    t = math.radians(theta_deg)
+    return 2.0 * u, 3.0 * (math.cos(t) * u + math.sin(t) * v)
+
+
+def test_model_stock_matches_its_formula_per_layer():
+    base = {
+        "p": torch.randn(40, dtype=torch.float64),
+        "q": torch.randn(30, dtype=torch.float64),
+        "steps": torch.tensor(3),
+    }
+    (p1, p2), (q1, q2) = _pair_at(60.0, 40, 0), _pair_at(90.0, 30, 1)
+    ft1 = {"p": base["p"] + p1, "q": base["q"] + q1, "steps": base["steps"]}
+    ft2 = {"p": base["p"] + p2, "q": base["q"] + q2, "steps": base["steps"]}
+    merged, ratios = model_stock(
+        [StateDictIngredient(ft1), StateDictIngredient(ft2)], StateDictIngredient(base)
+    )
+    assert ratios["p"] == pytest.approx(2 * 0.5 / (0.5 + 1))  # cos 60 = 1/2 -> t = 2/3
+    assert ratios["q"] == pytest.approx(0.0, abs=1e-12)  # orthogonal -> the base itself
+    out = materialize(merged)
+    t = ratios["p"]
+    torch.testing.assert_close(out["p"], t * (ft1["p"] + ft2["p"]) / 2 + (1 - t) * base["p"])
+    torch.testing.assert_close(out["q"], base["q"], atol=1e-6, rtol=0)  # float32 sums
+    assert torch.equal(out["steps"], base["steps"])
+
+
+def test_model_stock_helpers_and_errors():
+    assert model_stock_ratio(1.0, 5) == pytest.approx(1.0)  # identical directions: the mean
+    assert model_stock_ratio(0.0, 5) == 0.0
+    g = torch.tensor([[4.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert mean_pairwise_cosine(g) == pytest.approx((0.5 + 0 + 0) / 3)
+    one = StateDictIngredient({"w": torch.ones(3)})
+    with pytest.raises(SoupError, match="at least 2"):
+        model_stock([one], one)
+
+
+def test_model_stock_keeps_untouched_tensors():
+    base = {"w": torch.randn(10), "frozen": torch.randn(5)}
+    fts = [{"w": base["w"] + torch.randn(10), "frozen": base["frozen"].clone()} for _ in range(3)]
+    merged, ratios = model_stock([StateDictIngredient(f) for f in fts], StateDictIngredient(base))
+    assert ratios["frozen"] == 1.0
+    assert torch.equal(materialize(merged)["frozen"], base["frozen"])
+
+
+def test_wiseft_curve_endpoints_are_the_models():
+    base = tinytask.finetune(tinytask.model().state_dict(), lr=1e-2, steps=20, seed=0)
+    ft = tinytask.finetune(base, lr=1e-2, steps=40, seed=1)
+    b, f = StateDictIngredient(base), StateDictIngredient(ft)
+    ev = ClassificationEvaluator(tinytask.model(), tinytask.data())
+    scan = wiseft_scan(b, f, ev, alphas=(0.0, 0.5, 1.0))
+    assert [r["alpha"] for r in scan] == [0.0, 0.5, 1.0]
+    assert scan[0]["val"] == ev(base) and scan[-1]["val"] == ev(ft)
+    assert set(scan[1]) == {"alpha", "heldout", "val", "test", "shift"}
+    assert best_alpha(scan) in (0.0, 0.5, 1.0)
+    assert (
+        max(r["heldout"] for r in scan)
+        == [r for r in scan if r["alpha"] == best_alpha(scan)][0]["heldout"]
+    )
+    mid = materialize(wise_ft(b, f, 0.25))
+    torch.testing.assert_close(mid["0.weight"], 0.75 * base["0.weight"] + 0.25 * ft["0.weight"])

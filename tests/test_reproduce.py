@@ -1,0 +1,209 @@
+"""The paper's experiment end to end on the `fast` config, and its parts."""
+
+import json
+import random
+import struct
+
+import pytest
+import torch
+
+from modelsoup.cli import main
+from modelsoup_paper.config import Config, builtin_configs, load_config
+from modelsoup_paper.data import SHIFTS, corrupt, load_image_data, mobilenet_weights
+from modelsoup_paper.experiment import reproduce
+from modelsoup_paper.mobilenet import MobileNetV2, build
+from modelsoup_paper.report import shift_mean
+from modelsoup_paper.sweep import HParams, SweepSpace, augment, finetune, sample_hparams
+
+METHODS = [
+    "best individual",
+    "second best",
+    "uniform soup",
+    "greedy soup",
+    "greedy soup, random order",
+    "learned soup",
+    "learned soup by layer",
+    "ensemble",
+    "greedy ensemble",
+    "Model Stock",
+    "WiSE-FT of greedy soup",
+]
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fast")
+    return out, reproduce(load_config("fast"), out, progress=False, log=lambda m: None)
+
+
+def _png_size(path):
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", raw[16:24])
+
+
+def test_table_has_every_method_and_its_invariants(fast_run):
+    out, res = fast_run
+    rows = {r["method"].split(" (")[0]: r for r in res["methods"]}
+    assert list(rows) == METHODS
+    k = res["config"]["ingredients"]
+    assert rows["ensemble"]["models"] == k
+    assert rows["greedy soup"]["scores"]["val"] >= rows["best individual"]["scores"]["val"]
+    assert rows["greedy ensemble"]["scores"]["val"] >= rows["best individual"]["scores"]["val"]
+    alpha = rows["learned soup"]["detail"]["alpha"]
+    assert set(alpha) == {i["name"] for i in res["ingredients"]}
+    assert sum(alpha.values()) == pytest.approx(1, abs=1e-3)
+    wise = rows["WiSE-FT of greedy soup"]
+    assert wise["scores"]["val"] >= rows["greedy soup"]["scores"]["val"]  # alpha=1 is a choice
+    assert [r["alpha"] for r in wise["detail"]["scan"]][-1] == 1.0
+    best = max(res["ingredients"], key=lambda i: i["scores"]["val"])
+    assert rows["best individual"]["scores"]["val"] == best["scores"]["val"]
+    assert rows["greedy soup"]["detail"]["kept"][0] == best["name"]
+    assert len(res["ingredients"]) == k and res["ingredients"][0]["name"] == "model_0"
+    assert set(res["splits"]) == {"val", "test", *SHIFTS}
+
+
+def test_reports_agree_with_the_results(fast_run):
+    out, res = fast_run
+    md = (out / "results.md").read_text()
+    for name in METHODS:
+        assert f"| {name}" in md
+    greedy = next(r for r in res["methods"] if r["method"] == "greedy soup")
+    assert f"{100 * greedy['scores']['test']:.2f}" in md
+    csv_rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + len(METHODS) + len(res["ingredients"])
+    assert json.loads((out / "results.json").read_text())["methods"] == json.loads(
+        json.dumps(res["methods"])
+    )
+    assert _png_size(out / "figure1.png") == (960, 720)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["name"] == "fast" and "torch" in cfg["versions"]
+    assert "What reproduces" in md and "Greedy soup vs best individual" in md
+
+
+def test_rerun_reuses_every_ingredient_and_gives_the_same_table(fast_run):
+    out, res = fast_run
+    again = reproduce(load_config("fast"), out, progress=False, log=lambda m: None)
+    assert all(i["cached"] for i in again["ingredients"])
+    assert again["methods"] == res["methods"]
+
+
+def test_cli_reproduce(tmp_path, capsys):
+    args = ["reproduce", "--config", "fast", "--out", str(tmp_path), "-q"]
+    assert main([*args, "--ingredients", "3", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| greedy soup |" in printed and "results.md" in printed
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["ingredients"]) == 3 and res["config"]["seed"] == 1
+    assert main([*args, "--ingredients", "2"]) == 2
+    assert "at least 3" in capsys.readouterr().err
+    assert main(["reproduce", "--config", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown config 'nope'" in capsys.readouterr().err
+
+
+def test_configs_load_and_reject_unknown_keys(tmp_path):
+    assert {"image", "fast"} <= set(builtin_configs())
+    image = load_config("image")
+    assert image.ingredients >= 8 and image.command.startswith("modelsoup reproduce")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "lr": 1}))
+    with pytest.raises(ValueError, match="unknown config keys \\['lr'\\]"):
+        load_config(str(bad))
+    with pytest.raises(ValueError, match="at least 3"):
+        Config(ingredients=2)
+
+
+def test_mobilenet_loads_torchvision_weights_strictly():
+    sd = torch.load(mobilenet_weights(), weights_only=True)
+    m = MobileNetV2()
+    m.load_state_dict(sd, strict=True)
+    assert sum(p.numel() for p in m.parameters()) == 3_504_872  # torchvision's count
+    m.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert m(x).shape == (2, 1000)
+
+
+def test_data_splits_and_shifts():
+    data = load_image_data(resolution=16, train=100, val=50, test=60, shift_size=40)
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    assert sizes == {
+        "train": 100,
+        "val": 50,
+        "test": 60,
+        "digits": 40,
+        "noise": 40,
+        "blur": 40,
+        "rotate": 40,
+        "contrast": 40,
+    }
+    assert data.splits["val"].tensors[0].shape[1:] == (1, 16, 16)
+    # corruptions keep the labels of the ID test images they come from
+    assert torch.equal(data.splits["noise"].tensors[1], data.splits["test"].tensors[1][:40])
+    again = load_image_data(resolution=16, train=100, val=50, test=60, shift_size=40)
+    assert again.fingerprint == data.fingerprint
+    assert torch.equal(again.splits["rotate"].tensors[0], data.splits["rotate"].tensors[0])
+    img = torch.rand(3, 28, 28)
+    for kind in SHIFTS[1:]:
+        c = corrupt(img, kind)
+        assert c.shape == img.shape and not torch.equal(c, img)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(img, "fog")
+
+
+def test_sweep_sampling_follows_the_space():
+    space = SweepSpace(lr=(1e-5, 1e-3), wd=(1e-4, 0.5), epochs=(1, 4))
+    draws = [sample_hparams(random.Random(s), space) for s in range(200)]
+    assert all(1e-5 <= d.lr <= 1e-3 and 1e-4 <= d.wd <= 0.5 and 1 <= d.epochs <= 4 for d in draws)
+    assert any(d.mixup == 0 for d in draws) and any(d.mixup > 0 for d in draws)
+    assert any(d.aug is None for d in draws) and any(d.aug for d in draws)
+    assert sample_hparams(random.Random(3), space) == sample_hparams(random.Random(3), space)
+
+
+def test_augment_shapes_and_identity():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.equal(augment(x, None, g), x)
+    assert torch.equal(augment(x, "rand-m10-n0", g), x)
+    y = augment(x, "rand-m20-n2", g)
+    assert y.shape == x.shape and not torch.equal(y, x)
+
+
+def test_finetune_with_zero_lr_changes_nothing_and_frozen_bn_keeps_statistics():
+    data = load_image_data(resolution=16, train=64, val=16, test=16, shifts=())
+    model = build(10)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    same = finetune(
+        model,
+        init,
+        data.splits["train"],
+        HParams(0.0, 0.1, 1, 0.0, 0.0, None),
+        seed=0,
+        batch_size=32,
+    )
+    assert all(torch.equal(same[k], init[k]) for k in init)
+    moved = finetune(
+        model,
+        init,
+        data.splits["train"],
+        HParams(1e-3, 0.1, 1, 0.1, 0.5, "rand-m5-n1"),
+        seed=0,
+        batch_size=32,
+    )
+    assert not torch.equal(moved["classifier.1.weight"], init["classifier.1.weight"])
+    bn = [k for k in init if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert bn and all(torch.equal(moved[k], init[k]) for k in bn)
+    trained = finetune(
+        model,
+        init,
+        data.splits["train"],
+        HParams(1e-3, 0.1, 1, 0.0, 0.0, None),
+        seed=0,
+        bn="train",
+        batch_size=32,
+    )
+    assert not torch.equal(trained[bn[0]], init[bn[0]])
+
+
+def test_shift_mean():
+    assert shift_mean({"a": 0.5, "b": 1.0, "c": 0.0}, ["a", "b"]) == 0.75
