@@ -211,6 +211,7 @@ def _learned(
             "ingredients": [d["path"] for d in info],
             "by_layer": by_layer,
             "epochs": config.learned_epochs,
+            "batch": config.learned_batch_size,
             "lr": 0.05,
             "seed": config.seed,
         }
@@ -362,9 +363,12 @@ def reproduce(
             detail={"kept": [[info[i]["name"] for i in res.kept] for res, _ in randoms]},
         )
     )
+    learn_on = ClassificationEvaluator(
+        build(NUM_CLASSES), {"val": splits["val"]}, batch_size=config.learned_batch_size
+    )
     for by_layer in (False, True):
         name = "learned soup by layer" if by_layer else "learned soup"
-        state, detail = _learned(ingredients, info, evaluator, config, run, by_layer, progress)
+        state, detail = _learned(ingredients, info, learn_on, config, run, by_layer, progress)
         rows.append(Row(name, 1, score_soup(state), detail=detail))
     k = len(ingredients)
     rows.append(Row("ensemble", k, {s: acc(mean_logits(logits[s]), s) for s in splits}))
