@@ -70,11 +70,12 @@ def make_ingredients(
     info: list[dict] = []
     t = time.perf_counter()
     if path0.exists():
-        init = ms.materialize(ms.open_ingredient(path0))
+        lp_file = ms.open_ingredient(path0)
+        init = ms.materialize(lp_file)
         info.append(
             {
                 "name": "model_0",
-                "hparams": {"info": "LP initialization"},
+                "hparams": json.loads(lp_file.metadata.get("hparams", "{}")),
                 "path": str(path0),
                 "cached": True,
                 "seconds": 0.0,
