@@ -14,3 +14,8 @@ modelsoup greedy "$out"/ft*.safetensors -o "$out/greedy.safetensors" "${ev[@]}" 
     --run-dir "$out/run" --force
 modelsoup inspect "$out"/ft*.safetensors "$out/greedy.safetensors" \
     --base "$out/base.safetensors" -q
+modelsoup learned "$out"/ft*.safetensors -o "$out/learned.safetensors" "${ev[@]}" --force -q
+modelsoup model-stock "$out"/ft*.safetensors --base "$out/base.safetensors" \
+    -o "$out/model_stock.safetensors" --force -q
+modelsoup wiseft "$out/base.safetensors" "$out/greedy.safetensors" \
+    -o "$out/wiseft.safetensors" "${ev[@]}" --force -q

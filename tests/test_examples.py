@@ -27,6 +27,12 @@ def test_demo_script(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "greedy soup: kept" in r.stdout and "greedy ensemble" in r.stdout
+    assert "learned soup (memory" in r.stdout and "Model Stock of 6" in r.stdout
+    assert "best held-out" in r.stdout  # the WiSE-FT scan
+    for name in ("uniform", "greedy", "learned", "model_stock", "wiseft"):
+        assert set(load_file(out / f"{name}.safetensors")) == set(
+            load_file(out / "ft0.safetensors")
+        )
     result = json.loads((out / "run" / "result.json").read_text())
     assert result["heldout"]["score"] >= result["best_single"]["heldout"]
     ensemble = json.loads((out / "run" / "ensemble.json").read_text())

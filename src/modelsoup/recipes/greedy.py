@@ -54,8 +54,9 @@ class GreedyResult:
     journal's decisions without evaluating). The scoring pass (each ingredient alone)
     costs ``scoring_reads`` checkpoint reads and ``scoring_examples`` held-out examples;
     the soup pass costs ``reads`` checkpoint reads (k: the first ingredient, then each
-    candidate once), ``evaluations`` of candidate soups over ``examples`` held-out
-    examples, where full evaluations would have run ``examples_full``.
+    candidate once) and ``evaluations`` (the first soup, measured again with this
+    evaluator, then each candidate) over ``examples`` held-out examples, where full
+    evaluations would have run ``examples_full``.
     """
 
     soup: StateDictIngredient
