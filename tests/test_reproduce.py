@@ -207,3 +207,37 @@ def test_finetune_with_zero_lr_changes_nothing_and_frozen_bn_keeps_statistics():
 
 def test_shift_mean():
     assert shift_mean({"a": 0.5, "b": 1.0, "c": 0.0}, ["a", "b"]) == 0.75
+
+
+def test_text_task_end_to_end_tiny(tmp_path):
+    """The text modality (MiniLM on tweets) through the same pipeline, at toy size."""
+    cfg = Config.from_json(
+        {
+            **load_config("text").to_json(),
+            "name": "text-tiny",
+            "train": 48,
+            "val": 24,
+            "test": 24,
+            "shift_size": 16,
+            "ingredients": 3,
+            "sweep": {"lr": [1e-5, 1e-4], "epochs": [1, 1], "mixup_max": 0.0, "augment": False},
+            "random_orders": 1,
+            "learned_epochs": 1,
+            "lp_l2": [1e-3],
+            "max_length": 24,
+        }
+    )
+    res = reproduce(cfg, tmp_path, progress=False, log=lambda m: None)
+    assert set(res["splits"]) == {
+        "val",
+        "test",
+        "self-driving",
+        "apple",
+        "claritin",
+        "coachella",
+        "deflategate",
+    }
+    rows = {r["method"].split(" (")[0]: r for r in res["methods"]}
+    assert rows["greedy soup"]["scores"]["val"] >= rows["best individual"]["scores"]["val"]
+    assert all(i["hparams"].get("aug") is None for i in res["ingredients"][1:])
+    assert (tmp_path / "figure1.png").stat().st_size > 10_000

@@ -460,6 +460,23 @@ def _cmd_model_stock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_numeric_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accumulate",
+        choices=["float32", "float64"],
+        default="float32",
+        help="dtype the sums are accumulated in (default: float32)",
+    )
+    p.add_argument(
+        "--integers",
+        choices=INTEGER_POLICIES,
+        default="error",
+        help="integer/bool tensors (e.g. num_batches_tracked) are never averaged: "
+        "'error' (default) requires them equal, 'first' takes the first "
+        "ingredient's",
+    )
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
@@ -526,12 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with the number of ingredients.",
     )
     _add_reading_options(p)
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="output: *.safetensors, *.pt, or a folder (Hugging Face inputs)",
-    )
+    _add_output_options(p)
     p.add_argument(
         "--weights",
         nargs="+",
@@ -545,27 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dtype of the output's floating tensors (default: the ingredients')",
     )
-    p.add_argument(
-        "--accumulate",
-        choices=["float32", "float64"],
-        default="float32",
-        help="dtype the sums are accumulated in (default: float32)",
-    )
-    p.add_argument(
-        "--integers",
-        choices=INTEGER_POLICIES,
-        default="error",
-        help="integer/bool tensors (e.g. num_batches_tracked) are never averaged: "
-        "'error' (default) requires them equal, 'first' takes the first "
-        "ingredient's",
-    )
-    p.add_argument(
-        "--max-shard-size",
-        default=DEFAULT_MAX_SHARD_SIZE,
-        help="largest weight file of a folder output (default: 5GB)",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_numeric_options(p)
     p.set_defaults(run=_cmd_uniform)
 
     r = RECIPES["greedy"]
@@ -578,12 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         "journal: rerun the same command after an interruption to resume.",
     )
     _add_reading_options(p)
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="output: *.safetensors, *.pt, or a folder (Hugging Face inputs)",
-    )
+    _add_output_options(p)
     _add_eval_options(p)
     p.add_argument(
         "--compare",
@@ -620,25 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate every candidate on the whole held-out split",
     )
-    p.add_argument(
-        "--accumulate",
-        choices=["float32", "float64"],
-        default="float32",
-        help="dtype of the running mean (default: float32)",
-    )
-    p.add_argument(
-        "--integers",
-        choices=INTEGER_POLICIES,
-        default="error",
-        help="integer tensors that differ: error (default) or take the first's",
-    )
-    p.add_argument(
-        "--max-shard-size",
-        default=DEFAULT_MAX_SHARD_SIZE,
-        help="largest weight file of a folder output (default: 5GB)",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_numeric_options(p)
     p.set_defaults(run=_cmd_greedy)
 
     p = sub.add_parser(

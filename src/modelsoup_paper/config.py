@@ -17,7 +17,9 @@ class Config:
 
     name: str = "image"
     command: str = "modelsoup reproduce --config image"
-    resolution: int = 64
+    task: str = "image"  # image: MobileNetV2 on MNIST; text: MiniLM on tweets
+    resolution: int = 64  # image task
+    max_length: int = 48  # text task: tokens per tweet
     train: int = 3000
     val: int = 500
     test: int = 1500

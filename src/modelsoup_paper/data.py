@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 SHIFTS = ("digits", "noise", "blur", "rotate", "contrast")
 # Grey-level normalization: the mean and std of ImageNet's three channels, averaged.
@@ -120,16 +120,62 @@ def corrupt(images: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor:
     raise ValueError(f"unknown corruption {kind!r}; choose from {SHIFTS[1:]}")
 
 
-@dataclass
-class ImageData:
-    """The experiment's splits as tensors: ``train`` / ``val`` / ``test`` and each shift."""
+class Examples(Dataset):
+    """Labelled examples whose inputs are one tensor (images) or a dict of tensors
+    (tokenized text, passed to the model as keyword arguments).
 
-    splits: dict[str, TensorDataset]
+    Indexing one example gives ``(inputs, label)`` for DataLoaders; ``take(idx)`` gives a
+    whole batch at once, which fine-tuning uses to skip per-example collation.
+    """
+
+    def __init__(self, inputs: torch.Tensor | dict[str, torch.Tensor], labels: torch.Tensor):
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.take(i), self.labels[i]
+
+    def take(self, idx) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(self.inputs, dict):
+            return {k: v[idx] for k, v in self.inputs.items()}
+        return self.inputs[idx]
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` for tensor inputs, like a TensorDataset."""
+        assert isinstance(self.inputs, torch.Tensor)
+        return self.inputs, self.labels
+
+    def identity(self) -> bytes:
+        """Bytes that change when the examples do (for cache keys)."""
+        shapes = (
+            {k: tuple(v.shape) for k, v in self.inputs.items()}
+            if isinstance(self.inputs, dict)
+            else tuple(self.inputs.shape)
+        )
+        return self.labels.numpy().tobytes() + str(shapes).encode()
+
+
+@dataclass
+class TaskData:
+    """The experiment's splits: ``train`` / ``val`` / ``test`` and each shift."""
+
+    splits: dict[str, Examples]
     fingerprint: str
 
-    def eval_splits(self) -> dict[str, TensorDataset]:
+    def eval_splits(self) -> dict[str, Examples]:
         """Everything but train: val first (it drives every choice), then test and shifts."""
         return {k: v for k, v in self.splits.items() if k != "train"}
+
+
+def fingerprint_of(splits: dict[str, Examples]) -> str:
+    h = hashlib.sha256()
+    for name, ds in splits.items():
+        h.update(name.encode())
+        h.update(ds.identity())
+    return h.hexdigest()[:16]
 
 
 def load_image_data(
@@ -139,7 +185,7 @@ def load_image_data(
     test: int = 1500,
     shifts: tuple[str, ...] = SHIFTS,
     shift_size: int | None = None,
-) -> ImageData:
+) -> TaskData:
     """The MNIST splits at ``resolution`` pixels, and the shift sets.
 
     The split is a fixed permutation (seed 0), so every run and config sees the same
@@ -157,7 +203,7 @@ def load_image_data(
     images = torch.from_numpy(x).float() / 255.0
     labels = torch.from_numpy(y)
     splits = {
-        name: TensorDataset(_to_model_input(images[idx], resolution), labels[idx])
+        name: Examples(_to_model_input(images[idx], resolution), labels[idx])
         for name, idx in parts.items()
     }
     test_images, test_labels = images[parts["test"]], labels[parts["test"]]
@@ -169,10 +215,5 @@ def load_image_data(
             sx, sy = corrupt(test_images, kind, seed=100 + i), test_labels
         if shift_size is not None:
             sx, sy = sx[:shift_size], sy[:shift_size]
-        splits[kind] = TensorDataset(_to_model_input(sx, resolution), sy)
-    h = hashlib.sha256()
-    for name, ds in splits.items():
-        h.update(name.encode())
-        h.update(ds.tensors[1].numpy().tobytes())
-        h.update(str(tuple(ds.tensors[0].shape)).encode())
-    return ImageData(splits, h.hexdigest()[:16])
+        splits[kind] = Examples(_to_model_input(sx, resolution), sy)
+    return TaskData(splits, fingerprint_of(splits))

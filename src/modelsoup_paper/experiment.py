@@ -31,11 +31,10 @@ from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 from modelsoup.runs import LogitCache, content_hash, data_id, versions, write_json
 
 from .config import Config
-from .data import ImageData, load_image_data, mobilenet_weights
-from .mobilenet import build
+from .data import Examples
 from .sweep import finetune, linear_probe, sample_hparams
+from .tasks import Task, load_task
 
-NUM_CLASSES = 10
 WISEFT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -55,16 +54,16 @@ def _key(obj: Any) -> str:
 
 
 def make_ingredients(
-    config: Config, data: ImageData, folder: Path, *, progress: bool, log: Callable[[str], None]
+    config: Config, task: Task, folder: Path, *, progress: bool, log: Callable[[str], None]
 ) -> tuple[list[ms.Ingredient], list[dict]]:
     """model_0 (pretrained features + linear-probe head) and the fine-tunes, each saved as
     safetensors with its hyperparameters; files already made with the same config are
     reused."""
     folder.mkdir(parents=True, exist_ok=True)
-    weights = mobilenet_weights()
-    model = build(NUM_CLASSES)
+    data = task.data
+    model = task.build()
     lp_key = _key(
-        {"v": 1, "data": data.fingerprint, "weights": weights.stat().st_size, "l2": config.lp_l2}
+        {"v": 1, "data": data.fingerprint, "weights": task.backbone_id, "l2": config.lp_l2}
     )
     path0 = folder / f"model_0-{lp_key}.safetensors"
     info: list[dict] = []
@@ -82,12 +81,9 @@ def make_ingredients(
             }
         )
     else:
-        pretrained = torch.load(weights, map_location="cpu", weights_only=True)
-        backbone = {k: v for k, v in pretrained.items() if not k.startswith("classifier.")}
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-        assert not unexpected and set(missing) == {"classifier.1.weight", "classifier.1.bias"}
+        task.load_backbone(model)
         lp = linear_probe(
-            model, data.splits["train"], data.splits["val"], NUM_CLASSES, config.lp_l2
+            model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
         )
         init = {k: v.detach().clone() for k, v in model.state_dict().items()}
         hp = {"info": "LP initialization", **lp}
@@ -184,10 +180,11 @@ class SoupScorer:
         return out
 
 
-def _bn_recompute(train: torch.utils.data.TensorDataset, batch_size: int):
+def _bn_recompute(train: Examples, batch_size: int):
     """``prepare`` hook: recompute a soup's BatchNorm statistics on the training split
-    (``torch.optim.swa_utils.update_bn``), as networks averaged with BN need."""
-    loader = [x for x in train.tensors[0].split(batch_size)]
+    (``torch.optim.swa_utils.update_bn``), as networks averaged with BN need. Image task
+    only: update_bn feeds tensors."""
+    loader = [train.take(slice(i, i + batch_size)) for i in range(0, len(train), batch_size)]
 
     def prepare(model: torch.nn.Module) -> None:
         update_bn(loader, model)
@@ -262,21 +259,18 @@ def reproduce(
     torch.manual_seed(config.seed)
     write_json(out / "config.json", {**config.to_json(), "versions": versions()})
 
-    data = load_image_data(
-        config.resolution, config.train, config.val, config.test, config.shifts, config.shift_size
-    )
+    task = load_task(config)
+    data = task.data
     timing["data"] = time.perf_counter() - t0
     ingredients, info = make_ingredients(
-        config, data, out / "ingredients", progress=progress, log=log
+        config, task, out / "ingredients", progress=progress, log=log
     )
     timing["ingredients"] = time.perf_counter() - t0 - timing["data"]
 
     t = time.perf_counter()
     splits = data.eval_splits()
     cache = LogitCache(out / "cache" / "logits")
-    evaluator = ClassificationEvaluator(
-        build(NUM_CLASSES), splits, batch_size=config.eval_batch_size
-    )
+    evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
     logits, labels, _ = compute_logits(
         ingredients, evaluator, list(splits), cache, progress=progress
     )
@@ -299,7 +293,7 @@ def reproduce(
         else None
     )
     soup_evaluator = ClassificationEvaluator(
-        build(NUM_CLASSES), splits, batch_size=config.eval_batch_size, prepare=prepare
+        task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare
     )
     score_soup = SoupScorer(soup_evaluator, cache, labels, "-bn" if prepare else "")
     val_evals = [
@@ -365,7 +359,7 @@ def reproduce(
         )
     )
     learn_on = ClassificationEvaluator(
-        build(NUM_CLASSES), {"val": splits["val"]}, batch_size=config.learned_batch_size
+        task.build(), {"val": splits["val"]}, batch_size=config.learned_batch_size
     )
     for by_layer in (False, True):
         name = "learned soup by layer" if by_layer else "learned soup"
@@ -394,7 +388,7 @@ def reproduce(
         )
     )
     val_only = ClassificationEvaluator(
-        build(NUM_CLASSES),
+        task.build(),
         {"val": splits["val"]},
         batch_size=config.eval_batch_size,
         prepare=prepare,

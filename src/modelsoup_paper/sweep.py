@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
+
+from .data import Examples
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SweepSpace:
     mixup_max: float = 0.8
     aug_m: tuple[int, int] = (1, 20)
     aug_n: tuple[int, int] = (0, 2)
+    augment: bool = True  # False for inputs augment() does not apply to (text)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def sample_hparams(rng: random.Random, space: SweepSpace) -> HParams:
     smoothing = rng.uniform(0, space.smoothing_max) if rng.random() < 0.5 else 0.0
     mixup = rng.uniform(0, space.mixup_max) if rng.random() < 0.5 else 0.0
     aug = None
-    if rng.random() < 2 / 3:
+    if rng.random() < 2 / 3 and space.augment:
         aug = f"rand-m{rng.randint(*space.aug_m)}-n{rng.randint(*space.aug_n)}"
     return HParams(lr, wd, epochs, smoothing, mixup, aug)
 
@@ -125,12 +127,19 @@ def set_bn(model: nn.Module, mode: str) -> None:
             m.train(mode == "train")
 
 
+def call(fn, x):
+    """``fn(**x)`` for keyword inputs (tokenized text), ``fn(x)`` for a tensor."""
+    return fn(**x) if isinstance(x, dict) else fn(x)
+
+
 @torch.no_grad()
-def features(model: nn.Module, ds: TensorDataset, batch_size: int = 256) -> torch.Tensor:
+def features(model: nn.Module, ds: Examples, batch_size: int = 256) -> torch.Tensor:
     """The model's pooled features of every example (eval mode)."""
     model.eval()
-    x = ds.tensors[0]
-    return torch.cat([model.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    n = len(ds)
+    return torch.cat(
+        [call(model.embed, ds.take(slice(i, i + batch_size))) for i in range(0, n, batch_size)]
+    )
 
 
 def fit_logistic(
@@ -156,15 +165,15 @@ def fit_logistic(
 
 def linear_probe(
     model: nn.Module,
-    train: TensorDataset,
-    val: TensorDataset,
+    train: Examples,
+    val: Examples,
     classes: int,
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
 ) -> dict[str, Any]:
     """Fit the head on frozen pretrained features, choosing the L2 penalty on ``val``
     (the paper's LP initialization, model_0). Sets ``model.classifier``; returns a report."""
     ftr, fval = features(model, train), features(model, val)
-    ytr, yval = train.tensors[1], val.tensors[1]
+    ytr, yval = train.labels, val.labels
     best = None
     for l2 in l2_grid:
         w, b = fit_logistic(ftr, ytr, classes, l2)
@@ -182,7 +191,7 @@ def linear_probe(
 def finetune(
     model: nn.Module,
     init: Mapping[str, torch.Tensor],
-    train: TensorDataset,
+    train: Examples,
     hp: HParams,
     *,
     seed: int,
@@ -193,7 +202,8 @@ def finetune(
     desc: str = "fine-tune",
 ) -> dict[str, torch.Tensor]:
     """Fine-tune every weight from ``init`` with AdamW (cosine schedule, linear warm-up),
-    label smoothing, mixup and augmentation as ``hp`` says; returns the state dict."""
+    label smoothing, mixup and augmentation as ``hp`` says; returns the state dict.
+    Mixup and augmentation apply to tensor inputs (images) only."""
     from tqdm.auto import tqdm
 
     model.load_state_dict(init)
@@ -201,8 +211,8 @@ def finetune(
     set_bn(model, bn)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    x, y = train.tensors
-    steps_per_epoch = math.ceil(len(x) / batch_size)
+    y = train.labels
+    steps_per_epoch = math.ceil(len(y) / batch_size)
     total = hp.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.wd)
     warm = max(1, int(warmup * total))
@@ -217,9 +227,11 @@ def finetune(
     beta = torch.distributions.Beta(hp.mixup, hp.mixup) if hp.mixup > 0 else None
     with tqdm(total=total, desc=desc, disable=not progress, leave=False, delay=0.5) as bar:
         for _ in range(hp.epochs):
-            for idx in torch.randperm(len(x), generator=g).split(batch_size):
-                xb, yb = augment(x[idx], hp.aug, g), y[idx]
-                if beta is not None:
+            for idx in torch.randperm(len(y), generator=g).split(batch_size):
+                xb, yb = train.take(idx), y[idx]
+                if isinstance(xb, torch.Tensor):
+                    xb = augment(xb, hp.aug, g)
+                if beta is not None and isinstance(xb, torch.Tensor):
                     lam = float(beta.sample())
                     perm = torch.randperm(len(xb), generator=g)
                     out = model(lam * xb + (1 - lam) * xb[perm])
@@ -227,7 +239,7 @@ def finetune(
                         1 - lam
                     ) * F.cross_entropy(out, yb[perm], label_smoothing=hp.smoothing)
                 else:
-                    loss = F.cross_entropy(model(xb), yb, label_smoothing=hp.smoothing)
+                    loss = F.cross_entropy(call(model, xb), yb, label_smoothing=hp.smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
