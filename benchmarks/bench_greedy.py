@@ -176,7 +176,7 @@ def main() -> None:
         for label, r in (("cold", cold), ("cold, full", full), ("warm", warm)):
             c = r["cost"]
             split = f"({c['scoring_reads']}+{c['soup_reads']})"
-            evals = c["scoring_evaluations"] + c["evaluations"]
+            evals = c["scoring_reads"] + c["evaluations"]  # one evaluation per scoring read
             examples = c["scoring_examples"] + c["heldout_examples"]
             print(
                 f"{k:>3} {label:<12}{r['reads']:>7.1f}{split:>14}{evals:>7}"

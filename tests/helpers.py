@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -103,3 +104,16 @@ def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     for k in a:
         assert a[k].dtype == b[k].dtype, k
         assert torch.equal(a[k], b[k]), k
+
+
+def vectors_at_angle(
+    theta_deg: float, n: int, norms: tuple[float, float], g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 vectors of the given norms at exactly ``theta_deg`` degrees."""
+    u = torch.randn(n, dtype=torch.float64, generator=g)
+    v = torch.randn(n, dtype=torch.float64, generator=g)
+    u /= u.norm()
+    v -= (v @ u) * u
+    v /= v.norm()
+    t = math.radians(theta_deg)
+    return norms[0] * u, norms[1] * (math.cos(t) * u + math.sin(t) * v)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import finetunes, make_model
+from helpers import finetunes, make_model, vectors_at_angle
 from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel
 
@@ -215,13 +215,7 @@ def test_running_mean_untie():
 def _known_angle_pair(theta_deg: float, n: int = 1000):
     """Two vectors (as state dicts of two tensors) at a known angle, plus a base."""
     g = torch.Generator().manual_seed(0)
-    u = torch.randn(n, dtype=torch.float64, generator=g)
-    v = torch.randn(n, dtype=torch.float64, generator=g)
-    u /= u.norm()
-    v -= (v @ u) * u
-    v /= v.norm()
-    t = math.radians(theta_deg)
-    x, y = 3.0 * u, 2.0 * (math.cos(t) * u + math.sin(t) * v)
+    x, y = vectors_at_angle(theta_deg, n, (3.0, 2.0), g)
     base = torch.randn(n, dtype=torch.float64, generator=g)
 
     def split(vec):

@@ -8,7 +8,6 @@ import tinytask
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
 from modelsoup import SoupError, StateDictIngredient, materialize, open_ingredient, uniform_soup
 from modelsoup.evaluation import ClassificationEvaluator, Evaluation, FunctionEvaluator
@@ -20,13 +19,8 @@ from modelsoup.recipes.greedy import greedy_soup
 def sweep(tmp_path_factory):
     """A "pretrained" base and fine-tunes of it with a range of learning rates."""
     folder = tmp_path_factory.mktemp("sweep")
-    base = tinytask.finetune(tinytask.model().state_dict(), lr=1e-2, steps=60, seed=0)
-    paths = []
-    for i, lr in enumerate([3e-3, 1e-2, 3e-2, 1e-3, 2e-1]):
-        sd = tinytask.finetune(base, lr=lr, steps=80, seed=10 + i)
-        paths.append(folder / f"ft{i}.safetensors")
-        save_file(sd, paths[-1])
-    return folder, paths
+    lrs = [3e-3, 1e-2, 3e-2, 1e-3, 2e-1]
+    return folder, tinytask.save_sweep(folder, lrs, base_steps=60, steps=80, seed0=10)
 
 
 def _evaluator(**kw):

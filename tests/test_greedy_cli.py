@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import tinytask
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from modelsoup.cli import main
 
@@ -22,12 +22,8 @@ EVAL = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-sweep")
-    base = tinytask.finetune(tinytask.model().state_dict(), lr=1e-2, steps=60, seed=0)
-    paths = []
-    for i, lr in enumerate([3e-3, 1e-2, 3e-2, 1e-3, 2e-1]):
-        paths.append(folder / f"ft{i}.safetensors")
-        save_file(tinytask.finetune(base, lr=lr, steps=80, seed=10 + i), paths[-1])
-    return [str(p) for p in paths]
+    lrs = [3e-3, 1e-2, 3e-2, 1e-3, 2e-1]
+    return [str(p) for p in tinytask.save_sweep(folder, lrs, base_steps=60, steps=80, seed0=10)]
 
 
 @pytest.fixture(autouse=True)

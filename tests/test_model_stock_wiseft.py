@@ -1,10 +1,9 @@
 """Model Stock follows its formula; WiSE-FT's curve ends at its endpoints."""
 
-import math
-
 import pytest
 import tinytask
 import torch
+from helpers import vectors_at_angle
 
 from modelsoup import SoupError, StateDictIngredient, materialize, model_stock, wise_ft
 from modelsoup.evaluation import ClassificationEvaluator
@@ -13,14 +12,7 @@ from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 
 
 def _pair_at(theta_deg: float, n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(n, dtype=torch.float64, generator=g)
-    v = torch.randn(n, dtype=torch.float64, generator=g)
-    u /= u.norm()
-    v -= (v @ u) * u
-    v /= v.norm()
-    t = math.radians(theta_deg)
-    return 2.0 * u, 3.0 * (math.cos(t) * u + math.sin(t) * v)
+    return vectors_at_angle(theta_deg, n, (2.0, 3.0), torch.Generator().manual_seed(seed))
 
 
 def test_model_stock_matches_its_formula_per_layer():

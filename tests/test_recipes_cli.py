@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tinytask
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from modelsoup.cli import main
 
@@ -24,13 +24,10 @@ def _importable(monkeypatch):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipes")
-    base = tinytask.finetune(tinytask.model().state_dict(), lr=1e-2, steps=40, seed=0)
-    save_file(base, folder / "base.safetensors")
-    paths = []
-    for i, lr in enumerate([3e-3, 1e-2, 5e-3]):
-        paths.append(str(folder / f"ft{i}.safetensors"))
-        save_file(tinytask.finetune(base, lr=lr, steps=40, seed=i), paths[-1])
-    return str(folder / "base.safetensors"), paths
+    paths = tinytask.save_sweep(
+        folder, [3e-3, 1e-2, 5e-3], base_steps=40, steps=40, seed0=0, save_base=True
+    )
+    return str(folder / "base.safetensors"), [str(p) for p in paths]
 
 
 def test_learned_cli(tmp_path, sweep, capsys):

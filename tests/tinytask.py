@@ -59,3 +59,18 @@ def slow_accuracy(m: nn.Module) -> float:
     x, y = data()["val"].tensors
     with torch.no_grad():
         return float((m(x).argmax(-1) == y).float().mean())
+
+
+def save_sweep(folder, lrs, *, base_steps: int, steps: int, seed0: int, save_base: bool = False):
+    """A "pretrained" base and its fine-tunes (one per learning rate) as safetensors files
+    ``ft{i}.safetensors`` in ``folder`` (and ``base.safetensors``); returns their paths."""
+    from safetensors.torch import save_file
+
+    base = finetune(model().state_dict(), lr=1e-2, steps=base_steps, seed=0)
+    if save_base:
+        save_file(base, folder / "base.safetensors")
+    paths = []
+    for i, lr in enumerate(lrs):
+        paths.append(folder / f"ft{i}.safetensors")
+        save_file(finetune(base, lr=lr, steps=steps, seed=seed0 + i), paths[-1])
+    return paths

@@ -21,9 +21,10 @@ import torch
 from .errors import SoupError
 from .evaluation import ClassificationEvaluator, Compare, Evaluation, Evaluator
 from .ingredients import Ingredient
-from .recipes.ensemble import compute_logits, correct_count, ensemble_baselines
+from .recipes.ensemble import compute_logits, ensemble_baselines, evaluation_from_logits
 from .recipes.greedy import GreedyResult, Order, greedy_soup
 from .runs import LogitCache, versions, write_json
+from .save import materialize
 
 
 def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
@@ -80,15 +81,7 @@ def _scores_from_logits(
 ) -> tuple[list[Evaluation], int]:
     sel = evaluator.selection
     logits, labels, reads = compute_logits(ingredients, evaluator, [sel], cache, progress=progress)
-    y = labels[sel]
-    out = []
-    for lg in logits[sel]:
-        if evaluator.metric == "accuracy":
-            c = correct_count(lg, y)
-            out.append(Evaluation(c / max(1, y.numel()), c, y.numel(), y.numel()))
-        else:
-            loss = torch.nn.functional.cross_entropy(lg.double(), y, reduction="mean")
-            out.append(Evaluation(-float(loss), None, y.numel(), y.numel()))
+    out = [evaluation_from_logits(lg, labels[sel], evaluator.metric) for lg in logits[sel]]
     return out, reads
 
 
@@ -162,7 +155,7 @@ def greedy_run(
             [{"source": ing.source, **s.to_json()} for ing, s in zip(ingredients, first.scores)],
         )
     held = [r.evaluation.score for r in runs]
-    splits = _report_splits(evaluator, _state_of(first))
+    splits = _report_splits(evaluator, materialize(first.soup))
     result: dict[str, Any] = {
         "recipe": "greedy",
         "compare": compare,
@@ -184,7 +177,6 @@ def greedy_run(
         ],
         "cost": {
             "scoring_reads": scoring_reads + sum(r.scoring_reads for r in runs),
-            "scoring_evaluations": scoring_reads + sum(r.scoring_reads for r in runs),
             "scoring_examples": scoring_examples + sum(r.scoring_examples for r in runs),
             "soup_reads": sum(r.reads for r in runs),
             "evaluations": sum(r.evaluations for r in runs),
@@ -204,10 +196,6 @@ def greedy_run(
         }
     write_json(run_dir / "result.json", result)
     return first, result
-
-
-def _state_of(result: GreedyResult) -> dict[str, torch.Tensor]:
-    return {n: result.soup.get(n) for n in result.soup.layout.names}
 
 
 def _best_single(ingredients: Sequence[Ingredient], result: GreedyResult) -> dict | None:

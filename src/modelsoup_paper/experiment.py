@@ -24,8 +24,14 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 import modelsoup as ms
-from modelsoup.evaluation import ClassificationEvaluator, Evaluation
-from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
+from modelsoup.evaluation import ClassificationEvaluator
+from modelsoup.recipes.ensemble import (
+    compute_logits,
+    correct_count,
+    evaluation_from_logits,
+    greedy_ensemble,
+    mean_logits,
+)
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 from modelsoup.runs import LogitCache, content_hash, data_id, versions, write_json
@@ -296,10 +302,7 @@ def reproduce(
         task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare
     )
     score_soup = SoupScorer(soup_evaluator, cache, labels, "-bn" if prepare else "")
-    val_evals = [
-        Evaluation(acc(lg, "val"), correct_count(lg, labels["val"]), n["val"], n["val"])
-        for lg in logits["val"]
-    ]
+    val_evals = [evaluation_from_logits(lg, labels["val"]) for lg in logits["val"]]
     # Integer tensors (BatchNorm's num_batches_tracked) differ after fine-tunes of different
     # lengths when BN trains; they carry no weights, so the first ingredient's is kept.
     rows: list[Row] = []

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import SoupError
-from ..evaluation import ClassificationEvaluator, Compare
+from ..evaluation import ClassificationEvaluator, Compare, Evaluation
 from ..ingredients import Ingredient
 from ..runs import LogitCache, data_id
 from ..save import materialize
@@ -25,6 +25,19 @@ from ..save import materialize
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Number of rows whose argmax is the label."""
     return int((logits.argmax(-1) == labels).sum())
+
+
+def evaluation_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, metric: str = "accuracy"
+) -> Evaluation:
+    """The `Evaluation` the built-in evaluator would give for these logits: accuracy with
+    exact counts, or minus the mean cross-entropy for ``metric="loss"``."""
+    n = labels.numel()
+    if metric == "accuracy":
+        c = correct_count(logits, labels)
+        return Evaluation(c / max(1, n), c, n, n)
+    loss = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="mean")
+    return Evaluation(-float(loss), None, n, n)
 
 
 def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
