@@ -13,6 +13,7 @@ from modelsoup import (
     MismatchError,
     NonFiniteError,
     RunningMean,
+    SoupError,
     StateDictIngredient,
     angle,
     cosine,
@@ -248,3 +249,23 @@ def test_cosine_of_zero_task_vector_is_nan():
     a = StateDictIngredient(sd)
     assert math.isnan(cosine(a, a, base=a))
     assert math.isnan(angle(a, a, base=a))
+
+
+def test_sum_arithmetic_is_sum_then_divide_like_mergekit():
+    g = torch.Generator().manual_seed(3)
+    sds = [{"w": torch.randn(1000, generator=g)} for _ in range(5)]
+    ings = [StateDictIngredient(sd) for sd in sds]
+    got = materialize(uniform_soup(ings, arithmetic="sum"))["w"]
+    ref = torch.zeros(1000)
+    for sd in sds:  # mergekit's linear merge: addcmul with weight 1, then divide by k
+        ref.addcmul_(sd["w"], torch.tensor(1.0))
+    assert torch.equal(got, ref.div_(torch.tensor(5.0)))
+    mean = materialize(uniform_soup(ings))["w"]
+    assert not torch.equal(mean, got)  # the two orders of rounding differ ...
+    torch.testing.assert_close(mean, got, rtol=1e-6, atol=1e-7)  # ... in the last bits
+    w = [0.5, 0.2, 0.1, 0.1, 0.1]
+    weighted = materialize(uniform_soup(ings, w, arithmetic="sum"))["w"]
+    expect = sum(wi * sd["w"].double() for wi, sd in zip(w, sds)).float()
+    torch.testing.assert_close(weighted, expect, rtol=1e-6, atol=1e-7)
+    with pytest.raises(SoupError, match="arithmetic"):
+        uniform_soup(ings, arithmetic="median")

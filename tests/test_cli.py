@@ -144,8 +144,13 @@ def test_console_script_runs(tmp_path, files):
     assert r.returncode == 0, r.stderr
     assert set(torch.load(out, weights_only=True)) == set(load_file(paths[0]))
     r = subprocess.run(
-        [sys.executable, "-m", "modelsoup.cli", "uniform", str(paths[0]), "-o", str(out)],
+        [sys.executable, "-m", "modelsoup", "uniform", *map(str, paths), "-o", str(out)],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 2 and "exists; pass --force" in r.stderr
+    # the console entry leaves with os._exit: exit codes and messages must survive it
+    r = subprocess.run([sys.executable, "-m", "modelsoup", "uniform"], capture_output=True)
+    assert r.returncode == 2 and b"required: INGREDIENT" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "modelsoup", "--help"], capture_output=True)
+    assert r.returncode == 0 and b"uniform" in r.stdout

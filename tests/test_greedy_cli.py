@@ -275,3 +275,24 @@ def test_torchrun_two_processes_choose_the_same_soup(tmp_path, sweep):
         ra["cost"]["heldout_examples_without_early_rejection"]
         == rb["cost"]["heldout_examples_without_early_rejection"]
     )
+
+
+def test_torchrun_learned_soup_with_uneven_shares(tmp_path, sweep):
+    """2 ranks, 129 held-out examples, batch 64: rank 0 holds 2 batches, rank 1 one. Every
+    rank must take every step (before the fix, rank 1 left the loop and rank 0 waited
+    forever in all_reduce). The weights differ from one process's, as data-parallel
+    training does: a step averages the gradient over both ranks' batches."""
+    alphas = {}
+    for n in (1, 2):
+        out = tmp_path / f"learned{n}.safetensors"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={n}", "-m", "modelsoup.cli", "learned", *sweep[:3],
+               "-o", str(out), "--model", "tinytask:model", "--data", "tinytask:data_odd",
+               "--device", "cpu", "--batch-size", "64", "--epochs", "3", "-q",
+               "--run-dir", str(tmp_path / f"run{n}")]  # fmt: skip
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        alphas[n] = json.loads((tmp_path / f"run{n}" / "learned.json").read_text())["alpha"]
+    for a in alphas.values():
+        assert sum(a) == pytest.approx(1.0, abs=1e-5) and min(a) > 0
+    assert alphas[1] != alphas[2]

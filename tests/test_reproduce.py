@@ -225,6 +225,9 @@ def test_text_task_end_to_end_tiny(tmp_path):
             "learned_epochs": 1,
             "lp_l2": [1e-3],
             "max_length": 24,
+            "analysis_examples": 8,
+            "landscape_grid": 2,
+            "landscape_examples": 8,
         }
     )
     res = reproduce(cfg, tmp_path, progress=False, log=lambda m: None)
@@ -241,3 +244,47 @@ def test_text_task_end_to_end_tiny(tmp_path):
     assert rows["greedy soup"]["scores"]["val"] >= rows["best individual"]["scores"]["val"]
     assert all(i["hparams"].get("aug") is None for i in res["ingredients"][1:])
     assert (tmp_path / "figure1.png").stat().st_size > 10_000
+
+
+def test_analyses_figures_and_results_page(fast_run):
+    from test_analysis import _assert_self_contained, _chromium, _render_in_chromium
+
+    out, res = fast_run
+    a = res["analysis"]
+    k = res["config"]["ingredients"]
+    assert len(a["pairs"]) == (k - 1) * (k - 2) // 2  # pairs of fine-tunes
+    assert len(a["angles"]["names"]) == k - 1 and "model_0" not in a["angles"]["names"]
+    # the curve's endpoints, evaluated on the analysis subset, equal the models' own
+    # scores sliced from their full-split logits (the pairs' "first"/"second")
+    c = a["curve"]
+    own = {}
+    for p in a["pairs"]:
+        own[p["names"][0]], own[p["names"][1]] = p["first"], p["second"]
+    assert c["weights"][0] == own[c["names"][0]] and c["weights"][-1] == own[c["names"][1]]
+    assert c["logits"][0] == c["weights"][0] and c["logits"][-1] == c["weights"][-1]
+    land = a["landscape"]
+    n = res["config"]["landscape_grid"]
+    assert len(land["xs"]) == n and all(len(r) == n for r in land["values"]["test error"])
+    assert land["models"][1:] == c["names"]  # the landscape's pair is the curve's
+    for name in a["figures"].values():
+        assert _png_size(out / name)[0] > 300
+    md = (out / "results.md").read_text()
+    assert "Angle vs interpolation advantage" in md and "Error landscape" in md
+    text = (out / "report.html").read_text()
+    assert _assert_self_contained(text) == 1 + len(a["figures"])
+    assert "| greedy soup" not in text and "<td>greedy soup</td>" in text
+    if _chromium():
+        dom = _render_in_chromium(out / "report.html")
+        assert f'data-images="{1 + len(a["figures"])}/{1 + len(a["figures"])}"' in dom
+
+
+def test_cli_analyze_a_reproduce_folder(fast_run, capsys):
+    out, res = fast_run
+    assert main(["analyze", str(out), "--landscape", "3", "1", "--grid", "2", "-q"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    land = again["analysis"]["landscape"]
+    assert land["models"] == ["model_0", "model_3", "model_1"] and len(land["xs"]) == 2
+    assert again["methods"] == json.loads(json.dumps(res["methods"]))
+    assert main(["analyze", str(out), "--landscape", "1", "7"]) == 2
+    assert "1..3" in capsys.readouterr().err

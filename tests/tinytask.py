@@ -74,3 +74,9 @@ def save_sweep(folder, lrs, *, base_steps: int, steps: int, seed0: int, save_bas
         paths.append(folder / f"ft{i}.safetensors")
         save_file(finetune(base, lr=lr, steps=steps, seed=seed0 + i), paths[-1])
     return paths
+
+
+def data_odd() -> dict[str, TensorDataset]:
+    """A held-out split of 129 examples: over 2 ranks with batch 64, one rank has 2
+    batches and the other 1 (the uneven case distributed code must not hang on)."""
+    return {"val": _split(1, 129)}

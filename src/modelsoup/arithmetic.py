@@ -82,6 +82,9 @@ def stream_chunks(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+ARITHMETIC = ("mean", "sum")
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """True when ``t`` has no NaN or Inf. One float64 sum (NaN and Inf propagate into it)
     settles the common case in a single pass; a non-finite sum (which a huge but finite
@@ -108,6 +111,10 @@ class Combination:
     - any other coefficients (task arithmetic): anchored on the ingredient with the
       largest coefficient, ``(sum c) θa + sum_i c_i (θi - θa)``.
 
+    ``arithmetic="sum"`` instead sums ``w_i θ_i`` from zero and divides by ``sum w``, as
+    mergekit's linear merge does (bit-identical to it for uniform weights), at the cost
+    of the exactness above.
+
     ``per_tensor`` gives some tensors their own coefficients (Model Stock, soups learned by
     layer); the others use ``coefficients``.
 
@@ -127,7 +134,11 @@ class Combination:
         integers: IntegerPolicy = "error",
         check_finite: bool = True,
         per_tensor: Mapping[str, Sequence[float]] | None = None,
+        arithmetic: str = "mean",
     ):
+        if arithmetic not in ARITHMETIC:
+            raise SoupError(f"arithmetic must be one of {ARITHMETIC}, got {arithmetic!r}")
+        self.arithmetic = arithmetic
         self.ingredients = list(ingredients)
         self.coefficients = self._check([float(c) for c in coefficients])
         self.per_tensor = {
@@ -191,7 +202,9 @@ class Combination:
             return self._read_integer(name, start, stop)
         coefs = self.per_tensor.get(name, self.coefficients)
         # The running mean needs non-negative coefficients and a positive total.
-        if all(c >= 0 for c in coefs) and sum(coefs) > 0:
+        if self.arithmetic == "sum":
+            out = self._plain_sum(name, start, stop, coefs)
+        elif all(c >= 0 for c in coefs) and sum(coefs) > 0:
             out = self._running_mean(name, start, stop, coefs)
         else:
             out = self._anchored_sum(name, start, stop, coefs)
@@ -210,6 +223,25 @@ class Combination:
         if abs(sum(coefs) - 1.0) > 1e-12:
             m.mul_(sum(coefs))
         return m
+
+    def _plain_sum(self, name: str, start: int, stop: int, coefs: list[float]) -> torch.Tensor:
+        # What most merging tools do (mergekit's linear merge): accumulate w_i * θ_i in
+        # order from zero, then divide by sum w_i. Averages use w = c / max(c), so a
+        # uniform soup sums the ingredients with weight 1 and divides by k, bit for bit
+        # as mergekit does.
+        acc = torch.zeros(stop - start, dtype=self.accumulate)
+        average = all(c >= 0 for c in coefs) and sum(coefs) > 0
+        top = max(coefs) if average else 1.0
+        w = [c / top for c in coefs]
+        for ing, wi in zip(self.ingredients, w):
+            if wi != 0:
+                coef = torch.tensor(wi, dtype=self.accumulate)
+                acc.addcmul_(ing.read(name, start, stop).to(self.accumulate), coef)
+        if average:
+            acc.div_(torch.tensor(sum(w), dtype=self.accumulate))
+            if abs(sum(coefs) - 1.0) > 1e-12:
+                acc.mul_(sum(coefs))
+        return acc
 
     def _anchored_sum(self, name: str, start: int, stop: int, coefs: list[float]) -> torch.Tensor:
         # Anchored on the largest coefficient (first among equals).

@@ -332,6 +332,10 @@ class ClassificationEvaluator:
         assert score is not None
         return score
 
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put ``state`` into the model (names and shapes must match)."""
+        load_state(self.model, state)
+
     def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         """``(indices, inputs, labels)`` of this rank's share of ``split``."""
         if split in self._cache:
@@ -407,7 +411,7 @@ class ClassificationEvaluator:
         """
         split = split or self.selection
         if state is not None:
-            load_state(self.model, state)
+            self.load(state)
             if self.prepare is not None:
                 self.prepare(self.model)
                 self.model.eval()

@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -396,9 +397,17 @@ class TorchFile:
         )
 
     def _load(self) -> tuple[object, bool]:
-        mapped = zipfile.is_zipfile(self.path)
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mapped), mapped
+            mapped = zipfile.is_zipfile(self.path)  # raises on some damaged archives
+        except zipfile.BadZipFile:
+            mapped = False  # torch.load below reports the damage
+        try:
+            with warnings.catch_warnings():
+                # a damaged file's first byte reads as an odd "pickle protocol": torch warns
+                # before failing, and the error below says it better
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                loaded = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mapped)
+            return loaded, mapped
         except pickle.UnpicklingError as e:
             raise CheckpointError(
                 f"{self.path}: refused to unpickle: the file holds objects other than tensors "

@@ -229,3 +229,186 @@ def ensemble_run(
     )
     write_json(run_dir / "ensemble.json", result)
     return result
+
+
+def analysis_run(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    evaluator: Evaluator | None,
+    out: Path,
+    *,
+    curve: tuple[int, int] | None = None,
+    landscape: tuple[int, int] | None = None,
+    grid: int = 9,
+    integers: str = "error",
+    args: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The paper's analyses of a sweep into ``out``: analysis.json, figures, report.html.
+
+    Always the task-vector angles (``base`` is θ0). With an evaluator: every pair's soup
+    and interpolation advantage, one interpolation curve (``curve``, 0-based; default the
+    two best on the selection split) and, with ``landscape`` (0-based pair), the landscape
+    on the plane through base and that pair. A `ClassificationEvaluator` gives accuracy on
+    each of its splits, logit ensembles and losses; any other evaluator gives its score.
+    """
+    from . import analysis, figures
+    from .page import Figure, Section, Table, write_page
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "args.json", {"command": "analyze", **(args or {}), "versions": versions()})
+    names = [ing.source for ing in ingredients]
+    short = [f"#{i} {Path(n).name}" for i, n in enumerate(names)]
+    geometry = analysis.angles(ingredients, base, names=short, progress=progress)
+    figures.cosine_heatmap(geometry, out / "cosine.png")
+    result: dict[str, Any] = {"ingredients": names, "base": base.source}
+    result["angles"] = geometry.to_json()
+    figs = [Figure("Cosine similarity of the task vectors θi − θ0.", out / "cosine.png")]
+    tables = []
+    if evaluator is not None:
+        logits = labels = None
+        if isinstance(evaluator, ClassificationEvaluator):
+            cache = LogitCache(out / "cache" / "logits")
+            scorer: Any = analysis.LogitScorer(evaluator, cache=cache)
+            sel = evaluator.selection
+            logits = [scorer.logits(materialize(ing)) for ing in ingredients]
+            labels = scorer.labels
+            individual = [analysis.accuracies(lg, labels) for lg in logits]
+        else:
+            sel = "score"
+
+            def scorer(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+                return {"score": float(evaluator(state))}
+
+            individual = [scorer(materialize(ing)) for ing in ingredients]
+        splits = list(individual[0])
+        others = [s for s in splits if s != sel]
+        views = [(sel, [sel])] + ([("other splits", others)] if others else [])
+        pairs = analysis.pair_soups(
+            ingredients,
+            geometry,
+            scorer,
+            individual,
+            logits=logits,
+            labels=labels,
+            integers=integers,
+            progress=progress,
+        )
+        result["scores"] = individual
+        result["pairs"] = [p.__dict__ for p in pairs]
+        result["pearson_angle_advantage"] = figures.angle_vs_advantage(
+            pairs, views, out / "angles.png", title="Angle vs interpolation advantage"
+        )
+        figs.append(
+            Figure("Angle between task vectors vs interpolation advantage.", out / "angles.png")
+        )
+        if logits is not None:
+            result["pearson_soup_ensemble"] = figures.ensemble_vs_soup(
+                pairs, views, out / "ensemble_vs_soup.png", title="2-model ensemble vs soup"
+            )
+            figs.append(
+                Figure("2-model soup vs 2-model logit ensemble.", out / "ensemble_vs_soup.png")
+            )
+        a, b = curve or tuple(
+            sorted(range(len(ingredients)), key=lambda i: -individual[i][sel])[:2]
+        )
+        c = analysis.interpolation_curve(
+            ingredients[a],
+            ingredients[b],
+            scorer,
+            logits=(logits[a], logits[b]) if logits is not None else None,
+            labels=labels,
+            ids=(a, b),
+            integers=integers,
+            progress=progress,
+        )
+        result["curve"] = c.__dict__
+        figures.interpolation(c, views, out / "interpolation.png", names=(short[a], short[b]))
+        figs.append(
+            Figure(
+                f"Interpolation from {short[a]} (α = 0) to {short[b]} (α = 1).",
+                out / "interpolation.png",
+            )
+        )
+        tables.append(
+            Table(
+                "Ingredients: task-vector norm and scores",
+                ["ingredient", "|θi − θ0|", *splits],
+                [
+                    [
+                        short[i],
+                        f"{geometry.norms[i]:.4g}",
+                        *(f"{individual[i][s]:.4f}" for s in splits),
+                    ]
+                    for i in range(len(ingredients))
+                ],
+            )
+        )
+        tables.append(
+            Table(
+                f"Pairs: angle, soup score and interpolation advantage on {sel!r}",
+                ["pair", "angle (deg)", "soup", "advantage", *(["ensemble"] if logits else [])],
+                [
+                    [
+                        f"{short[p.i]} + {short[p.j]}",
+                        f"{p.angle:.2f}",
+                        f"{p.soup[sel]:.4f}",
+                        f"{p.advantage[sel]:+.4f}",
+                        *([f"{p.ensemble[sel]:.4f}"] if p.ensemble else []),
+                    ]
+                    for p in pairs
+                ],
+            )
+        )
+        if landscape is not None:
+            i, j = landscape
+            if isinstance(evaluator, ClassificationEvaluator):
+
+                def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+                    lg = scorer.logits(state)
+                    acc = analysis.accuracies(lg, labels)
+                    loss = torch.nn.functional.cross_entropy(lg[sel], labels[sel])
+                    return {
+                        f"{sel} loss": float(loss),
+                        **{f"{s} error": 1 - acc[s] for s in splits},
+                    }
+
+            else:
+
+                def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+                    return scorer(state)
+
+            where = analysis.plane(base, ingredients[i], ingredients[j], progress=progress)
+            land = analysis.landscape(
+                where,
+                measure,
+                n=grid,
+                labels=("θ0 (base)", f"θ1 {short[i]}", f"θ2 {short[j]}"),
+                progress=progress,
+            )
+            result["landscape"] = land.to_json()
+            figures.landscape(land, out / "landscape.png")
+            figs.append(
+                Figure(
+                    "Landscape on the plane through θ0, θ1, θ2 (Gram–Schmidt basis).",
+                    out / "landscape.png",
+                )
+            )
+    else:
+        result["note"] = "no evaluator: angles only (pass --model and --data, or --evaluator)"
+    write_json(out / "analysis.json", result)
+    write_page(
+        out / "report.html",
+        "Model soup analysis",
+        [
+            Section(
+                "Ingredients",
+                [f"θ0 (base): {base.source}", *(f"{s}: {n}" for s, n in zip(short, names))],
+                tables=tables,
+            ),
+            Section("Figures", figures=figs),
+        ],
+        config=dict(args or {}),
+        versions=versions(),
+    )
+    return result

@@ -37,12 +37,22 @@ class Config:
     learned_epochs: int = 20
     learned_batch_size: int = 64
     lp_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    # Figures 2-4 (analyses.py): pair soups on this many examples of test and each shift;
+    # the landscape on a grid x grid plane, train loss / test error on landscape_examples
+    # each and shift error on landscape_examples spread over the shifts.
+    analyses: bool = True
+    analysis_examples: int = 400
+    landscape: bool = True
+    landscape_grid: int = 7
+    landscape_examples: int = 250
 
     def __post_init__(self) -> None:
         if self.ingredients < 3:  # model_0 and two fine-tunes: Model Stock needs an angle
             raise ValueError(f"ingredients must be at least 3 (got {self.ingredients})")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train' (got {self.bn!r})")
+        if self.landscape_grid < 2:
+            raise ValueError(f"landscape_grid must be at least 2 (got {self.landscape_grid})")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 import modelsoup as ms
+from modelsoup.analysis import LogitScorer
 from modelsoup.evaluation import ClassificationEvaluator
 from modelsoup.recipes.ensemble import (
     compute_logits,
@@ -34,8 +35,9 @@ from modelsoup.recipes.ensemble import (
 )
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
-from modelsoup.runs import LogitCache, content_hash, data_id, versions, write_json
+from modelsoup.runs import LogitCache, versions, write_json
 
+from .analyses import run_analyses
 from .config import Config
 from .data import Examples
 from .sweep import finetune, linear_probe, sample_hparams
@@ -159,33 +161,6 @@ def make_ingredients(
     return ingredients, info
 
 
-class SoupScorer:
-    """Accuracy of a soup on every split, computed once per distinct soup (keyed by the
-    soup's content hash) and cached with the ingredients' logits."""
-
-    def __init__(
-        self,
-        evaluator: ClassificationEvaluator,
-        cache: LogitCache,
-        labels: Mapping[str, torch.Tensor],
-        tag: str,
-    ):
-        self.evaluator, self.cache, self.labels, self.tag = evaluator, cache, labels, tag
-
-    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        key = f"soup-{content_hash(state)}{self.tag}"
-        out, loaded = {}, False
-        for split, y in self.labels.items():
-            ident = data_id(y)
-            logits = self.cache.get(key, split, ident)
-            if logits is None:
-                logits, _ = self.evaluator.logits(None if loaded else state, split)
-                loaded = True
-                self.cache.put(key, split, ident, logits)
-            out[split] = correct_count(logits, y) / len(y)
-        return out
-
-
 def _bn_recompute(train: Examples, batch_size: int):
     """``prepare`` hook: recompute a soup's BatchNorm statistics on the training split
     (``torch.optim.swa_utils.update_bn``), as networks averaged with BN need. Image task
@@ -212,7 +187,7 @@ def _learned(
     key = _key(
         {
             "v": 1,
-            "ingredients": [d["path"] for d in info],
+            "ingredients": [Path(d["path"]).name for d in info],  # names: the folder may move
             "by_layer": by_layer,
             "epochs": config.learned_epochs,
             "batch": config.learned_batch_size,
@@ -252,10 +227,17 @@ def _learned(
 
 
 def reproduce(
-    config: Config, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print
+    config: Config,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    landscape_pair: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment; write results.md/.json/.csv, figure1.png and config.json to
-    ``out``; return the results dict."""
+    """Run the experiment; write results.md/.json/.csv, report.html, figure1.png, the
+    analyses' figures (``config.analyses``) and config.json to ``out``; return the
+    results dict. ``landscape_pair`` picks the fine-tunes of the landscape plane
+    (default: the two best on held-out)."""
     from .report import write_reports
 
     out = Path(out)
@@ -301,7 +283,9 @@ def reproduce(
     soup_evaluator = ClassificationEvaluator(
         task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare
     )
-    score_soup = SoupScorer(soup_evaluator, cache, labels, "-bn" if prepare else "")
+    score_soup = LogitScorer(
+        soup_evaluator, list(splits), cache=cache, tag="-bn" if prepare else ""
+    )
     val_evals = [evaluation_from_logits(lg, labels["val"]) for lg in logits["val"]]
     # Integer tensors (BatchNorm's num_batches_tracked) differ after fine-tunes of different
     # lengths when BN trains; they carry no weights, so the first ingredient's is kept.
@@ -410,6 +394,24 @@ def reproduce(
         )
     )
     timing["soups and baselines"] = time.perf_counter() - t
+    analysis = None
+    if config.analyses:
+        t = time.perf_counter()
+        analysis = run_analyses(
+            config,
+            task,
+            ingredients,
+            info,
+            logits,
+            cache,
+            out,
+            prepare=prepare,
+            landscape=config.landscape,
+            landscape_pair=landscape_pair,
+            progress=progress,
+            log=log,
+        )
+        timing["analyses"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t0
 
     results = {
@@ -421,6 +423,7 @@ def reproduce(
         "uniform_soup_bn_note": "frozen" if config.bn == "frozen" else "recomputed",
         "timing_seconds": timing,
         "versions": versions(),
+        "analysis": analysis,
     }
     write_reports(results, out)
     return results

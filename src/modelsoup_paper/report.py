@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,37 +33,27 @@ def _cell(row: Mapping[str, Any], col: str, shifts: list[str]) -> str:
     return text
 
 
-def markdown(results: Mapping[str, Any]) -> str:
+_NAMES = {"val": "held-out", "test": "ID test"}
+
+
+def method_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (one row per method)."""
     shifts = list(results["shifts"])
     cols = [*_columns(results), "shift mean"]
-    names = {"val": "held-out", "test": "ID test"}
-    head = ["method", "models", *(names.get(c, c) for c in cols)]
-    lines = [
-        f"# Model soups on {results['config']['name']}: results",
-        "",
-        f"Accuracy (%) of every method of the paper's Table 3. The held-out split "
-        f"({results['splits']['val']} examples carved from the training data) drives every "
-        f"choice; ID test ({results['splits']['test']}) and the shifts are only reported. "
-        "`models` is the inference cost.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+    head = ["method", "models", *(_NAMES.get(c, c) for c in cols)]
+    rows = [
+        [row["method"], str(row["models"]), *(_cell(row, c, shifts) for c in cols)]
+        for row in results["methods"]
     ]
-    for row in results["methods"]:
-        lines.append(
-            "| "
-            + " | ".join(
-                [row["method"], str(row["models"]), *(_cell(row, c, shifts) for c in cols)]
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "## Ingredients",
-        "",
-        "| model | hyperparameters | " + " | ".join(names.get(c, c) for c in cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
+    return head, rows
+
+
+def ingredient_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the ingredients table (hyperparameters and scores)."""
+    shifts = list(results["shifts"])
+    cols = [*_columns(results), "shift mean"]
+    head = ["model", "hyperparameters", *(_NAMES.get(c, c) for c in cols)]
+    rows = []
     for ing in results["ingredients"]:
         hp = ing["hparams"]
         desc = hp.get("info") or (
@@ -71,9 +62,31 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"aug {hp['aug']}"
         )
         row = {"scores": ing["scores"]}
-        lines.append(
-            f"| {ing['name']} | {desc} | " + " | ".join(_cell(row, c, shifts) for c in cols) + " |"
-        )
+        rows.append([ing["name"], desc, *(_cell(row, c, shifts) for c in cols)])
+    return head, rows
+
+
+def _intro(results: Mapping[str, Any]) -> str:
+    return (
+        f"Accuracy (%) of every method of the paper's Table 3. The held-out split "
+        f"({results['splits']['val']} examples carved from the training data) drives every "
+        f"choice; ID test ({results['splits']['test']}) and the shifts are only reported. "
+        "`models` is the inference cost."
+    )
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    lines = [f"# Model soups on {results['config']['name']}: results", "", _intro(results), ""]
+    lines += _md_table(*method_table(results))
+    lines += ["", "## Ingredients", ""] + _md_table(*ingredient_table(results))
     lines += ["", "## What reproduces", ""] + [f"- {f}" for f in findings(results)]
     t = results["timing_seconds"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + "."]
@@ -124,6 +137,56 @@ def findings(results: Mapping[str, Any]) -> list[str]:
         f"Model Stock vs uniform soup: {cmp('Model Stock', 'uniform soup')} (Model Stock "
         "needs no held-out search).",
     ]
+    if results.get("analysis"):
+        out += analysis_findings(results["analysis"], shifts)
+    return out
+
+
+def _r(r: float | None) -> str:
+    return "undefined" if r is None else f"{r:+.2f}"
+
+
+def analysis_findings(a: Mapping[str, Any], shifts: list[str]) -> list[str]:
+    """Figures 2-4 in numbers."""
+    pairs = a["pairs"]
+    n = len(pairs)
+
+    def adv(p: Mapping[str, Any], view: str) -> float:
+        d = p["advantage"]
+        return 100 * (d["test"] if view == "id" else shift_mean(d, shifts))
+
+    r = a["pearson_angle_advantage"]
+    angles = [p["angle"] for p in pairs]
+    out = [
+        f"Angle vs interpolation advantage (Figure 3), {n} pairs of fine-tunes, angles "
+        f"{min(angles):.1f} to {max(angles):.1f} degrees: Pearson r {_r(r['ID test'])} on ID "
+        f"test, {_r(r['shifts'])} on shifts; median advantage "
+        f"{statistics.median(adv(p, 'id') for p in pairs):+.2f} pp ID, "
+        f"{statistics.median(adv(p, 'shift') for p in pairs):+.2f} pp shifts. Paper: larger "
+        "angle, larger advantage.",
+    ]
+    ens_id = sum(p["ensemble"]["test"] > p["soup"]["test"] for p in pairs)
+    ens_sh = sum(shift_mean(p["ensemble"], shifts) > shift_mean(p["soup"], shifts) for p in pairs)
+    re = a["pearson_soup_ensemble"]
+    out.append(
+        f"2-model ensemble vs soup (Figure 4): the ensemble is better on {ens_id} of {n} pairs "
+        f"on ID test and {ens_sh} of {n} on shifts; r(soup, ensemble) {_r(re['ID test'])} ID, "
+        f"{_r(re['shifts'])} shifts. Paper: correlated; ensembles tend to win ID, soups on "
+        "shifts."
+    )
+    land = a.get("landscape")
+    if land:
+        test = [v for row in land["values"]["test error"] for v in row]
+        shift = [v for row in land["values"]["shift error"] for v in row]
+        models = land["at_models"]
+        out.append(
+            f"Error landscape (Figure 2, {len(land['xs'])}x{len(land['ys'])} grid): lowest "
+            f"test error on the grid {100 * min(test):.1f}% vs {100 * models[1]['test error']:.1f}"
+            f"% / {100 * models[2]['test error']:.1f}% at the two fine-tunes; lowest shift "
+            f"error {100 * min(shift):.1f}% vs {100 * models[1]['shift error']:.1f}% / "
+            f"{100 * models[2]['shift error']:.1f}% (same examples). Paper: the best point is "
+            "often between the solutions."
+        )
     return out
 
 
@@ -230,8 +293,68 @@ def figure1(results: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+_CAPTIONS = {
+    "angles": "Figure 3. Angle between task vectors θi − θ0 vs the interpolation advantage "
+    "Acc(½θi + ½θj) − ½(Acc(θi) + Acc(θj)) of every pair of fine-tunes, least-squares trend "
+    "in red.",
+    "cosine": "Cosine similarity of the fine-tunes' task vectors θi − θ0.",
+    "ensemble_vs_soup": "Figure 4 (top). Accuracy of the 2-model soup vs the 2-model logit "
+    "ensemble for every pair; above the grey line the ensemble wins.",
+    "interpolation": "Figure 4 (bottom). Accuracy along α of the weight interpolation "
+    "(1−α)θi + αθj and the logit interpolation (1−α)f(x;θi) + αf(x;θj).",
+    "landscape": "Figure 2. Train loss, test error and shift error on the plane through "
+    "θ0 (the LP initialization) and two fine-tunes, orthonormal basis by Gram–Schmidt; the "
+    "star marks the grid's best point.",
+}
+
+
+def write_page(results: Mapping[str, Any], out: Path) -> Path:
+    """report.html: the tables, every figure embedded, the config and versions."""
+    from modelsoup.page import Figure, Section, Table, write_page
+
+    sections = [
+        Section(
+            "Results (Table 3)",
+            [_intro(results)],
+            tables=[
+                Table("Methods, accuracy (%)", *method_table(results)),
+                Table("Ingredients", *ingredient_table(results)),
+            ],
+        ),
+        Section("What reproduces", items=findings(results)),
+        Section(
+            "Figure 1: accuracy vs robustness",
+            figures=[Figure("Figure 1. ID test vs mean shift accuracy.", out / "figure1.png")],
+        ),
+    ]
+    a = results.get("analysis")
+    if a:
+        n = a["examples_per_split"]
+        sections.append(
+            Section(
+                "Figures 2-4: why soups work",
+                [
+                    "Pair soups, ensembles and interpolation curves are scored on "
+                    f"{n['test']} evenly spaced examples of ID test and of each shift; the "
+                    "individual models on the same examples."
+                ],
+                figures=[Figure(_CAPTIONS[k], out / rel) for k, rel in a["figures"].items()],
+            )
+        )
+    t = results["timing_seconds"]
+    sections.append(Section("Wall time", [", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + "."]))
+    return write_page(
+        out / "report.html",
+        f"Model soups on {results['config']['name']}",
+        sections,
+        config=results["config"],
+        versions=results["versions"],
+    )
+
+
 def write_reports(results: Mapping[str, Any], out: Path) -> None:
-    """results.json, results.csv, results.md and figure1.png in ``out`` (atomically)."""
+    """results.json, results.csv, results.md, figure1.png and report.html in ``out``
+    (atomically)."""
     for name, text in (
         ("results.json", json.dumps(results, indent=2, default=str) + "\n"),
         ("results.csv", write_csv(results)),
@@ -240,3 +363,4 @@ def write_reports(results: Mapping[str, Any], out: Path) -> None:
         with atomic_output(out / name, force=True) as tmp:
             tmp.write_text(text)
     figure1(results, out / "figure1.png")
+    write_page(results, out)

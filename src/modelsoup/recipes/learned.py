@@ -28,7 +28,7 @@ from torch.func import functional_call
 from ..arithmetic import Combination, chunk_ranges
 from ..checks import check_compatible
 from ..errors import SoupError
-from ..evaluation import ClassificationEvaluator, _logits, _to, world
+from ..evaluation import ClassificationEvaluator, _logits, _reduce, _to, world
 from ..ingredients import Ingredient, StateDictIngredient
 from ..layout import is_float
 from ..save import materialize
@@ -122,6 +122,21 @@ class _Mixer:
         return dots
 
 
+def _idle_step(
+    a: torch.Tensor, log_beta: torch.Tensor, opt: torch.optim.Optimizer, device: torch.device
+) -> None:
+    """A step of a rank with no batch left: it contributes no examples and zero
+    gradients to the reductions, then steps like the others (the gradients are summed,
+    so every rank applies the same update)."""
+    n_global = torch.tensor(0.0, device=device)  # nccl reduces device tensors only
+    torch.distributed.all_reduce(n_global)
+    a.grad = torch.zeros_like(a)
+    log_beta.grad = torch.zeros_like(log_beta)
+    for p in (a, log_beta):
+        torch.distributed.all_reduce(p.grad)
+    opt.step()
+
+
 def learned_soup(
     ingredients: Sequence[Ingredient],
     evaluator: ClassificationEvaluator,
@@ -178,8 +193,11 @@ def learned_soup(
     a = torch.zeros(len(rows), k, dtype=torch.float32, device=device, requires_grad=True)
     log_beta = torch.zeros((), dtype=torch.float32, device=device, requires_grad=True)
     opt = torch.optim.AdamW([a, log_beta], lr=lr, weight_decay=0.0)
-    batches = list(evaluator._batches(evaluator.selection))
+    batches: list = list(evaluator._batches(evaluator.selection))
     size = world()[1]
+    if size > 1:  # ranks may hold one batch more than others: every rank takes every step
+        n_max = int(_reduce([len(batches)], device, "max")[0])
+        batches += [None] * (n_max - len(batches))
     total = evaluator.size(evaluator.selection)
     rng = random.Random(seed)
     history: list[dict] = []
@@ -194,6 +212,11 @@ def learned_soup(
         rng.shuffle(order)
         loss_sum = 0.0
         for bi in order:
+            if batches[bi] is None:  # this rank's share ran out: join the reductions
+                _idle_step(a, log_beta, opt, device)
+                steps += 1
+                bar.update(1)
+                continue
             _, x, y = batches[bi]
             alpha = torch.softmax(a, dim=1)
             mixed = mixer.mix(alpha)
@@ -205,7 +228,7 @@ def learned_soup(
             y = y.to(device)
             logits = _forward_functional(model, state, _to(x, device))
             # The mean over the whole global batch: each rank holds its share.
-            n_global = torch.tensor(float(len(y)))
+            n_global = torch.tensor(float(len(y)), device=device)
             if size > 1:
                 torch.distributed.all_reduce(n_global)
             loss = (

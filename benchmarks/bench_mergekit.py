@@ -1,0 +1,168 @@
+"""Race: `modelsoup uniform` against mergekit's `linear` merge, on Hugging Face folders.
+
+Builds k Hugging Face checkpoints (``save_pretrained``: config.json + model.safetensors) of
+a BERT-base-sized classifier (~110M float32 parameters, fine-tunes of one random
+"pretrained" model), warms the page cache, then times, alternating over rounds and each
+as its own process:
+
+  modelsoup : modelsoup uniform F1 ... Fk -o OUT --force   (running mean, the default)
+  ms-sum    : the same with --arithmetic sum (sum then divide, as mergekit does)
+  mergekit  : mergekit-yaml linear.yml OUT   (merge_method linear, weight 1 each,
+              normalize, dtype float32: the same average)
+
+It prints wall time and peak RSS (ru_maxrss of the process, from wait4) of both, their
+ratios (targets: time <= 0.3x, peak RSS <= 0.4x mergekit's), and compares the outputs
+tensor by tensor: ms-sum must equal mergekit's bit for bit; the running mean differs
+from a sum in the last bit of about half the values.
+
+mergekit lives in its own environment (it pins its own dependencies):
+    python3 -m venv benchmarks/.venv-mergekit
+    benchmarks/.venv-mergekit/bin/pip install -c constraints.txt mergekit
+    python benchmarks/bench_mergekit.py [--k 8] [--rounds 3] [--dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(folder: Path, k: int) -> list[Path]:
+    """k fine-tune folders of one BERT-base classifier (reused when present)."""
+    import torch
+    import transformers
+
+    paths = [folder / f"ft{i}" for i in range(k)]
+    if all((p / "model.safetensors").is_file() for p in paths):
+        return paths
+    cfg = transformers.BertConfig(num_labels=3)  # BERT-base: 12 layers, 768 wide, 110M
+    torch.manual_seed(0)
+    base = transformers.BertForSequenceClassification(cfg)
+    state = {n: t.clone() for n, t in base.state_dict().items()}
+    for i, p in enumerate(paths):
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for n, t in base.state_dict().items():
+                if t.is_floating_point():
+                    t.copy_(state[n] + 1e-3 * torch.randn(t.shape, generator=g))
+        base.save_pretrained(p)
+        print(f"  built {p} ({sum(f.stat().st_size for f in p.iterdir()) / 1e6:.0f} MB)")
+    return paths
+
+
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed:\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def compare(ours: Path, theirs: Path) -> str:
+
+    from modelsoup import materialize, open_ingredient
+
+    a, b = materialize(open_ingredient(ours)), materialize(open_ingredient(theirs))
+    if set(a) != set(b):
+        return f"different tensor names: {sorted(set(a) ^ set(b))[:5]}"
+    diff, differing, total, dtypes = 0.0, 0, 0, set()
+    for n in a:
+        dtypes.add((a[n].dtype, b[n].dtype))
+        d = (a[n].double() - b[n].double()).abs()
+        diff = max(diff, float(d.max()))
+        differing += int((d > 0).sum())
+        total += d.numel()
+    return (
+        f"{len(a)} tensors, dtypes {sorted({str(x) for p in dtypes for x in p})}: "
+        f"{differing} of {total} values differ, max |diff| {diff:.3g}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", default=str(HERE / ".cache" / "mergekit-race"))
+    ap.add_argument(
+        "--mergekit",
+        default=shutil.which("mergekit-yaml") or str(HERE / ".venv-mergekit/bin/mergekit-yaml"),
+        help="the mergekit-yaml executable",
+    )
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.build_only:
+        build(Path(args.dir), args.k)
+        return
+    if args.compare:
+        print(f"outputs, {args.compare[2]} vs mergekit: " + compare(*map(Path, args.compare[:2])))
+        return
+    if not Path(args.mergekit).exists():
+        raise SystemExit(f"no mergekit-yaml at {args.mergekit}; see this file's docstring")
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"building {args.k} checkpoints in {folder}")
+    # Building and comparing import torch; they run in child processes so that this
+    # parent stays small: a forked child's ru_maxrss starts at its parent's RSS.
+    helper = [sys.executable, __file__, "--dir", str(folder), "--k", str(args.k)]
+    subprocess.run([*helper, "--build-only"], check=True)
+    paths = [folder / f"ft{i}" for i in range(args.k)]
+    yml = folder / "linear.yml"
+    models = "".join(f"  - model: {p}\n    parameters:\n      weight: 1.0\n" for p in paths)
+    yml.write_text(f"merge_method: linear\ndtype: float32\nmodels:\n{models}")
+    modes = ("modelsoup", "ms-sum", "mergekit")
+    out = {m: folder / f"out-{m}" for m in modes}
+    modelsoup = [sys.executable, "-m", "modelsoup", "uniform", *map(str, paths), "-q", "--force"]
+    cmds = {
+        "modelsoup": [*modelsoup, "-o", str(out["modelsoup"])],
+        "ms-sum": [*modelsoup, "-o", str(out["ms-sum"]), "--arithmetic", "sum"],
+        "mergekit": [args.mergekit, str(yml), str(out["mergekit"])],
+    }
+    for p in paths:  # warm the page cache, as every timed run after the first sees it
+        with open(p / "model.safetensors", "rb") as f:
+            while f.read(1 << 24):
+                pass
+    size = sum((p / "model.safetensors").stat().st_size for p in paths) / 1e9
+    print(f"{args.k} x {size / args.k:.2f} GB; {args.rounds} rounds, alternating order")
+    times: dict[str, list[float]] = {m: [] for m in cmds}
+    rss: dict[str, list[float]] = {m: [] for m in cmds}
+    for r in range(args.rounds):
+        order = list(cmds) if r % 2 == 0 else list(cmds)[::-1]  # alternate who goes first
+        for mode in order:
+            shutil.rmtree(out[mode], ignore_errors=True)
+            # freeing the old output's blocks (ext4 with discard) is slow and would land
+            # on the next timed command: let it finish first
+            os.sync()
+            time.sleep(1.0)
+            wall, peak = run(cmds[mode])
+            times[mode].append(wall)
+            rss[mode].append(peak)
+            print(f"  round {r + 1} {mode:9s} {wall:7.2f} s  {peak:7.0f} MB")
+    print(f"\n{'':10s} {'wall s':>8s} {'peak RSS MB':>12s}   (medians)")
+    med = {m: (statistics.median(times[m]), statistics.median(rss[m])) for m in cmds}
+    for m, (t, p) in med.items():
+        print(f"{m:10s} {t:8.2f} {p:12.0f}")
+    for m in ("modelsoup", "ms-sum"):
+        print(
+            f"{m:9s} / mergekit: wall time {med[m][0] / med['mergekit'][0]:.3f} (target "
+            f"<= 0.3), peak RSS {med[m][1] / med['mergekit'][1]:.3f} (target <= 0.4)"
+        )
+    for m in cmds:
+        if m != "mergekit":
+            subprocess.run([*helper, "--compare", str(out[m]), str(out["mergekit"]), m], check=True)
+
+
+if __name__ == "__main__":
+    main()

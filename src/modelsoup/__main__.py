@@ -1,0 +1,5 @@
+"""``python -m modelsoup``: the command line."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,357 @@
+"""The paper's analyses of a sweep, as plain data (figures.py draws them).
+
+- `angles`: the angle between every two task vectors ``θi - θ0`` (Fig. 3), streamed.
+- `pair_soups`: for pairs, the 2-model soup's scores, the interpolation advantage
+  ``Acc(½θi + ½θj) - ½(Acc(θi) + Acc(θj))`` and, given logits, the 2-model ensemble's
+  scores (Fig. 3 and 4).
+- `interpolation_curve`: scores along ``(1-α)θi + αθj`` and, given logits, along the
+  logit interpolation ``(1-α)f(x;θi) + αf(x;θj)`` (Fig. 4).
+- `plane` and `landscape`: the plane through θ0, θ1, θ2 with an orthonormal basis by
+  Gram–Schmidt, and any measures evaluated on a grid of it (Fig. 2).
+
+A *scorer* maps a state dict to ``{name: value}`` (accuracy per split, a loss, ...);
+`LogitScorer` is the one for classifiers, built on a `ClassificationEvaluator`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .arithmetic import Combination, cosine_matrix, gram, interpolate
+from .errors import SoupError
+from .evaluation import ClassificationEvaluator
+from .ingredients import Ingredient
+from .recipes.ensemble import correct_count
+from .runs import LogitCache, content_hash, data_id
+from .save import materialize
+
+Scores = dict[str, float]
+Scorer = Callable[[Mapping[str, torch.Tensor]], Scores]
+Logits = dict[str, torch.Tensor]
+
+
+# --- scoring classifiers from logits -------------------------------------------------
+
+
+def accuracies(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> Scores:
+    """Accuracy per split from logits ``{split: [N, classes]}``."""
+    return {s: correct_count(lg, labels[s]) / max(len(labels[s]), 1) for s, lg in logits.items()}
+
+
+def mix_logits(a: Logits, b: Logits, alpha: float) -> Logits:
+    """The logit interpolation ``(1 - alpha) a + alpha b`` per split (alpha ½: the
+    2-model ensemble of the paper, which averages logits)."""
+    return {s: torch.lerp(a[s].float(), b[s].float(), alpha) for s in a}
+
+
+class LogitScorer:
+    """Logits and accuracies of a state on some splits of a `ClassificationEvaluator`.
+
+    ``cache`` (a `LogitCache`) keeps the logits of every state scored, keyed by the
+    state's content hash and ``tag`` (which should name anything else that changes the
+    logits, such as a subset), so a rerun evaluates nothing twice.
+    """
+
+    def __init__(
+        self,
+        evaluator: ClassificationEvaluator,
+        splits: Sequence[str] | None = None,
+        *,
+        cache: LogitCache | None = None,
+        tag: str = "",
+    ):
+        self.evaluator = evaluator
+        self.splits = list(splits if splits is not None else evaluator.splits)
+        self.cache, self.tag = cache, tag
+        self.labels = {s: evaluator.labels(s) for s in self.splits}
+
+    def logits(self, state: Mapping[str, torch.Tensor]) -> Logits:
+        key = f"soup-{content_hash(state)}{self.tag}" if self.cache is not None else ""
+        out: Logits = {}
+        loaded = False
+        for s in self.splits:
+            ident = data_id(self.labels[s])
+            cached = self.cache.get(key, s, ident) if self.cache is not None else None
+            if cached is None:
+                cached, _ = self.evaluator.logits(None if loaded else state, s)
+                loaded = True
+                if self.cache is not None:
+                    self.cache.put(key, s, ident, cached)
+            out[s] = cached
+        return out
+
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> Scores:
+        return accuracies(self.logits(state), self.labels)
+
+
+# --- angles ----------------------------------------------------------------------------
+
+
+@dataclass
+class Angles:
+    """Task-vector geometry of k ingredients relative to a base θ0."""
+
+    names: list[str]
+    norms: list[float]  # ||θi - θ0||
+    cosine: list[list[float]]
+    degrees: list[list[float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def angles(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    *,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Angles:
+    """Angles between the task vectors ``θi - base`` of every two ingredients.
+
+    Streams every tensor once per ingredient and accumulates in float64 (see `gram`).
+    An ingredient equal to the base has no direction and is refused.
+    """
+    if len(ingredients) < 2:
+        raise SoupError("angles need at least 2 ingredients besides the base")
+    names = list(names or [ing.source for ing in ingredients])
+    g = gram(ingredients, base, progress=progress)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    for name, n in zip(names, norms.tolist()):
+        if n == 0:
+            raise SoupError(
+                f"{name} equals the base, so its task vector is zero and has no angle; "
+                "leave it out of the ingredients or pass the pretrained model as --base"
+            )
+    cos = cosine_matrix(g).clamp(-1.0, 1.0)
+    cos.fill_diagonal_(1.0)
+    deg = torch.rad2deg(torch.arccos(cos))
+    return Angles(names, norms.tolist(), cos.tolist(), deg.tolist())
+
+
+# --- pairs and interpolation -----------------------------------------------------------
+
+
+@dataclass
+class PairSoup:
+    """One pair (i, j): its task-vector angle, the 2-model soup's scores, each model's
+    own, the interpolation advantage and (when logits are known) the 2-model ensemble's."""
+
+    i: int
+    j: int
+    angle: float
+    soup: Scores
+    first: Scores
+    second: Scores
+    ensemble: Scores | None = None
+    advantage: Scores = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.advantage:
+            self.advantage = {
+                s: self.soup[s] - 0.5 * (self.first[s] + self.second[s]) for s in self.soup
+            }
+
+
+def all_pairs(k: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def pair_soups(
+    ingredients: Sequence[Ingredient],
+    geometry: Angles,
+    score: Scorer,
+    individual: Sequence[Scores],
+    *,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    logits: Sequence[Logits] | None = None,
+    labels: Mapping[str, torch.Tensor] | None = None,
+    integers: str = "error",
+    progress: bool = False,
+) -> list[PairSoup]:
+    """The 2-model soup ``½θi + ½θj`` of every pair (default: all), scored by ``score``.
+
+    ``individual[i]`` are ingredient i's own scores from the same scorer (the advantage
+    compares like with like); ``logits[i]`` with ``labels`` add the 2-model ensemble.
+    """
+    pairs = list(pairs if pairs is not None else all_pairs(len(ingredients)))
+    out = []
+    for i, j in tqdm(pairs, desc="pair soups", disable=not progress, leave=False):
+        state = materialize(interpolate(ingredients[i], ingredients[j], 0.5, integers=integers))
+        ens = None
+        if logits is not None and labels is not None:
+            ens = accuracies(mix_logits(logits[i], logits[j], 0.5), labels)
+        out.append(
+            PairSoup(
+                i,
+                j,
+                geometry.degrees[i][j],
+                score(state),
+                dict(individual[i]),
+                dict(individual[j]),
+                ens,
+            )
+        )
+    return out
+
+
+@dataclass
+class Curve:
+    """Scores along α for the weight interpolation and (optionally) the logit one."""
+
+    i: int
+    j: int
+    alphas: list[float]
+    weights: list[Scores]
+    logits: list[Scores] | None = None
+
+
+def interpolation_curve(
+    a: Ingredient,
+    b: Ingredient,
+    score: Scorer,
+    alphas: Sequence[float] = tuple(i / 10 for i in range(11)),
+    *,
+    logits: tuple[Logits, Logits] | None = None,
+    labels: Mapping[str, torch.Tensor] | None = None,
+    ids: tuple[int, int] = (0, 1),
+    integers: str = "error",
+    progress: bool = False,
+) -> Curve:
+    """Scores of ``(1-α)a + αb`` for each α (α = 0 is ``a`` bit for bit, α = 1 is ``b``)
+    and, given both models' ``logits`` and ``labels``, of ``(1-α)f(x;a) + αf(x;b)``."""
+    alphas = [float(x) for x in alphas]
+    weights = [
+        score(materialize(interpolate(a, b, x, integers=integers)))
+        for x in tqdm(alphas, desc="interpolation", disable=not progress, leave=False)
+    ]
+    mixed = None
+    if logits is not None and labels is not None:
+        mixed = [accuracies(mix_logits(logits[0], logits[1], x), labels) for x in alphas]
+    return Curve(ids[0], ids[1], alphas, weights, mixed)
+
+
+# --- the plane through three solutions and the landscape on it ---------------------------
+
+
+@dataclass
+class Plane:
+    """The plane through θ0 (``base``), θ1 and θ2.
+
+    Orthonormal basis by Gram–Schmidt: ``u1 = (θ1-θ0)/|θ1-θ0|``, ``u2`` the normalized
+    part of ``θ2-θ0`` orthogonal to u1. The point ``(x, y)`` is ``θ0 + x u1 + y u2``,
+    a combination of the three models that `at` streams like any soup. In these
+    coordinates θ0 is (0, 0), θ1 is (|θ1-θ0|, 0) and θ2 is (proj, perp).
+    """
+
+    base: Ingredient
+    first: Ingredient
+    second: Ingredient
+    length: float  # |θ1 - θ0|
+    proj: float  # <θ2 - θ0, u1>
+    perp: float  # |θ2 - θ0 - proj u1|
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        return [(0.0, 0.0), (self.length, 0.0), (self.proj, self.perp)]
+
+    def coefficients(self, x: float, y: float) -> tuple[float, float, float]:
+        """``(c0, c1, c2)`` with ``θ0 + x u1 + y u2 = c0 θ0 + c1 θ1 + c2 θ2``."""
+        c2 = y / self.perp
+        c1 = x / self.length - c2 * self.proj / self.length
+        return 1.0 - c1 - c2, c1, c2
+
+    def at(self, x: float, y: float, **options: Any) -> Combination:
+        """The model at ``(x, y)``, lazily (options as for `Combination`)."""
+        return Combination([self.base, self.first, self.second], self.coefficients(x, y), **options)
+
+    def grid(self, n: int, margin: float = 0.2) -> tuple[list[float], list[float]]:
+        """``n`` values per axis covering the three points with ``margin`` of each
+        extent on every side."""
+        if n < 2:
+            raise SoupError(f"the grid needs at least 2 points per axis, got {n}")
+        xs = [p[0] for p in self.points]
+        lo, hi = min(xs), max(xs)
+        w = hi - lo
+        h = self.perp
+        x0, x1 = lo - margin * w, hi + margin * w
+        y0, y1 = -margin * h, h + margin * h
+        return (
+            [x0 + (x1 - x0) * t / (n - 1) for t in range(n)],
+            [y0 + (y1 - y0) * t / (n - 1) for t in range(n)],
+        )
+
+
+def plane(
+    base: Ingredient, first: Ingredient, second: Ingredient, *, progress: bool = False
+) -> Plane:
+    """The plane through three models (see `Plane`); one streamed pass over each."""
+    g = gram([first, second], base, progress=progress).tolist()
+    length = math.sqrt(max(g[0][0], 0.0))
+    if length == 0:
+        raise SoupError(f"{first.source} equals the base {base.source}: they span no plane")
+    proj = g[0][1] / length
+    perp = math.sqrt(max(g[1][1] - proj * proj, 0.0))
+    if perp <= 1e-9 * max(length, 1.0):
+        raise SoupError(
+            f"{second.source} lies on the line through {base.source} and {first.source}: "
+            "the three models span no plane; pick another model"
+        )
+    return Plane(base, first, second, length, proj, perp)
+
+
+@dataclass
+class Landscape:
+    """Measures on a grid of a `Plane`: ``values[name][row][col]`` at ``(xs[col], ys[row])``."""
+
+    xs: list[float]
+    ys: list[float]
+    values: dict[str, list[list[float]]]
+    points: list[tuple[float, float]]
+    labels: list[str]
+    seconds_per_point: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def landscape(
+    where: Plane,
+    measure: Scorer,
+    *,
+    n: int = 9,
+    margin: float = 0.2,
+    labels: Sequence[str] = ("θ0", "θ1", "θ2"),
+    integers: str = "first",
+    progress: bool = False,
+) -> Landscape:
+    """Evaluate ``measure`` at every point of an n x n grid of the plane.
+
+    One model per grid point: batching points with ``torch.func.vmap`` over stacked
+    parameters was measured 3.6-4.1x slower than this loop for the experiment's
+    MobileNetV2 on CPU (depthwise convolutions fall back to slow batching rules) and no
+    faster for an MLP (benchmarks/bench_landscape.py), so each point is materialized and
+    evaluated with the evaluator's cached batches.
+    """
+    import time
+
+    xs, ys = where.grid(n, margin)
+    values: dict[str, list[list[float]]] = {}
+    t = time.perf_counter()
+    bar = tqdm(total=n * n, desc="landscape", disable=not progress, leave=False)
+    for r, y in enumerate(ys):
+        for x in xs:
+            m = measure(materialize(where.at(x, y, integers=integers)))
+            for name, v in m.items():
+                values.setdefault(name, [[] for _ in ys])[r].append(float(v))
+            bar.update()
+    bar.close()
+    return Landscape(
+        xs, ys, values, where.points, list(labels), (time.perf_counter() - t) / (n * n)
+    )

@@ -1,0 +1,265 @@
+"""Built-in evaluators for Hugging Face models: ``--task text-classification`` and
+``--task image-classification``.
+
+The architecture comes from the first ingredient's folder (``config.json``, built with
+``AutoModelFor...from_config``: no weights are loaded from it, every soup's are), the
+tokenizer or image processor from the same folder, and the held-out examples from a local
+table (CSV, TSV, JSON lines or Parquet, read with pandas) whose columns the flags name.
+Labels may be integers or the names in the config's ``label2id``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .errors import SoupError
+from .evaluation import ClassificationEvaluator, Metric
+from .ingredients import Ingredient
+
+HF_TASKS = ("text-classification", "image-classification")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def model_folder(ingredient: Ingredient) -> Path:
+    """The Hugging Face folder an ingredient comes from (the one holding config.json)."""
+    folder = getattr(ingredient, "folder", None)
+    candidates = [Path(folder)] if folder is not None else []
+    candidates += [Path(f).parent for f in ingredient.files]
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise SoupError(
+        f"--task needs Hugging Face model folders (with config.json); {ingredient.source} has "
+        "none next to it. Pass the save_pretrained / checkpoint-* folders, or describe the "
+        "model with --model and --data instead"
+    )
+
+
+def read_table(path: str | os.PathLike) -> Any:
+    """A pandas DataFrame from CSV, TSV, JSON lines (or a JSON array) or Parquet."""
+    try:
+        import pandas as pd
+    except ImportError as e:
+        raise SoupError("--task reads --data with pandas: pip install 'modelsoup[hf]'") from e
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise SoupError(
+            f"{path}: --data for --task must be a table file ({', '.join(TABLE_SUFFIXES)})"
+        )
+    if not path.is_file():
+        raise SoupError(f"{path}: no such data file")
+    try:
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        text = path.read_text(encoding="utf-8").lstrip()
+        return pd.read_json(path, lines=not text.startswith("["))
+    except (ValueError, OSError, ImportError) as e:
+        raise SoupError(f"{path}: cannot read the table ({e})") from e
+
+
+def _column(table: Any, name: str, path: str, flag: str) -> Any:
+    if name not in table.columns:
+        raise SoupError(
+            f"{path}: no column {name!r} (it has {list(table.columns)}); name it with {flag}"
+        )
+    return table[name]
+
+
+def encode_labels(values: Any, config: Any, path: str) -> torch.Tensor:
+    """Integer labels, or names mapped through ``config.label2id``; checked against the
+    model's number of labels."""
+    n = int(config.num_labels)
+    if values.dtype.kind in "iu":
+        y = torch.tensor(values.to_numpy(), dtype=torch.long)
+    else:
+        label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
+        unknown = sorted({str(v) for v in values} - set(label2id))
+        if unknown:
+            raise SoupError(
+                f"{path}: labels {unknown[:5]} are not in the model's label2id "
+                f"{sorted(label2id)}; use those names or the integer ids 0..{n - 1}"
+            )
+        y = torch.tensor([label2id[str(v)] for v in values], dtype=torch.long)
+    if len(y) == 0:
+        raise SoupError(f"{path}: the table has no rows")
+    bad = (y < 0) | (y >= n)
+    if bool(bad.any()):
+        raise SoupError(
+            f"{path}: label {int(y[bad][0])} is outside 0..{n - 1} (the model has {n} labels)"
+        )
+    return y
+
+
+class TensorDictDataset(Dataset):
+    """Examples whose inputs are a dict of equally long tensors (model keyword arguments)."""
+
+    def __init__(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor):
+        self.inputs, self.labels = dict(inputs), labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return {k: v[i] for k, v in self.inputs.items()}, self.labels[i]
+
+
+def checkpoint_names(model: nn.Module) -> dict[str, str]:
+    """``{name in a save_pretrained checkpoint: name in model.state_dict()}``.
+
+    Recent transformers rename some architectures' tensors when saving (ViT's
+    ``encoder.layer.0.attention.attention.key`` is ``layers.0.attention.k_proj`` in the
+    model). The map is found by saving a copy of the model whose every floating tensor
+    holds its own index as a constant, so each saved tensor names its source. A saved
+    tensor made of several (a fused conversion) has no single source and is refused.
+    """
+    import copy
+    import tempfile
+
+    from .ingredients import open_ingredient
+
+    probe = copy.deepcopy(model).float()
+    names = [n for n, t in probe.state_dict().items() if t.is_floating_point()]
+    with torch.no_grad():
+        for i, n in enumerate(names):
+            probe.state_dict()[n].fill_(float(i))
+    out: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as d:
+        probe.save_pretrained(d)
+        saved = open_ingredient(d)
+        for name in saved.layout.names:
+            t = saved.get(name)
+            if not t.is_floating_point():
+                out[name] = name
+                continue
+            values = torch.unique(t)
+            if len(values) != 1 or not float(values[0]).is_integer():
+                raise SoupError(
+                    f"transformers saves {name!r} of {type(model).__name__} fused from several "
+                    "tensors; modelsoup cannot evaluate it with --task. Use --model and --data"
+                )
+            out[name] = names[int(values[0])]
+    return out
+
+
+class HFClassificationEvaluator(ClassificationEvaluator):
+    """A `ClassificationEvaluator` for a transformers model. Soups carry the names of the
+    checkpoints (as ``save_pretrained`` writes them); when those differ from the model's
+    own (see `checkpoint_names`) they are renamed, and tensors that ``save_pretrained``
+    leaves out because they are tied to another are tied again after loading."""
+
+    _rename: dict[str, str] | None = None
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        own = self.model.state_dict()
+        if self._rename is None and any(k not in own for k in state):
+            self._rename = checkpoint_names(self.model)
+        if self._rename:
+            state = {self._rename.get(k, k): v for k, v in state.items()}
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+        if tied and any(k not in state for k in own):
+            state = {**{k: own[k] for k in own if k in tied and k not in state}, **state}
+        super().load(state)
+        if tied and hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+
+
+def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
+    try:
+        import transformers
+    except ImportError as e:
+        raise SoupError("--task needs transformers: pip install 'modelsoup[hf]'") from e
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if task == "text-classification"
+            else transformers.AutoModelForImageClassification
+        )
+        model = auto.from_config(config)
+    except (OSError, ValueError, KeyError) as e:
+        raise SoupError(f"{folder}: cannot build a {task} model from config.json ({e})") from e
+    return model, config
+
+
+def hf_evaluator(
+    task: str,
+    first: Ingredient,
+    data: str,
+    *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    image_column: str = "image",
+    max_length: int = 256,
+    metric: Metric = "accuracy",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> HFClassificationEvaluator:
+    """The evaluator ``--task`` describes, on the held-out table ``data`` (split "val")."""
+    import transformers
+
+    if task not in HF_TASKS:
+        raise SoupError(f"--task must be one of {HF_TASKS}, got {task!r}")
+    folder = model_folder(first)
+    model, config = _build_model(task, folder)
+    table = read_table(data)
+    y = encode_labels(_column(table, label_column, data, "--label-column"), config, data)
+    if task == "text-classification":
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise SoupError(
+                f"{folder}: no tokenizer to read ({e}); save it beside the weights with "
+                "tokenizer.save_pretrained(folder)"
+            ) from e
+        texts = _column(table, text_column, data, "--text-column").astype(str).tolist()
+        pairs = None
+        if text_pair_column:
+            pairs = _column(table, text_pair_column, data, "--text-pair-column")
+            pairs = pairs.astype(str).tolist()
+        enc = tok(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        inputs = {k: v for k, v in enc.items()}
+    else:
+        from PIL import Image
+
+        try:
+            proc = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise SoupError(
+                f"{folder}: no image processor to read ({e}); save it beside the weights "
+                "with image_processor.save_pretrained(folder)"
+            ) from e
+        root = Path(data).parent
+        images = []
+        for p in _column(table, image_column, data, "--image-column"):
+            path = Path(p) if Path(p).is_absolute() else root / p
+            try:
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+            except OSError as e:
+                raise SoupError(f"{data}: cannot open image {path} ({e})") from e
+        inputs = {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
+    return HFClassificationEvaluator(
+        model,
+        TensorDictDataset(inputs, y),
+        metric=metric,
+        batch_size=batch_size,
+        device=device,
+    )

@@ -1,0 +1,290 @@
+"""A corpus of bad inputs, each run through the command line: every one must exit 2 with
+a message naming what is wrong (the file, the tensor) and the fix, leave no output (not
+even a temporary file) and leave every input byte-identical."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import digest
+from safetensors.torch import save_file
+
+from modelsoup.cli import main
+
+Built = tuple[list[str], list[Path], Path | None]
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[Path], Built]  # -> argv, the inputs to hash, the output path
+    expect: list[str]  # substrings of the error message
+    extra_check: Callable[[Path], None] | None = field(default=None)
+
+
+def _sd(seed: int = 0, **over: torch.Tensor) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd = {"body.weight": torch.randn(4, 4, generator=g), "head.bias": torch.randn(3, generator=g)}
+    sd.update(over)
+    return sd
+
+
+def _pair(tmp: Path, second: dict | None = None, suffix=".safetensors") -> list[Path]:
+    a, b = tmp / f"a{suffix}", tmp / f"b{suffix}"
+    for p, sd in ((a, _sd(0)), (b, second if second is not None else _sd(1))):
+        if suffix == ".safetensors":
+            save_file(sd, p)
+        else:
+            torch.save(sd, p)
+    return [a, b]
+
+
+def uniform(*extra: str) -> Callable[[Path], Built]:
+    """`modelsoup uniform a b -o out` with a normal pair of inputs."""
+
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        out = tmp / "soup.safetensors"
+        return ["uniform", *map(str, ins), "-o", str(out), *extra], ins, out
+
+    return build
+
+
+def uniform_with(second: Callable[[], dict]) -> Callable[[Path], Built]:
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp, second())
+        out = tmp / "soup.safetensors"
+        return ["uniform", *map(str, ins), "-o", str(out)], ins, out
+
+    return build
+
+
+def broken_file(mutate: Callable[[bytes], bytes]) -> Callable[[Path], Built]:
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        ins[1].write_bytes(mutate(ins[1].read_bytes()))
+        out = tmp / "soup.safetensors"
+        return ["uniform", *map(str, ins), "-o", str(out)], ins, out
+
+    return build
+
+
+def _corrupt_header(raw: bytes) -> bytes:
+    n = struct.unpack("<Q", raw[:8])[0]
+    return raw[:8] + b"{" + b"x" * (n - 1) + raw[8 + n :]
+
+
+def _huge_header(raw: bytes) -> bytes:
+    return struct.pack("<Q", 10**15) + raw[8:]
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def evil_pickle(tmp: Path) -> Built:
+    ins = _pair(tmp, suffix=".pt")
+    marker = tmp / "pwned"
+    with open(ins[1], "wb") as f:
+        pickle.dump({"body.weight": _Payload(str(marker))}, f)
+    out = tmp / "soup.safetensors"
+    return ["uniform", *map(str, ins), "-o", str(out)], ins, out
+
+
+def _no_marker(tmp: Path) -> None:
+    assert not (tmp / "pwned").exists(), "the pickle's code ran"
+
+
+def not_a_state_dict(tmp: Path) -> Built:
+    ins = _pair(tmp, suffix=".pt")
+    torch.save(["just", "strings"], ins[1])
+    return ["uniform", *map(str, ins), "-o", str(tmp / "s.safetensors")], ins, tmp / "s.safetensors"
+
+
+def index(content: str | None, shard: bool = True) -> Callable[[Path], Built]:
+    """An HF folder whose index is ``content`` (None: pointing at a missing shard)."""
+
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        folder = tmp / "hf"
+        folder.mkdir()
+        if shard:
+            save_file(_sd(2), folder / "model-00001-of-00002.safetensors")
+        text = content or json.dumps(
+            {
+                "weight_map": {
+                    "body.weight": "model-00001-of-00002.safetensors",
+                    "head.bias": "model-00002-of-00002.safetensors",
+                }
+            }
+        )
+        (folder / "model.safetensors.index.json").write_text(text)
+        out = tmp / "soup.safetensors"
+        return ["uniform", str(ins[0]), str(folder), "-o", str(out)], [*ins, folder], out
+
+    return build
+
+
+def same_path_twice(spelling: str) -> Callable[[Path], Built]:
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        other = {"same": str(ins[0]), "dotted": str(ins[0].parent / "." / ins[0].name)}[spelling]
+        out = tmp / "soup.safetensors"
+        return ["uniform", str(ins[0]), other, "-o", str(out)], ins, out
+
+    return build
+
+
+def output_is_input(tmp: Path) -> Built:
+    ins = _pair(tmp)
+    return ["uniform", *map(str, ins), "-o", str(ins[1]), "--force"], ins, None
+
+
+def output_exists(tmp: Path) -> Built:
+    ins = _pair(tmp)
+    out = tmp / "old.safetensors"
+    save_file(_sd(5), out)  # not to be touched without --force
+    return ["uniform", *map(str, ins), "-o", str(out)], [*ins, out], None
+
+
+def read_only_output(tmp: Path) -> Built:
+    import os
+
+    ins = _pair(tmp)
+    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new files
+        out = Path("/sys/soup.safetensors")
+    else:
+        ro = tmp / "ro"
+        ro.mkdir(mode=0o500)
+        out = ro / "soup.safetensors"
+    return ["uniform", *map(str, ins), "-o", str(out)], ins, out
+
+
+def greedy(*extra: str, evaluator: str | None = None) -> Callable[[Path], Built]:
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        (tmp / "ev.py").write_text(
+            "def boom(sd):\n    raise ValueError('metric exploded')\n"
+            "def nan(sd):\n    return float('nan')\n"
+            "def text(sd):\n    return 'high'\n"
+        )
+        out = tmp / "g.safetensors"
+        ev = ["--evaluator", f"{tmp / 'ev.py'}:{evaluator}"] if evaluator else []
+        return ["greedy", *map(str, ins), "-o", str(out), "-q", *ev, *extra], ins, out
+
+    return build
+
+
+def one_ingredient(cmd: str) -> Callable[[Path], Built]:
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)[:1]
+        out = tmp / "one.safetensors"
+        return [cmd, str(ins[0]), "-o", str(out)], ins, out
+
+    return build
+
+
+def no_ingredients(tmp: Path) -> Built:
+    return ["uniform", "-o", str(tmp / "s.safetensors")], [], tmp / "s.safetensors"
+
+
+CASES = [
+    Case(
+        "tensor names differ",
+        uniform_with(lambda: {**_sd(1), "extra.weight": torch.zeros(2)}),
+        ["extra.weight", "a.safetensors", "b.safetensors"],
+    ),
+    Case(
+        "shapes differ",
+        uniform_with(lambda: _sd(1, **{"body.weight": torch.zeros(4, 5)})),
+        ["'body.weight'", "[4, 4]", "[4, 5]", "b.safetensors", "same pretrained model"],
+    ),
+    Case(
+        "float dtypes differ",
+        uniform_with(lambda: _sd(1, **{"head.bias": torch.zeros(3, dtype=torch.float16)})),
+        ["'head.bias'", "float16", "--dtype"],
+    ),
+    Case(
+        "float vs integer",
+        uniform_with(lambda: _sd(1, **{"head.bias": torch.zeros(3, dtype=torch.int64)})),
+        ["'head.bias'", "int64", "never converted"],
+    ),
+    Case(
+        "NaN",
+        uniform_with(lambda: _sd(1, **{"head.bias": torch.tensor([0.0, math.nan, 1.0])})),
+        ["NaN", "'head.bias'", "b.safetensors"],
+    ),
+    Case(
+        "Inf",
+        uniform_with(lambda: _sd(1, **{"body.weight": torch.full((4, 4), math.inf)})),
+        ["Inf", "'body.weight'", "b.safetensors"],
+    ),
+    Case("truncated safetensors", broken_file(lambda b: b[: len(b) - 20]), ["b.safetensors"]),
+    Case("corrupt header", broken_file(_corrupt_header), ["b.safetensors", "header"]),
+    Case("header length past the end", broken_file(_huge_header), ["b.safetensors"]),
+    Case("empty file", broken_file(lambda b: b""), ["b.safetensors"]),
+    Case("random bytes", broken_file(lambda b: bytes(range(256)) * 4), ["b.safetensors"]),
+    Case("pickle that runs code", evil_pickle, ["b.pt", "weights_only"], _no_marker),
+    Case("pickle of no state dict", not_a_state_dict, ["b.pt"]),
+    Case("index names a missing shard", index(None), ["model-00002-of-00002.safetensors"]),
+    Case("index is not JSON", index("{not json"), ["model.safetensors.index.json"]),
+    Case("index has no weight_map", index('{"metadata": {}}'), ["weight_map"]),
+    Case("no ingredients", no_ingredients, ["required: INGREDIENT"]),
+    Case("one ingredient (uniform)", one_ingredient("uniform"), ["at least 2", "a.safetensors"]),
+    Case("one ingredient (greedy)", one_ingredient("greedy"), ["at least 2"]),
+    Case("same path twice", same_path_twice("same"), ["a.safetensors", "twice"]),
+    Case("same file, another spelling", same_path_twice("dotted"), ["a.safetensors"]),
+    Case("negative weight", uniform("--weights", "-0.5", "1.5"), ["weights", "non-negative"]),
+    Case("weights not summing to 1", uniform("--weights", "0.5", "0.6"), ["sum to 1"]),
+    Case("weight count", uniform("--weights", "1.0"), ["2 ingredients"]),
+    Case("output is an input", output_is_input, ["b.safetensors", "input"]),
+    Case("output exists", output_exists, ["old.safetensors", "--force"]),
+    Case("read-only output folder", read_only_output, ["cannot write", "soup.safetensors"]),
+    Case("no evaluator", greedy(), ["--model", "--data"]),
+    Case("evaluator raises", greedy(evaluator="boom"), ["ev.py:boom", "ValueError", "exploded"]),
+    Case("evaluator returns NaN", greedy(evaluator="nan"), ["ev.py:nan", "nan", "finite"]),
+    Case("evaluator returns text", greedy(evaluator="text"), ["ev.py:text"]),
+    Case("evaluator not found", greedy(evaluator="missing"), ["missing"]),
+    Case("bad shard size", uniform("--max-shard-size", "lots"), ["lots", "5GB"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_and_loses_nothing(case: Case, tmp_path: Path, capsys):
+    argv, inputs, out = case.build(tmp_path)
+    before = {p: digest(p) for p in inputs}
+    files_before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for text in case.expect:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert "Traceback" not in err
+    for p, h in before.items():
+        assert digest(p) == h, f"{p} was modified"
+    if out is not None:
+        assert not out.exists()
+    new = {p for p in tmp_path.rglob("*") if p.is_file()} - files_before
+    # no output and no temporary file; a greedy run may leave its journal to resume from
+    assert all(".run" in p.parent.name for p in new), sorted(map(str, new))
+    if case.extra_check:
+        case.extra_check(tmp_path)
+
+
+def test_the_corpus_is_large():
+    assert len(CASES) >= 30
