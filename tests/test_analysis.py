@@ -304,3 +304,25 @@ def test_page_renders_in_headless_chromium(tmp_path):
     bad.write_bytes(b"not a png")
     page = write_page(tmp_path / "q.html", "t", [Section("s", figures=[figs[0], Figure("x", bad)])])
     assert 'data-images="1/2"' in _render_in_chromium(page)
+
+
+def test_cli_analyze_with_a_function_evaluator(sweep, tmp_path, monkeypatch):
+    """Any evaluator (model -> float) drives the pair soups and the landscape: its one
+    score, no logits, so no ensembles."""
+    monkeypatch.setenv("TINYTASK_SLEEP", "0")
+    folder, paths = sweep
+    out = tmp_path / "f"
+    args = ["analyze", *map(str, paths), "--base", str(folder / "base.safetensors")]
+    args += ["--model", "tinytask:model", "--evaluator", "tinytask:slow_accuracy"]
+    assert main([*args, "--landscape", "2", "3", "--grid", "2", "-o", str(out), "-q"]) == 0
+    res = json.loads((out / "analysis.json").read_text())
+    x, y = tinytask.data()["val"].tensors
+    m = tinytask.model()
+    for p in res["pairs"]:
+        soup = ms.materialize(ms.uniform_soup([ms.open_ingredient(paths[p["i"]]),
+                                               ms.open_ingredient(paths[p["j"]])]))  # fmt: skip
+        m.load_state_dict(soup)
+        with torch.no_grad():
+            assert p["soup"]["score"] == pytest.approx(float((m(x).argmax(-1) == y).float().mean()))
+    assert set(res["landscape"]["values"]) == {"score"} and "pearson_soup_ensemble" not in res
+    assert not (out / "ensemble_vs_soup.png").exists()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import SoupError
-from .evaluation import ClassificationEvaluator, Compare, Evaluation, Evaluator
+from .evaluation import ClassificationEvaluator, Compare, Evaluation, Evaluator, evaluate
 from .ingredients import Ingredient
 from .recipes.ensemble import compute_logits, ensemble_baselines, evaluation_from_logits
 from .recipes.greedy import GreedyResult, Order, greedy_soup
@@ -278,7 +278,9 @@ def analysis_run(
             sel = "score"
 
             def scorer(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-                return {"score": float(evaluator(state))}
+                score = evaluate(evaluator, state, what="a soup of the analysis").score
+                assert score is not None
+                return {"score": score}
 
             individual = [scorer(materialize(ing)) for ing in ingredients]
         splits = list(individual[0])
