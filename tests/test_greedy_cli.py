@@ -279,9 +279,10 @@ def test_torchrun_two_processes_choose_the_same_soup(tmp_path, sweep):
 
 def test_torchrun_learned_soup_with_uneven_shares(tmp_path, sweep):
     """2 ranks, 129 held-out examples, batch 64: rank 0 holds 2 batches, rank 1 one. Every
-    rank must take every step (before the fix, rank 1 left the loop and rank 0 waited
-    forever in all_reduce). The weights differ from one process's, as data-parallel
-    training does: a step averages the gradient over both ranks' batches."""
+    rank must take every step (before the fix, rank 1 left the loop while rank 0 was
+    still in its collectives, and the job failed). The weights differ from one process's,
+    as data-parallel training does: a step averages the gradient over both ranks'
+    batches."""
     alphas = {}
     for n in (1, 2):
         out = tmp_path / f"learned{n}.safetensors"

@@ -16,6 +16,7 @@ A *scorer* maps a state dict to ``{name: value}`` (accuracy per split, a loss, .
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -339,8 +340,6 @@ def landscape(
     faster for an MLP (benchmarks/bench_landscape.py), so each point is materialized and
     evaluated with the evaluator's cached batches.
     """
-    import time
-
     xs, ys = where.grid(n, margin)
     values: dict[str, list[list[float]]] = {}
     t = time.perf_counter()

@@ -258,7 +258,7 @@ def analysis_run(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "args.json", {"command": "analyze", **(args or {}), "versions": versions()})
     names = [ing.source for ing in ingredients]
-    short = [f"#{i} {Path(n).name}" for i, n in enumerate(names)]
+    short = [f"#{i + 1} {Path(n).name}" for i, n in enumerate(names)]  # 1-based, as the CLI
     geometry = analysis.angles(ingredients, base, names=short, progress=progress)
     figures.cosine_heatmap(geometry, out / "cosine.png")
     result: dict[str, Any] = {"ingredients": names, "base": base.source}
@@ -271,8 +271,11 @@ def analysis_run(
             cache = LogitCache(out / "cache" / "logits")
             scorer: Any = analysis.LogitScorer(evaluator, cache=cache)
             sel = evaluator.selection
-            logits = [scorer.logits(materialize(ing)) for ing in ingredients]
-            labels = scorer.labels
+            # the ingredients' own logits, cached by file like `modelsoup ensemble` does
+            per_split, labels, _ = compute_logits(
+                ingredients, evaluator, scorer.splits, cache, progress=progress
+            )
+            logits = [{s: per_split[s][i] for s in scorer.splits} for i in range(len(names))]
             individual = [analysis.accuracies(lg, labels) for lg in logits]
         else:
             sel = "score"
