@@ -137,10 +137,19 @@ def _same_outputs(*names: str):
     return compare
 
 
-def test_uniform_killed_and_rerun(tmp_path, sweep):
+SOUPS = {  # command and options: each writes soup.safetensors, equal after any kill
+    "uniform": [],
+    "learned": ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu",
+                "--epochs", "40"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "seed"), [("uniform", 1), ("learned", 3)])
+def test_soup_killed_and_rerun(tmp_path, sweep, command, seed):
     def cmd(d: Path) -> list[str]:
         d.mkdir(exist_ok=True)
-        return _cli("uniform", *sweep, "-o", str(d / "soup.safetensors"), "--force")
+        out = d / "soup.safetensors"
+        return _cli(command, *sweep, "-o", str(out), "--force", *SOUPS[command])
 
     _kill_rerun_compare(
         tmp_path,
@@ -148,7 +157,7 @@ def test_uniform_killed_and_rerun(tmp_path, sweep):
         lambda d: [d / "soup.safetensors"],
         _same_file,
         _same_outputs("soup.safetensors"),
-        seed=1,
+        seed=seed,
     )
 
 
@@ -168,24 +177,6 @@ def test_greedy_killed_and_rerun(tmp_path, sweep):
 
     _kill_rerun_compare(
         tmp_path, cmd, lambda d: [d / "soup.safetensors"], _same_file, compare, seed=2
-    )
-
-
-def test_learned_killed_and_rerun(tmp_path, sweep):
-    ev = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu"]
-
-    def cmd(d: Path) -> list[str]:
-        d.mkdir(exist_ok=True)
-        out = d / "soup.safetensors"
-        return _cli("learned", *sweep, "-o", str(out), "--force", *ev, "--epochs", "40")
-
-    _kill_rerun_compare(
-        tmp_path,
-        cmd,
-        lambda d: [d / "soup.safetensors"],
-        _same_file,
-        _same_outputs("soup.safetensors"),
-        seed=3,
     )
 
 

@@ -42,6 +42,10 @@ def _add_reading_options(p: argparse.ArgumentParser) -> None:
         help="checkpoints: .safetensors, .pt/.pth/.bin, Hugging Face model "
         "folders or *.index.json files",
     )
+    _add_key_option(p)
+
+
+def _add_key_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--key",
         default=None,
@@ -592,6 +596,10 @@ def _add_numeric_options(p: argparse.ArgumentParser) -> None:
         default="float32",
         help="dtype the sums are accumulated in (default: float32)",
     )
+    _add_integers_option(p)
+
+
+def _add_integers_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--integers",
         choices=INTEGER_POLICIES,
@@ -797,9 +805,10 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="the paper's experiment end to end, offline (the main job)",
         description="Fine-tune a sweep from one pretrained model (a linear-probe head first), "
-        "cook every soup and baseline of the paper's Table 3, and write results.md/.json/.csv "
-        "and Figure 1 to the output folder. Data and weights come from installed packages; "
-        "finished ingredients are reused on a rerun.",
+        "cook every soup and baseline of the paper's Table 3, run the analyses of Figures "
+        "2-4, and write report.html, results.md/.json/.csv, figure1.png and figures/ to the "
+        "output folder. Data and weights come from installed packages; finished "
+        "ingredients, logits and analyses are reused on a rerun.",
     )
     p.add_argument(
         "--config",
@@ -828,7 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-landscape",
         action="store_true",
-        help="skip the error landscape (Figure 2), the slowest analysis (about 45 s)",
+        help="skip the error landscape (Figure 2): 35 s of the default run's 102 s of analyses",
     )
     p.add_argument(
         "--no-analyses",
@@ -855,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a modelsoup reproduce output folder, or fine-tuned checkpoints",
     )
     p.add_argument("--base", metavar="CHECKPOINT", help="θ0: the model they were fine-tuned from")
-    p.add_argument("--key", help="for .pt files: the entry holding the state dict")
+    _add_key_option(p)
     p.add_argument(
         "--landscape",
         nargs=2,
@@ -875,12 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="landscape grid points per axis (default 9; 7 in reproduce)",
     )
     p.add_argument("--no-landscape", action="store_true", help="reproduce folder: skip it")
-    p.add_argument(
-        "--integers",
-        choices=["error", "first"],
-        default="error",
-        help="integer tensors (e.g. BatchNorm counters) that differ: error, or keep the first",
-    )
+    _add_integers_option(p)
     p.add_argument("-o", "--out", default="analysis", help="output folder (default: analysis)")
     _add_eval_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -191,6 +191,17 @@ def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
     return model, config
 
 
+def _from_folder(auto: Any, folder: Path, what: str) -> Any:
+    """``auto.from_pretrained(folder)`` offline, or an error that says how to fix it."""
+    try:
+        return auto.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SoupError(
+            f"{folder}: no {what.replace('_', ' ')} to read ({e}); save it beside the weights "
+            f"with {what}.save_pretrained(folder)"
+        ) from e
+
+
 def hf_evaluator(
     task: str,
     first: Ingredient,
@@ -215,13 +226,7 @@ def hf_evaluator(
     table = read_table(data)
     y = encode_labels(_column(table, label_column, data, "--label-column"), config, data)
     if task == "text-classification":
-        try:
-            tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise SoupError(
-                f"{folder}: no tokenizer to read ({e}); save it beside the weights with "
-                "tokenizer.save_pretrained(folder)"
-            ) from e
+        tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
         texts = _column(table, text_column, data, "--text-column").astype(str).tolist()
         pairs = None
         if text_pair_column:
@@ -239,13 +244,7 @@ def hf_evaluator(
     else:
         from PIL import Image
 
-        try:
-            proc = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise SoupError(
-                f"{folder}: no image processor to read ({e}); save it beside the weights "
-                "with image_processor.save_pretrained(folder)"
-            ) from e
+        proc = _from_folder(transformers.AutoImageProcessor, folder, "image_processor")
         root = Path(data).parent
         images = []
         for p in _column(table, image_column, data, "--image-column"):
