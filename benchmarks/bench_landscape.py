@@ -20,8 +20,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from modelsoup import StateDictIngredient, materialize
-from modelsoup.analysis import plane
-from modelsoup.evaluation import load_state
+from modelsoup.analysis.compute import plane
+from modelsoup.evaluators import load_state
 
 
 def mlp() -> nn.Module:

@@ -26,7 +26,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 import modelsoup as ms
-from modelsoup.evaluation import ClassificationEvaluator
+from modelsoup.evaluators import ClassificationEvaluator
 
 folder, k, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, folder)
@@ -35,7 +35,7 @@ from benchmodel import model, heldout
 ings = [ms.open_ingredient(f"{folder}/ft{i}.safetensors") for i in range(k)]
 ev = ClassificationEvaluator(model(), {"val": heldout(512)}, batch_size=128)
 ev.size("val")
-list(ev._batches("val"))  # load the data before timing
+list(ev.batches("val"))  # load the data before timing
 import gc; gc.collect()
 # Reset the peak-RSS mark (Linux: clear_refs 5), so VmHWM measures the learned soup, not
 # building the held-out set (which loads a teacher model); resident memory still counts.

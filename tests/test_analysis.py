@@ -13,9 +13,10 @@ import torch
 from helpers import vectors_at_angle
 
 import modelsoup as ms
-from modelsoup import analysis, figures
+from modelsoup.analysis import compute as analysis
+from modelsoup.analysis import figures
+from modelsoup.analysis.page import Figure, Section, Table, render, write_page
 from modelsoup.cli import main
-from modelsoup.page import Figure, Section, Table, render, write_page
 from modelsoup.runs import LogitCache
 
 tinytask = pytest.importorskip("tinytask")

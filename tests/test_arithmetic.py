@@ -8,7 +8,7 @@ from helpers import finetunes, make_model, vectors_at_angle
 from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel
 
-import modelsoup.arithmetic as arith
+import modelsoup.ops.arithmetic as arith
 from modelsoup import (
     MismatchError,
     NonFiniteError,

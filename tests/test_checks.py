@@ -13,7 +13,7 @@ from modelsoup import (
     open_ingredient,
     weighted_average,
 )
-from modelsoup.checks import check_distinct
+from modelsoup.ops.checks import check_distinct
 
 
 def _files(tmp_path, sds):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 import modelsoup as ms
-from modelsoup.save import materialize
+from modelsoup.checkpoints.save import materialize
 
 EXAMPLES = int(os.environ.get("MODELSOUP_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

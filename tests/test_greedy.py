@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsoup import SoupError, StateDictIngredient, materialize, open_ingredient, uniform_soup
-from modelsoup.evaluation import ClassificationEvaluator, Evaluation, FunctionEvaluator
+from modelsoup.evaluators import ClassificationEvaluator, Evaluation, FunctionEvaluator
 from modelsoup.recipes.ensemble import best_on_val, correct_count, greedy_ensemble
 from modelsoup.recipes.greedy import greedy_soup
 

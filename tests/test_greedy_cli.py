@@ -44,15 +44,20 @@ def test_greedy_cli_writes_soup_and_run_folder(tmp_path, sweep, capsys):
     run = tmp_path / "soup.safetensors.run"
     result = json.loads((run / "result.json").read_text())
     args = json.loads((run / "args.json").read_text())
-    scores = json.loads((run / "scores.json").read_text())
+    saved = json.loads((run / "scores.json").read_text())
+    scores = saved["scores"]
     assert args["compare"] == "ge" and "torch" in args["versions"]
+    # the run records what the evaluator computes with, and the inputs' fingerprints
+    assert saved["evaluator"] == args["evaluator"] == journal_header(run)["evaluator"]
+    assert saved["evaluator"]["factory"]["spec"] == "tinytask:model"
+    assert [i["source"] for i in args["inputs"]] == sweep and args["inputs"][0]["fingerprint"]
     assert [s["source"] for s in scores] == sweep
     assert result["heldout"]["score"] >= max(s["score"] for s in scores)
     assert result["kept"][0] == max(scores, key=lambda s: s["score"])["source"]
     assert set(result["splits"]) == {"val", "test", "shift"}
     assert result["splits"]["val"] == result["heldout"]["score"]
     assert result["cost"]["scoring_reads"] == len(sweep)
-    assert len(list((run / "logits").glob("*-val.safetensors"))) == len(sweep)
+    assert len(list((run / "logits").glob("*-val-*.safetensors"))) == len(sweep)
     journal = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
     assert journal[0]["event"] == "header"
     assert sum(e["event"] == "decision" for e in journal) == len(sweep) - 1
@@ -297,3 +302,7 @@ def test_torchrun_learned_soup_with_uneven_shares(tmp_path, sweep):
     for a in alphas.values():
         assert sum(a) == pytest.approx(1.0, abs=1e-5) and min(a) > 0
     assert alphas[1] != alphas[2]
+
+
+def journal_header(run) -> dict:
+    return json.loads((run / "journal.jsonl").read_text().splitlines()[0])

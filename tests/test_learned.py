@@ -5,8 +5,8 @@ import tinytask
 import torch
 
 from modelsoup import StateDictIngredient, materialize
-from modelsoup.evaluation import ClassificationEvaluator
-from modelsoup.recipes.learned import _forward_functional, _Mixer, learned_soup
+from modelsoup.evaluators import ClassificationEvaluator, forward
+from modelsoup.recipes.learned import _Mixer, learned_soup
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_streamed_gradient_equals_autograd_through_the_mixture(trained):
         # reference: autograd through the all-in-memory mixture
         mem = _Mixer(ings, names, row_of, "memory", dev, trainable)
         loss = torch.nn.functional.cross_entropy(
-            _forward_functional(model, mem.mix(torch.softmax(a, 1)), x), y
+            forward(model, x, mem.mix(torch.softmax(a, 1))), y
         )
         (ref,) = torch.autograd.grad(loss, [a])
         # streamed: gradient w.r.t. the mixed weights, then inner products with each θi
@@ -52,7 +52,7 @@ def test_streamed_gradient_equals_autograd_through_the_mixture(trained):
         mixed = st.mix(alpha)
         for n in trainable:
             mixed[n].requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(_forward_functional(model, mixed, x), y)
+        loss = torch.nn.functional.cross_entropy(forward(model, x, mixed), y)
         grads = torch.autograd.grad(loss, [mixed[n] for n in names if n in trainable])
         dalpha = st.alpha_grad(dict(zip([n for n in names if n in trainable], grads)), rows)
         al = alpha.double()

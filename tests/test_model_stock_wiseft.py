@@ -6,7 +6,7 @@ import torch
 from helpers import vectors_at_angle
 
 from modelsoup import SoupError, StateDictIngredient, materialize, model_stock, wise_ft
-from modelsoup.evaluation import ClassificationEvaluator
+from modelsoup.evaluators import ClassificationEvaluator
 from modelsoup.recipes.model_stock import mean_pairwise_cosine, model_stock_ratio
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 

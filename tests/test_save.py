@@ -8,7 +8,7 @@ from helpers import digest, finetunes, make_model, write_hf_folder
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import modelsoup.arithmetic as arith
+import modelsoup.ops.arithmetic as arith
 from modelsoup import (
     SoupError,
     StateDictIngredient,
@@ -17,7 +17,7 @@ from modelsoup import (
     save,
     uniform_soup,
 )
-from modelsoup.save import parse_size
+from modelsoup.checkpoints.save import parse_size
 
 
 @pytest.fixture

@@ -10,24 +10,30 @@ streamed arithmetic (a combination is itself an ingredient), and `save` the resu
 
 __version__ = "0.1.0"
 
-from .arithmetic import (
+from .checkpoints.ingredients import Ingredient, StateDictIngredient, open_ingredient
+from .checkpoints.layout import Layout, TensorSpec
+from .checkpoints.save import materialize, save
+from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
+from .evaluators import (
+    ClassificationEvaluator,
+    CountingEvaluator,
+    Evaluation,
+    Evaluator,
+    FunctionEvaluator,
+    Identified,
+    LogitEvaluator,
+    TrainableEvaluator,
+)
+from .ops.arithmetic import (
     Combination,
     RunningMean,
-    angle,
-    cosine,
-    dot,
-    gram,
     interpolate,
     linear_combination,
-    norm,
     task_vector,
     weighted_average,
 )
-from .checks import check_compatible
-from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
-from .evaluation import ClassificationEvaluator, Evaluation, Evaluator, FunctionEvaluator
-from .ingredients import Ingredient, StateDictIngredient, open_ingredient
-from .layout import Layout, TensorSpec
+from .ops.checks import check_compatible
+from .ops.geometry import angle, cosine, dot, gram, norm
 from .recipes import (
     RECIPES,
     GreedyResult,
@@ -38,19 +44,21 @@ from .recipes import (
     uniform_soup,
     wise_ft,
 )
-from .save import materialize, save
 
 __all__ = [
     "RECIPES",
     "CheckpointError",
     "ClassificationEvaluator",
     "Combination",
+    "CountingEvaluator",
     "Evaluation",
     "Evaluator",
     "FunctionEvaluator",
     "GreedyResult",
-    "LearnedResult",
+    "Identified",
     "Ingredient",
+    "LearnedResult",
+    "LogitEvaluator",
     "Layout",
     "MismatchError",
     "NonFiniteError",
@@ -58,6 +66,7 @@ __all__ = [
     "SoupError",
     "StateDictIngredient",
     "TensorSpec",
+    "TrainableEvaluator",
     "angle",
     "check_compatible",
     "cosine",

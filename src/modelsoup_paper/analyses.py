@@ -21,8 +21,9 @@ from torch.nn import functional as F
 from torch.utils.data import Subset
 
 import modelsoup as ms
-from modelsoup import analysis, figures
-from modelsoup.evaluation import ClassificationEvaluator
+from modelsoup.analysis import compute, figures
+from modelsoup.analysis.pipeline import run_analyses as analysis_pipeline
+from modelsoup.evaluators import ClassificationEvaluator
 from modelsoup.runs import LogitCache
 
 from .config import Config
@@ -36,7 +37,11 @@ def evenly(n: int, m: int) -> list[int]:
 
 
 def _evaluator(
-    task: Task, sizes: Mapping[str, int], config: Config, prepare: Callable | None
+    task: Task,
+    sizes: Mapping[str, int],
+    config: Config,
+    prepare: Callable | None,
+    identity: Mapping[str, Any] | None,
 ) -> tuple[ClassificationEvaluator, dict[str, list[int]]]:
     data = task.data.splits
     idx = {s: evenly(len(data[s]), m) for s, m in sizes.items()}
@@ -46,6 +51,7 @@ def _evaluator(
         selection=next(iter(sizes)),
         batch_size=config.eval_batch_size,
         prepare=prepare,
+        identity=identity,
     )
     return ev, idx
 
@@ -60,59 +66,28 @@ def run_analyses(
     out: Path,
     *,
     prepare: Callable | None = None,
+    identity: Mapping[str, Any] | None = None,
     landscape: bool = True,
     landscape_pair: tuple[int, int] | None = None,
     grid: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Angles, pair soups, ensemble vs soup, one interpolation curve and (``landscape``)
-    the error landscape; figures under ``out/figures``; returns the numbers as JSON-able
-    data with the figures' paths relative to ``out``."""
+    """The library's analysis pipeline on the sweep: angles, pair soups, ensemble vs
+    soup, one interpolation curve and (``landscape``) the error landscape; figures under
+    ``out/figures``; returns the numbers as JSON-able data with the figures' paths
+    relative to ``out``. ``identity`` adds to the evaluators' identities what ``prepare``
+    depends on."""
     t0 = time.perf_counter()
     shifts = list(config.shifts)
-    views = [("ID test", ["test"]), ("shifts", shifts)]
     fine = list(range(1, len(ingredients)))
     names = [info[i]["name"] for i in fine]
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    tag = "-bn" if prepare else ""
-    timing: dict[str, float] = {}
-
-    t = time.perf_counter()
-    geometry = analysis.angles(
-        [ingredients[i] for i in fine], ingredients[0], names=names, progress=progress
-    )
-    timing["angles"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     splits = ["test", *shifts]
     n = config.analysis_examples
-    ev, idx = _evaluator(task, {s: n for s in splits}, config, prepare)
-    scorer = analysis.LogitScorer(ev, splits, cache=cache, tag=f"-sub{n}{tag}")
+    ev, idx = _evaluator(task, {s: n for s in splits}, config, prepare, identity)
+    scorer = compute.LogitScorer(ev, splits, cache=cache)
     own = [{s: logits[s][i][idx[s]] for s in splits} for i in fine]
-    individual = [analysis.accuracies(lg, scorer.labels) for lg in own]
-    pairs = analysis.pair_soups(
-        [ingredients[i] for i in fine],
-        geometry,
-        scorer,
-        individual,
-        logits=own,
-        labels=scorer.labels,
-        integers="first",
-        progress=progress,
-    )
-    timing["pair soups"] = time.perf_counter() - t
-    r_angle = figures.angle_vs_advantage(
-        pairs,
-        views,
-        figs / "angles.png",
-        title=f"Angle vs interpolation advantage, {len(pairs)} pairs (Figure 3)",
-    )
-    figures.cosine_heatmap(geometry, figs / "cosine.png", title="Cosine of task vectors θi − θ0")
-    r_ens = figures.ensemble_vs_soup(
-        pairs, views, figs / "ensemble_vs_soup.png", title="2-model ensemble vs soup (Figure 4)"
-    )
+    individual = [compute.accuracies(lg, scorer.labels) for lg in own]
 
     # One pair, the two best fine-tunes on held-out, for the curve and the landscape.
     by_val = sorted(fine, key=lambda i: -info[i]["scores"]["val"])
@@ -122,89 +97,81 @@ def run_analyses(
             raise ValueError(
                 f"landscape models must be fine-tunes 1..{len(ingredients) - 1}, got {i}"
             )
-    t = time.perf_counter()
-    curve = analysis.interpolation_curve(
-        ingredients[a],
-        ingredients[b],
-        scorer,
-        logits=(own[a - 1], own[b - 1]),
-        labels=scorer.labels,
-        ids=(a, b),
-        integers="first",
-        progress=progress,
-    )
-    timing["interpolation"] = time.perf_counter() - t
     pair_names = (info[a]["name"], info[b]["name"])
-    figures.interpolation(
-        curve,
-        views,
-        figs / "interpolation.png",
-        names=pair_names,
-        title=f"{pair_names[0]} to {pair_names[1]}: weights vs logits (Figure 4)",
-    )
-    result: dict[str, Any] = {
-        "examples_per_split": {s: len(idx[s]) for s in splits},
-        "angles": geometry.to_json(),
-        "pairs": [
-            {**asdict(p), "names": [names[p.i], names[p.j]]} for p in pairs
-        ],  # i, j index the fine-tunes (model_1 is 0)
-        "pearson_angle_advantage": r_angle,
-        "pearson_soup_ensemble": r_ens,
-        "curve": {**asdict(curve), "names": list(pair_names)},
-        "figures": {
-            "angles": "figures/angles.png",
-            "cosine": "figures/cosine.png",
-            "ensemble_vs_soup": "figures/ensemble_vs_soup.png",
-            "interpolation": "figures/interpolation.png",
-        },
-    }
-
+    m = config.landscape_examples
+    per_shift = max(1, m // len(shifts))
+    measure = None
     if landscape:
-        t = time.perf_counter()
-        grid = grid or config.landscape_grid
-        m = config.landscape_examples
-        per_shift = max(1, m // len(shifts))
-        lev, _ = _evaluator(
-            task, {"train": m, "test": m, **{s: per_shift for s in shifts}}, config, prepare
-        )
-        lscorer = analysis.LogitScorer(lev, cache=cache, tag=f"-land{m}-{per_shift}{tag}")
+        sizes = {"train": m, "test": m, **{s: per_shift for s in shifts}}
+        lev, _ = _evaluator(task, sizes, config, prepare, identity)
+        lscorer = compute.LogitScorer(lev, cache=cache)
 
         def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
             lg = lscorer.logits(state)
-            acc = analysis.accuracies(lg, lscorer.labels)
+            acc = compute.accuracies(lg, lscorer.labels)
             return {
                 "train loss": float(F.cross_entropy(lg["train"], lscorer.labels["train"])),
                 "test error": 1 - acc["test"],
                 "shift error": 1 - figures.mean_of(acc, shifts),
             }
 
-        where = analysis.plane(ingredients[0], ingredients[a], ingredients[b])
-        land = analysis.landscape(
-            where,
-            measure,
-            n=grid,
-            labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
-            progress=progress,
-        )
-        figures.landscape(
-            land,
-            figs / "landscape.png",
-            title=f"Error landscape on the plane of model_0, {pair_names[0]}, "
+    done = analysis_pipeline(
+        [ingredients[i] for i in fine],
+        ingredients[0],
+        scorer,
+        individual,
+        names=names,
+        views=[("ID test", ["test"]), ("shifts", shifts)],
+        curve=(a - 1, b - 1),
+        folder=out / "figures",
+        logits=own,
+        labels=scorer.labels,
+        landscape=(a - 1, b - 1) if landscape else None,
+        measure=measure,
+        grid=grid or config.landscape_grid,
+        integers="first",
+        titles={
+            "angles": f"Angle vs interpolation advantage, {len(fine) * (len(fine) - 1) // 2} "
+            "pairs (Figure 3)",
+            "cosine": "Cosine of task vectors θi − θ0",
+            "ensemble_vs_soup": "2-model ensemble vs soup (Figure 4)",
+            "interpolation": f"{pair_names[0]} to {pair_names[1]}: weights vs logits (Figure 4)",
+            "landscape": f"Error landscape on the plane of model_0, {pair_names[0]}, "
             f"{pair_names[1]} (Figure 2)",
-        )
-        timing["landscape"] = time.perf_counter() - t
+        },
+        landscape_labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
+        progress=progress,
+    )
+    curve = {**asdict(done.curve), "i": a, "j": b, "names": list(pair_names)}
+    result: dict[str, Any] = {
+        "examples_per_split": {s: len(idx[s]) for s in splits},
+        "angles": done.angles.to_json(),
+        "pairs": [
+            {**asdict(p), "names": [names[p.i], names[p.j]]} for p in done.pairs
+        ],  # i, j index the fine-tunes (model_1 is 0)
+        "pearson_angle_advantage": done.pearson_angle_advantage,
+        "pearson_soup_ensemble": done.pearson_soup_ensemble,
+        "curve": curve,
+        "figures": {
+            key: f"figures/{done.figures[key].name}"
+            for key in ("angles", "cosine", "ensemble_vs_soup", "interpolation", "landscape")
+            if key in done.figures
+        },
+    }
+    if done.landscape is not None:
         result["landscape"] = {
-            **land.to_json(),
+            **done.landscape.to_json(),
             # the three models themselves, measured on the same examples as the grid
             "at_models": [measure(ms.materialize(ingredients[i])) for i in (0, a, b)],
             "models": ["model_0", *pair_names],
             "examples": {"train": m, "test": m, "per shift": per_shift},
         }
-        result["figures"]["landscape"] = "figures/landscape.png"
+    timing = dict(done.timing)
     timing["total"] = time.perf_counter() - t0
     result["timing_seconds"] = timing
+    r_angle = done.pearson_angle_advantage
     log(
-        f"analyses: {len(pairs)} pair soups, r(angle, advantage) = "
+        f"analyses: {len(done.pairs)} pair soups, r(angle, advantage) = "
         f"{_fmt(r_angle['ID test'])} ID / {_fmt(r_angle['shifts'])} shifts "
         f"({timing['total']:.0f} s)"
     )

@@ -24,15 +24,9 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 import modelsoup as ms
-from modelsoup.analysis import LogitScorer
-from modelsoup.evaluation import ClassificationEvaluator
-from modelsoup.recipes.ensemble import (
-    compute_logits,
-    correct_count,
-    evaluation_from_logits,
-    greedy_ensemble,
-    mean_logits,
-)
+from modelsoup.analysis.compute import LogitScorer
+from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
+from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 from modelsoup.runs import LogitCache, versions, write_json
@@ -280,12 +274,12 @@ def reproduce(
         if config.bn == "train"
         else None
     )
+    # what the prepare step recomputes BatchNorm statistics on, for the caches' keys
+    bn_id = {"bn_data": data.fingerprint, "bn_batch": config.eval_batch_size} if prepare else {}
     soup_evaluator = ClassificationEvaluator(
-        task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare
+        task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare, identity=bn_id
     )
-    score_soup = LogitScorer(
-        soup_evaluator, list(splits), cache=cache, tag="-bn" if prepare else ""
-    )
+    score_soup = LogitScorer(soup_evaluator, list(splits), cache=cache)
     val_evals = [evaluation_from_logits(lg, labels["val"]) for lg in logits["val"]]
     # Integer tensors (BatchNorm's num_batches_tracked) differ after fine-tunes of different
     # lengths when BN trains; they carry no weights, so the first ingredient's is kept.
@@ -379,6 +373,7 @@ def reproduce(
         {"val": splits["val"]},
         batch_size=config.eval_batch_size,
         prepare=prepare,
+        identity=bn_id,
     )
     scan = wiseft_scan(
         ingredients[0], greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first"
@@ -406,6 +401,7 @@ def reproduce(
             cache,
             out,
             prepare=prepare,
+            identity=bn_id,
             landscape=config.landscape,
             landscape_pair=landscape_pair,
             progress=progress,

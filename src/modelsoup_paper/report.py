@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelsoup.save import atomic_output
+from modelsoup.checkpoints.save import atomic_output
 
 
 def shift_mean(scores: Mapping[str, float], shifts: list[str]) -> float:
@@ -310,7 +310,7 @@ _CAPTIONS = {
 
 def write_page(results: Mapping[str, Any], out: Path) -> Path:
     """report.html: the tables, every figure embedded, the config and versions."""
-    from modelsoup.page import Figure, Section, Table, write_page
+    from modelsoup.analysis.page import Figure, Section, Table, write_page
 
     sections = [
         Section(

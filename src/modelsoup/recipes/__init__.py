@@ -1,11 +1,15 @@
-"""The soup recipes, one per module, registered in `RECIPES` (read by the CLI)."""
+"""The soup recipes, one per module, registered in `RECIPES`.
+
+The CLI loops over the registry: each entry is one command (its name), whose help and
+description come from the entry's summary and paper, and which calls the entry's
+function."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .ensemble import greedy_ensemble
+from .ensemble import ensemble_baselines, greedy_ensemble
 from .greedy import GreedyResult, greedy_soup
 from .learned import LearnedResult, learned_soup
 from .model_stock import model_stock
@@ -15,7 +19,8 @@ from .wiseft import wise_ft, wiseft_scan
 
 @dataclass(frozen=True)
 class Recipe:
-    """A registered recipe: its function, a one-line summary and the paper it follows."""
+    """A registered recipe: the library function its command calls, a one-line summary
+    and the paper it follows."""
 
     function: Callable
     summary: str
@@ -33,25 +38,25 @@ RECIPES: dict[str, Recipe] = {
         "greedy soup: keep an ingredient only if the held-out score does not drop",
         "Wortsman et al., Model soups, ICML 2022 (Recipe 1)",
     ),
+    "ensemble": Recipe(
+        ensemble_baselines,
+        "baselines from cached logits: best on val, logit ensemble, greedy ensemble",
+        "Wortsman et al., Model soups, ICML 2022 (Table 2)",
+    ),
     "learned": Recipe(
         learned_soup,
         "learned soup: mixing weights (per model or per layer) fit on the held-out split",
         "Wortsman et al., Model soups, ICML 2022 (Appendix I, learned soup)",
-    ),
-    "model-stock": Recipe(
-        model_stock,
-        "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
-        "Jang et al., Model Stock, ECCV 2024",
     ),
     "wiseft": Recipe(
         wise_ft,
         "WiSE-FT: interpolate a fine-tuned model or soup toward the pretrained weights",
         "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022",
     ),
-    "greedy_ensemble": Recipe(
-        greedy_ensemble,
-        "greedy ensemble: Recipe 1 over logit ensembles, from cached logits",
-        "Wortsman et al., Model soups, ICML 2022 (Table 2, greedy ensemble)",
+    "model-stock": Recipe(
+        model_stock,
+        "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
+        "Jang et al., Model Stock, ECCV 2024",
     ),
 }
 
@@ -60,6 +65,7 @@ __all__ = [
     "GreedyResult",
     "LearnedResult",
     "Recipe",
+    "ensemble_baselines",
     "greedy_ensemble",
     "greedy_soup",
     "learned_soup",

@@ -15,29 +15,16 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluation import ClassificationEvaluator, Compare, Evaluation
-from ..ingredients import Ingredient
-from ..runs import LogitCache, data_id
-from ..save import materialize
+from ..evaluators.protocols import Compare, LogitEvaluator, evaluator_name
+from ..runs.cache import LogitCache
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Number of rows whose argmax is the label."""
     return int((logits.argmax(-1) == labels).sum())
-
-
-def evaluation_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, metric: str = "accuracy"
-) -> Evaluation:
-    """The `Evaluation` the built-in evaluator would give for these logits: accuracy with
-    exact counts, or minus the mean cross-entropy for ``metric="loss"``."""
-    n = labels.numel()
-    if metric == "accuracy":
-        c = correct_count(logits, labels)
-        return Evaluation(c / max(1, n), c, n, n)
-    loss = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="mean")
-    return Evaluation(-float(loss), None, n, n)
 
 
 def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -74,13 +61,14 @@ def greedy_ensemble(
 
 def compute_logits(
     ingredients: Sequence[Ingredient],
-    evaluator: ClassificationEvaluator,
+    evaluator: LogitEvaluator,
     splits: Sequence[str],
     cache: LogitCache | None,
     *,
     progress: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], int]:
-    """Every ingredient's logits on every split (from the cache where possible).
+    """Every ingredient's logits on every split (from the cache where possible; entries
+    are keyed by the ingredient's fingerprint and the evaluator's identity).
 
     Returns ``(logits[split][i], labels[split], reads)`` where ``reads`` counts the
     checkpoints that had to be read (cache misses).
@@ -88,28 +76,25 @@ def compute_logits(
     from tqdm.auto import tqdm
 
     labels = {s: evaluator.labels(s) for s in splits}
-    ids = {s: data_id(labels[s]) for s in splits}
     out: dict[str, list[torch.Tensor]] = {s: [] for s in splits}
     reads = 0
     for ing in tqdm(ingredients, desc="logits", disable=not progress, delay=0.5):
-        found = {s: cache.get(ing, s, ids[s]) if cache else None for s in splits}
-        state = None
-        if any(v is None for v in found.values()):
-            state = materialize(ing)
+        found = {s: cache.get(ing, evaluator, s) if cache else None for s in splits}
+        missing = [s for s in splits if found[s] is None]
+        if missing:
+            found.update(evaluator.logits(materialize(ing), missing))
             reads += 1
-        for s in splits:
-            if found[s] is None:
-                found[s], _ = evaluator.logits(state, s)
-                state = None  # loaded into the model once; later splits reuse it
+            for s in missing:
                 if cache:
-                    cache.put(ing, s, ids[s], found[s])
+                    cache.put(ing, evaluator, s, found[s])
+        for s in splits:
             out[s].append(found[s])
     return out, labels, reads
 
 
 def ensemble_baselines(
     ingredients: Sequence[Ingredient],
-    evaluator: ClassificationEvaluator,
+    evaluator: LogitEvaluator,
     *,
     cache: LogitCache | None = None,
     splits: Sequence[str] | None = None,
@@ -118,10 +103,11 @@ def ensemble_baselines(
 ) -> dict[str, Any]:
     """Best-on-val, the uniform logit ensemble and the greedy ensemble, selected on the
     evaluator's held-out split and reported (accuracy) on every split."""
-    if not isinstance(evaluator, ClassificationEvaluator):
+    if not isinstance(evaluator, LogitEvaluator):
         raise SoupError(
-            "ensemble baselines need logits: use the built-in classification "
-            "evaluator (--model and --data), not a custom --evaluator"
+            f"ensemble baselines need logits; {evaluator_name(evaluator)} gives none: use the "
+            "built-in evaluator (--model and --data, or --task), or implement "
+            "modelsoup.evaluators.LogitEvaluator"
         )
     sel = evaluator.selection
     splits = list(splits or evaluator.splits)

@@ -23,13 +23,23 @@ from typing import Literal
 
 import torch
 
-from ..arithmetic import IntegerPolicy, RunningMean
-from ..checks import check_compatible
+from ..checkpoints.ingredients import Ingredient, StateDictIngredient
+from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluation import Compare, Evaluation, Evaluator, beats, evaluate
-from ..ingredients import Ingredient, StateDictIngredient
-from ..runs import Journal, fingerprint
-from ..save import materialize
+from ..evaluators.protocols import (
+    Compare,
+    CountingEvaluator,
+    Evaluation,
+    Evaluator,
+    beats,
+    evaluate,
+    evaluator_name,
+    identity_of,
+)
+from ..ops.arithmetic import IntegerPolicy, RunningMean
+from ..ops.checks import check_compatible
+from ..runs.cache import fingerprint
+from ..runs.journal import Journal
 
 Order = Literal["sorted", "random"]
 
@@ -126,13 +136,14 @@ def score_ingredients(
 
 def greedy_soup(
     ingredients: Sequence[Ingredient],
-    evaluator: Evaluator,
+    evaluator: Evaluator | CountingEvaluator,
     *,
     compare: Compare = "ge",
     order: Order = "sorted",
     seed: int = 0,
     scores: Sequence[Evaluation | float] | None = None,
     journal: str | Path | None = None,
+    restart: bool = False,
     early_rejection: bool = True,
     accumulate: torch.dtype = torch.float32,
     integers: IntegerPolicy = "error",
@@ -148,9 +159,11 @@ def greedy_soup(
     - ``scores``: each ingredient's held-out score (floats or `Evaluation`s), to skip the
       scoring pass; an `Evaluation` with exact counts keeps comparisons exact.
     - ``journal``: a JSON-lines file recording every decision; rerunning with the same
-      arguments and journal resumes and ends with the same soup.
+      arguments and journal resumes and ends with the same soup. A journal written with
+      other arguments, ingredients or evaluator identity is refused (``restart=True``
+      starts it afresh).
     - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
-      (accuracy evaluators only; the decision is the same as a full evaluation's).
+      (`CountingEvaluator`s only; the decision is the same as a full evaluation's).
 
     Memory: two full-size buffers in ``accumulate`` (soup and candidate) plus what the
     evaluator holds, whatever the number of ingredients.
@@ -163,65 +176,37 @@ def greedy_soup(
         raise SoupError(f"compare must be 'ge' or 'gt', got {compare!r}")
     k = len(ingredients)
     check_compatible(ingredients)  # before any work: names, shapes, dtypes
-    if scores is not None and len(scores) != k:
-        raise SoupError(f"{len(scores)} scores for {k} ingredients; give one per ingredient")
-    given = (
-        None
-        if scores is None
-        else [s if isinstance(s, Evaluation) else Evaluation(float(s)) for s in scores]
-    )
+    given = _given_scores(scores, k)
     header = {
         "recipe": "greedy",
         "compare": compare,
         "order": order,
         "seed": seed if order == "random" else None,
         "ingredients": [fingerprint(i) or i.source for i in ingredients],
-        "evaluator": getattr(evaluator, "name", type(evaluator).__name__),
+        "evaluator": identity_of(evaluator) or evaluator_name(evaluator),
         "scores": None if given is None else [g.to_json() for g in given],
         "accumulate": str(accumulate),
         "integers": integers,
     }
-    log = Journal(Path(journal), header) if journal is not None else None
+    log = Journal(Path(journal), header, restart=restart) if journal is not None else None
     counter = _Counter()
 
-    if order == "sorted":
-        evals = given or score_ingredients(
-            ingredients, evaluator, journal=log, progress=progress, counter=counter
-        )
-        sequence = sorted(range(k), key=lambda i: -evals[i].score)  # stable: ties keep order
-    else:
-        evals = given or [None] * k
-        sequence = list(range(k))
-        random.Random(seed).shuffle(sequence)
-
+    evals, sequence = _visit_order(
+        ingredients, evaluator, given, order, seed, log, counter, progress
+    )
     first = sequence[0]
     soup = RunningMean(ingredients[first], accumulate=accumulate, integers=integers)
     counter.reads += 1
-    start = log.find(event="start") if log else None
-    if start is not None:
-        current = Evaluation.from_json(start["evaluation"])
-    else:
-        # The soup of one ingredient is that ingredient bit for bit, but its score is
-        # measured again: given scores may come from another evaluator (one without the
-        # evaluator's `prepare` step, an earlier run), and the bar must be this one's.
-        current = counter.count(evaluate(evaluator, soup.state(), what=ingredients[first].source))
-        if log:
-            log.append({"event": "start", "index": first, "evaluation": current.to_json()})
+    current = _first_evaluation(evaluator, soup, ingredients[first], first, log, counter)
 
     decisions: list[Decision] = []
     resumed = 0
     bar = tqdm(total=k, initial=1, desc="greedy soup", disable=not progress, delay=0.5)
     for step, i in enumerate(sequence[1:], start=1):
-        past = log.find(event="decision", step=step) if log else None
-        if past is not None:
-            if past["index"] != i:
-                raise SoupError(
-                    f"{log.path}: step {step} was ingredient {past['index']}, "
-                    f"now {i}; the journal belongs to another run"
-                )
-            ev = Evaluation.from_json(past["evaluation"])
-            accepted = bool(past["accepted"])
-            if accepted:  # replay: rebuild the same running mean
+        past = _replayed(log, step, i)
+        if past is not None:  # decided before a kill: replay it without evaluating
+            ev, accepted = past
+            if accepted:
                 soup.propose(ingredients[i])
                 counter.reads += 1
             resumed += 1
@@ -272,3 +257,66 @@ def greedy_soup(
         scoring_examples=counter.scoring_examples,
         resumed_steps=resumed,
     )
+
+
+def _given_scores(scores: Sequence[Evaluation | float] | None, k: int) -> list[Evaluation] | None:
+    if scores is None:
+        return None
+    if len(scores) != k:
+        raise SoupError(f"{len(scores)} scores for {k} ingredients; give one per ingredient")
+    return [s if isinstance(s, Evaluation) else Evaluation(float(s)) for s in scores]
+
+
+def _visit_order(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator | CountingEvaluator,
+    given: list[Evaluation] | None,
+    order: Order,
+    seed: int,
+    log: Journal | None,
+    counter: _Counter,
+    progress: bool,
+) -> tuple[list[Evaluation | None], list[int]]:
+    """Each ingredient's own evaluation (given, journaled or computed) and the order in
+    which they are tried: by score, best first (stable), or a seeded permutation."""
+    k = len(ingredients)
+    if order == "sorted":
+        evals = given or score_ingredients(
+            ingredients, evaluator, journal=log, progress=progress, counter=counter
+        )
+        return list(evals), sorted(range(k), key=lambda i: -evals[i].score)
+    sequence = list(range(k))
+    random.Random(seed).shuffle(sequence)
+    return list(given or [None] * k), sequence
+
+
+def _first_evaluation(
+    evaluator: Evaluator | CountingEvaluator,
+    soup: RunningMean,
+    first: Ingredient,
+    index: int,
+    log: Journal | None,
+    counter: _Counter,
+) -> Evaluation:
+    """The bar: the soup of the first ingredient, measured again with this evaluator
+    (given scores may come from another one, e.g. without its `prepare` step)."""
+    start = log.find(event="start") if log else None
+    if start is not None:
+        return Evaluation.from_json(start["evaluation"])
+    current = counter.count(evaluate(evaluator, soup.state(), what=first.source))
+    if log:
+        log.append({"event": "start", "index": index, "evaluation": current.to_json()})
+    return current
+
+
+def _replayed(log: Journal | None, step: int, index: int) -> tuple[Evaluation, bool] | None:
+    """The journaled decision of ``step`` (evaluation, accepted), or None."""
+    past = log.find(event="decision", step=step) if log else None
+    if past is None:
+        return None
+    if past["index"] != index:
+        raise SoupError(
+            f"{log.path}: step {step} was ingredient {past['index']}, now {index}; the "
+            "journal belongs to another run: rerun with --force or give another --run-dir"
+        )
+    return Evaluation.from_json(past["evaluation"]), bool(past["accepted"])

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch.func import functional_call
 
-from ..arithmetic import Combination, chunk_ranges
-from ..checks import check_compatible
+from ..checkpoints.ingredients import Ingredient, StateDictIngredient
+from ..checkpoints.layout import is_float
+from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluation import ClassificationEvaluator, _logits, _reduce, _to, world
-from ..ingredients import Ingredient, StateDictIngredient
-from ..layout import is_float
-from ..save import materialize
+from ..evaluators.classification import forward, to_device
+from ..evaluators.distributed import all_reduce, world
+from ..evaluators.protocols import TrainableEvaluator, evaluator_name
+from ..ops.arithmetic import Combination, chunk_ranges
+from ..ops.checks import check_compatible
 
 Mode = Literal["auto", "streamed", "memory"]
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of stacked float32 ingredients for mode="auto"
@@ -122,24 +123,9 @@ class _Mixer:
         return dots
 
 
-def _idle_step(
-    a: torch.Tensor, log_beta: torch.Tensor, opt: torch.optim.Optimizer, device: torch.device
-) -> None:
-    """A step of a rank with no batch left: it contributes no examples and zero
-    gradients to the reductions, then steps like the others (the gradients are summed,
-    so every rank applies the same update)."""
-    n_global = torch.tensor(0.0, device=device)  # nccl reduces device tensors only
-    torch.distributed.all_reduce(n_global)
-    a.grad = torch.zeros_like(a)
-    log_beta.grad = torch.zeros_like(log_beta)
-    for p in (a, log_beta):
-        torch.distributed.all_reduce(p.grad)
-    opt.step()
-
-
 def learned_soup(
     ingredients: Sequence[Ingredient],
-    evaluator: ClassificationEvaluator,
+    evaluator: TrainableEvaluator,
     *,
     by_layer: bool = False,
     epochs: int = 5,
@@ -151,20 +137,22 @@ def learned_soup(
 ) -> LearnedResult:
     """Fit mixing weights (and a temperature) on the evaluator's held-out split.
 
-    ``evaluator`` supplies the architecture (its model), the held-out batches (its
-    selection split, sharded under torchrun) and the device. ``by_layer`` learns one
-    weight vector per floating tensor instead of one for the model. AdamW with ``lr``
-    for ``epochs`` passes over the held-out split, as the paper's released code.
-    ``mode``: ``"memory"`` stacks the ingredients and uses autograd; ``"streamed"`` holds
-    one model whatever k; ``"auto"`` picks memory when the stacked float32 ingredients
-    fit ``memory_budget`` bytes. Integer tensors are taken from the first ingredient.
+    ``evaluator`` (a `TrainableEvaluator`) supplies the architecture (its model), the
+    held-out batches (its selection split, sharded under torchrun) and the device.
+    ``by_layer`` learns one weight vector per floating tensor instead of one for the
+    model. AdamW with ``lr`` for ``epochs`` passes over the held-out split, as the paper's
+    released code. ``mode``: ``"memory"`` stacks the ingredients and uses autograd;
+    ``"streamed"`` holds one model whatever k; ``"auto"`` picks memory when the stacked
+    float32 ingredients fit ``memory_budget`` bytes. Integer tensors are taken from the
+    first ingredient.
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(evaluator, ClassificationEvaluator):
+    if not isinstance(evaluator, TrainableEvaluator):
         raise SoupError(
-            "a learned soup needs the model and the held-out data: use the built-in "
-            "evaluator (--model and --data), not a custom --evaluator"
+            f"a learned soup trains through the model on the held-out batches; "
+            f"{evaluator_name(evaluator)} gives neither: use the built-in evaluator (--model "
+            "and --data, or --task), or implement modelsoup.evaluators.TrainableEvaluator"
         )
     if mode not in ("auto", "streamed", "memory"):
         raise SoupError(f"mode must be auto, streamed or memory, got {mode!r}")
@@ -175,8 +163,8 @@ def learned_soup(
         raise SoupError("the ingredients have no floating tensors to mix")
     rows = names if by_layer else ["all"]
     row_of = {n: (i if by_layer else 0) for i, n in enumerate(names)}
-    stacked = k * sum(layout.specs[n].numel for n in names) * 4
     if mode == "auto":
+        stacked = k * sum(layout.specs[n].numel for n in names) * 4
         mode = "memory" if stacked <= memory_budget else "streamed"
     device = evaluator.device
     fixed = {
@@ -184,8 +172,7 @@ def learned_soup(
         for n, s in layout.specs.items()
         if not is_float(s.dtype)
     }
-    model = evaluator.model
-    own = dict(model.named_parameters())
+    own = dict(evaluator.model.named_parameters())
     trainable = {n for n in names if n in own or layout.canonical(n) in own}
     mixer = _Mixer(ingredients, names, row_of, mode, device, trainable)
     learnable = [n for n in names if n in trainable]
@@ -193,17 +180,13 @@ def learned_soup(
     a = torch.zeros(len(rows), k, dtype=torch.float32, device=device, requires_grad=True)
     log_beta = torch.zeros((), dtype=torch.float32, device=device, requires_grad=True)
     opt = torch.optim.AdamW([a, log_beta], lr=lr, weight_decay=0.0)
-    batches: list = list(evaluator._batches(evaluator.selection))
-    size = world()[1]
-    if size > 1:  # ranks may hold one batch more than others: every rank takes every step
-        n_max = int(_reduce([len(batches)], device, "max")[0])
-        batches += [None] * (n_max - len(batches))
+    batches = _held_out_batches(evaluator)
     total = evaluator.size(evaluator.selection)
     rng = random.Random(seed)
     history: list[dict] = []
     steps = 0
     t0 = time.perf_counter()
-    model.eval()
+    evaluator.model.eval()
     bar = tqdm(
         total=epochs * len(batches), desc=f"learned soup ({mode})", disable=not progress, delay=0.5
     )
@@ -212,51 +195,31 @@ def learned_soup(
         rng.shuffle(order)
         loss_sum = 0.0
         for bi in order:
-            if batches[bi] is None:  # this rank's share ran out: join the reductions
-                _idle_step(a, log_beta, opt, device)
-                steps += 1
-                bar.update(1)
-                continue
-            _, x, y = batches[bi]
-            alpha = torch.softmax(a, dim=1)
-            mixed = mixer.mix(alpha)
-            if mode == "streamed":
-                for n in learnable:
-                    mixed[n].requires_grad_(True)
-            state = {**mixed, **fixed}
-            state.update({al: state[t] for al, t in layout.aliases.items()})
-            y = y.to(device)
-            logits = _forward_functional(model, state, _to(x, device))
-            # The mean over the whole global batch: each rank holds its share.
-            n_global = torch.tensor(float(len(y)), device=device)
-            if size > 1:
-                torch.distributed.all_reduce(n_global)
-            loss = (
-                torch.nn.functional.cross_entropy(
-                    logits.float() * log_beta.exp(), y, reduction="sum"
-                )
-                / n_global.item()
-            )
             opt.zero_grad(set_to_none=True)
-            if mode == "memory":
-                loss.backward()
+            if batches[bi] is None:  # this rank's share ran out: join the reductions
+                n_global = _global_count(0, device)
+                a.grad, log_beta.grad = torch.zeros_like(a), torch.zeros_like(log_beta)
             else:
-                grads = torch.autograd.grad(
-                    loss, [mixed[n] for n in learnable] + [log_beta], allow_unused=True
-                )
-                dalpha = mixer.alpha_grad(
-                    {n: g for n, g in zip(learnable, grads[:-1]) if g is not None}, len(rows)
-                )
-                # chain rule through the softmax, row by row
-                al = alpha.detach().double().cpu()
-                da = al * (dalpha - (al * dalpha).sum(1, keepdim=True))
-                a.grad = da.to(a.dtype).to(device)
-                log_beta.grad = grads[-1].detach()
-            if size > 1:
+                alpha = torch.softmax(a, dim=1)
+                mixed = mixer.mix(alpha)
+                if mode == "streamed":  # dL/d theta of the mixed tensors, for alpha_grad
+                    for n in learnable:
+                        mixed[n].requires_grad_(True)
+                state = {**mixed, **fixed}
+                state.update({al: state[t] for al, t in layout.aliases.items()})
+                _, x, y = batches[bi]
+                loss, n_global = _loss(evaluator, state, x, y, log_beta, device)
+                if mode == "memory":
+                    loss.backward()
+                else:
+                    a.grad, log_beta.grad = _streamed_grads(
+                        loss, mixer, mixed, learnable, alpha, log_beta, len(rows)
+                    )
+                loss_sum += float(loss.detach()) * (n_global / max(total, 1))
+            if world()[1] > 1:  # the gradients are summed: every rank takes the same step
                 for p in (a, log_beta):
                     torch.distributed.all_reduce(p.grad)
             opt.step()
-            loss_sum += float(loss.detach()) * (n_global.item() / max(total, 1))
             steps += 1
             bar.update(1)
         history.append({"epoch": epoch + 1, "loss": loss_sum})
@@ -277,6 +240,65 @@ def learned_soup(
     )
 
 
+def _held_out_batches(evaluator: TrainableEvaluator) -> list:
+    """This rank's held-out batches; under torchrun padded with None to the longest
+    rank's count, since every rank must take every step."""
+    batches: list = list(evaluator.batches(evaluator.selection))
+    if not batches and world()[1] == 1:
+        raise SoupError(
+            f"the {evaluator.selection!r} split has no examples: a learned soup is fit on "
+            "the held-out split, which needs at least one"
+        )
+    if world()[1] > 1:
+        n_max = int(all_reduce([len(batches)], evaluator.device, "max")[0])
+        batches += [None] * (n_max - len(batches))
+    return batches
+
+
+def _global_count(n: int, device: torch.device) -> float:
+    """Examples in this step over all ranks (nccl reduces device tensors only)."""
+    t = torch.tensor(float(n), device=device)
+    if world()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t.item()
+
+
+def _loss(
+    evaluator: TrainableEvaluator,
+    state: dict[str, torch.Tensor],
+    x: object,
+    y: torch.Tensor,
+    log_beta: torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the tempered logits, summed here and divided by the global batch
+    (each rank holds its share); returns the loss and that batch size."""
+    y = y.to(device)
+    logits = forward(evaluator.model, to_device(x, device), state)
+    n_global = _global_count(len(y), device)
+    ce = torch.nn.functional.cross_entropy(logits.float() * log_beta.exp(), y, reduction="sum")
+    return ce / n_global, n_global
+
+
+def _streamed_grads(
+    loss: torch.Tensor,
+    mixer: _Mixer,
+    mixed: dict[str, torch.Tensor],
+    learnable: list[str],
+    alpha: torch.Tensor,
+    log_beta: torch.Tensor,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``a`` (the softmax logits of alpha) and ``log_beta`` in streamed mode:
+    dL/d theta by autograd on the mixed model, dL/d alpha by streamed inner products,
+    then the chain rule through the softmax, row by row."""
+    grads = torch.autograd.grad(loss, [mixed[n] for n in learnable] + [log_beta], allow_unused=True)
+    dalpha = mixer.alpha_grad({n: g for n, g in zip(learnable, grads[:-1]) if g is not None}, rows)
+    al = alpha.detach().double().cpu()
+    da = al * (dalpha - (al * dalpha).sum(1, keepdim=True))
+    return da.to(torch.float32).to(alpha.device), grads[-1].detach()
+
+
 def learned_mixture(
     ingredients: Sequence[Ingredient], alpha: torch.Tensor, rows: Sequence[str] | None = None
 ) -> Combination:
@@ -288,10 +310,3 @@ def learned_mixture(
     per_tensor = {n: alpha[i].tolist() for i, n in enumerate(rows)}
     k = len(ingredients)
     return Combination(ingredients, [1.0 / k] * k, integers="first", per_tensor=per_tensor)
-
-
-def _forward_functional(model: torch.nn.Module, state: dict, x) -> torch.Tensor:
-    """``model`` run with ``state`` as its parameters and buffers (no module is changed)."""
-    if isinstance(x, Mapping):
-        return _logits(functional_call(model, state, (), x))
-    return _logits(functional_call(model, state, (x,)))

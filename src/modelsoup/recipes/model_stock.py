@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..arithmetic import Combination, tensor_grams
+from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
-from ..ingredients import Ingredient
+from ..ops.arithmetic import Combination
+from ..ops.geometry import tensor_grams
 
 
 def model_stock_ratio(cos: float, k: int) -> float:

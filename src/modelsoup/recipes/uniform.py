@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..arithmetic import Combination, weighted_average
-from ..ingredients import Ingredient
+from ..checkpoints.ingredients import Ingredient
+from ..ops.arithmetic import Combination, weighted_average
 
 
 def uniform_soup(

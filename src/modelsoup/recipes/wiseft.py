@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..arithmetic import Combination, interpolate
-from ..evaluation import ClassificationEvaluator, Evaluator, evaluate
-from ..ingredients import Ingredient
-from ..save import materialize
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
+from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
+from ..ops.arithmetic import Combination, interpolate
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -32,14 +32,13 @@ def wiseft_scan(
     **options,
 ) -> list[dict[str, Any]]:
     """Score ``wise_ft(base, finetuned, a)`` for each ``a``: the held-out score, and with
-    the built-in evaluator the accuracy on every split. Returns one dict per ``a``."""
+    a `LogitEvaluator` the score on every split. Returns one dict per ``a``."""
     out = []
     for a in alphas:
         state = materialize(wise_ft(base, finetuned, a, **options))
         row: dict[str, Any] = {"alpha": a}
-        if isinstance(evaluator, ClassificationEvaluator):
-            for i, split in enumerate(evaluator.splits):
-                row[split] = evaluator.evaluate(state if i == 0 else None, split).score
+        if isinstance(evaluator, LogitEvaluator):
+            row.update(split_scores(evaluator, state))
             row["heldout"] = row[evaluator.selection]
         else:
             row["heldout"] = evaluate(evaluator, state, what=f"WiSE-FT at alpha={a}").score

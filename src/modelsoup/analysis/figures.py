@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import Angles, Curve, Landscape, PairSoup
-from .errors import SoupError
-from .save import atomic_output
+from ..checkpoints.save import atomic_output
+from ..errors import SoupError
+from .compute import Angles, Curve, Landscape, PairSoup
 
 View = tuple[str, Sequence[str]]
 

@@ -10,7 +10,7 @@
   Gram–Schmidt, and any measures evaluated on a grid of it (Fig. 2).
 
 A *scorer* maps a state dict to ``{name: value}`` (accuracy per split, a loss, ...);
-`LogitScorer` is the one for classifiers, built on a `ClassificationEvaluator`.
+`LogitScorer` is the one for classifiers, built on any `LogitEvaluator`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .arithmetic import Combination, cosine_matrix, gram, interpolate
-from .errors import SoupError
-from .evaluation import ClassificationEvaluator
-from .ingredients import Ingredient
-from .recipes.ensemble import correct_count
-from .runs import LogitCache, content_hash, data_id
-from .save import materialize
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
+from ..errors import SoupError
+from ..evaluators.protocols import LogitEvaluator
+from ..ops.arithmetic import Combination, interpolate
+from ..ops.geometry import cosine_matrix, gram
+from ..recipes.ensemble import correct_count
+from ..runs.cache import LogitCache, content_hash
 
 Scores = dict[str, float]
 Scorer = Callable[[Mapping[str, torch.Tensor]], Scores]
@@ -52,39 +53,36 @@ def mix_logits(a: Logits, b: Logits, alpha: float) -> Logits:
 
 
 class LogitScorer:
-    """Logits and accuracies of a state on some splits of a `ClassificationEvaluator`.
+    """Logits and accuracies of a state on some splits of a `LogitEvaluator`.
 
     ``cache`` (a `LogitCache`) keeps the logits of every state scored, keyed by the
-    state's content hash and ``tag`` (which should name anything else that changes the
-    logits, such as a subset), so a rerun evaluates nothing twice.
+    state's content hash and the evaluator's identity on each split (its model, its data
+    by content, its ``prepare`` step), so a rerun evaluates nothing twice and a changed
+    evaluator recomputes.
     """
 
     def __init__(
         self,
-        evaluator: ClassificationEvaluator,
+        evaluator: LogitEvaluator,
         splits: Sequence[str] | None = None,
         *,
         cache: LogitCache | None = None,
-        tag: str = "",
     ):
         self.evaluator = evaluator
         self.splits = list(splits if splits is not None else evaluator.splits)
-        self.cache, self.tag = cache, tag
+        self.cache = cache
         self.labels = {s: evaluator.labels(s) for s in self.splits}
 
     def logits(self, state: Mapping[str, torch.Tensor]) -> Logits:
-        key = f"soup-{content_hash(state)}{self.tag}" if self.cache is not None else ""
-        out: Logits = {}
-        loaded = False
-        for s in self.splits:
-            ident = data_id(self.labels[s])
-            cached = self.cache.get(key, s, ident) if self.cache is not None else None
-            if cached is None:
-                cached, _ = self.evaluator.logits(None if loaded else state, s)
-                loaded = True
-                if self.cache is not None:
-                    self.cache.put(key, s, ident, cached)
-            out[s] = cached
+        if self.cache is None:
+            return self.evaluator.logits(state, self.splits)
+        key = f"soup-{content_hash(state)}"
+        out: Logits = {s: self.cache.get(key, self.evaluator, s) for s in self.splits}
+        missing = [s for s, lg in out.items() if lg is None]
+        if missing:
+            out.update(self.evaluator.logits(state, missing))
+            for s in missing:
+                self.cache.put(key, self.evaluator, s, out[s])
         return out
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> Scores:

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .arithmetic import cosine_matrix, gram
+from ..ops.geometry import cosine_matrix, gram
 from .ingredients import Ingredient, describe_format
 
 

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .layout import SAFETENSORS_DTYPES, Layout, TensorSpec
 
 # Key under a safetensors file's __metadata__ that records tied names (alias -> stored).

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import MismatchError, SoupError
-from .ingredients import Ingredient
-from .layout import Layout, TensorSpec, is_float
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.layout import Layout, TensorSpec, is_float
+from ..errors import MismatchError, SoupError
 
 
 def check_compatible(

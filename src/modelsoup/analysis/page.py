@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .save import atomic_output
+from ..checkpoints.save import atomic_output
 
 
 @dataclass

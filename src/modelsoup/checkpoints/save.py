@@ -22,8 +22,8 @@ from typing import BinaryIO
 
 import torch
 
-from .arithmetic import _fill, stream_chunks
-from .errors import SoupError
+from ..errors import SoupError
+from ..ops.arithmetic import fill, stream_chunks
 from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient, ShardedCheckpoint
 from .layout import SAFETENSORS_CODES, Layout
 
@@ -237,7 +237,7 @@ def materialize(ingredient: Ingredient) -> dict[str, torch.Tensor]:
     """Read every tensor into a new plain state dict; tied names share one tensor."""
     specs = ingredient.layout.specs
     state = {n: torch.empty(s.shape, dtype=s.dtype) for n, s in specs.items()}
-    _fill(ingredient, state)
+    fill(ingredient, state)
     state.update({a: state[t] for a, t in ingredient.layout.aliases.items()})
     return state
 

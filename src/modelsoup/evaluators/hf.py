@@ -10,6 +10,7 @@ Labels may be integers or the names in the config's ``label2id``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .errors import SoupError
-from .evaluation import ClassificationEvaluator, Metric
-from .ingredients import Ingredient
+from ..checkpoints.ingredients import Ingredient
+from ..errors import SoupError
+from .classification import ClassificationEvaluator
+from .protocols import Metric
 
 HF_TASKS = ("text-classification", "image-classification")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -125,7 +127,7 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
     import copy
     import tempfile
 
-    from .ingredients import open_ingredient
+    from ..checkpoints.ingredients import open_ingredient
 
     probe = copy.deepcopy(model).float()
     names = [n for n, t in probe.state_dict().items() if t.is_floating_point()]
@@ -255,10 +257,23 @@ def hf_evaluator(
             except OSError as e:
                 raise SoupError(f"{data}: cannot open image {path} ({e})") from e
         inputs = {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
+    identity = {
+        "task": task,
+        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "data_file": str(Path(data).resolve()),
+        "columns": {
+            "text": text_column,
+            "text_pair": text_pair_column,
+            "label": label_column,
+            "image": image_column,
+        },
+        "max_length": max_length,
+    }
     return HFClassificationEvaluator(
         model,
         TensorDictDataset(inputs, y),
         metric=metric,
         batch_size=batch_size,
         device=device,
+        identity=identity,
     )

@@ -1,0 +1,320 @@
+"""The one analysis pipeline: compute the paper's analyses of a sweep, then render them.
+
+`run_analyses` is the sequence both ``modelsoup analyze`` and the paper's experiment
+run: task-vector angles, every pair's soup (and 2-model ensemble), one interpolation
+curve and, optionally, the landscape on a plane; each drawn as a PNG. `analyze_sweep`
+is ``modelsoup analyze``: it builds the scorer from an evaluator, runs the pipeline and
+writes ``analysis.json`` and a self-contained ``report.html``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
+from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate
+from ..runs.cache import LogitCache
+from ..runs.provenance import versions, write_json
+from . import compute, figures
+from .compute import Angles, Curve, Landscape, Logits, PairSoup, Scorer, Scores
+from .page import Figure, Section, Table, write_page
+
+View = tuple[str, list[str]]  # a figure panel: its label and the splits it averages
+
+
+@dataclass
+class Analyses:
+    """What `run_analyses` computed, and the figures it drew (name -> PNG path)."""
+
+    angles: Angles
+    pairs: list[PairSoup]
+    curve: Curve
+    pearson_angle_advantage: dict[str, float | None]
+    pearson_soup_ensemble: dict[str, float | None] | None = None
+    landscape: Landscape | None = None
+    figures: dict[str, Path] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def run_analyses(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    score: Scorer,
+    individual: Sequence[Scores],
+    *,
+    names: Sequence[str],
+    views: Sequence[View],
+    curve: tuple[int, int],
+    folder: Path,
+    logits: Sequence[Logits] | None = None,
+    labels: Mapping[str, torch.Tensor] | None = None,
+    landscape: tuple[int, int] | None = None,
+    measure: Scorer | None = None,
+    grid: int = 9,
+    integers: str = "error",
+    titles: Mapping[str, str] | None = None,
+    landscape_labels: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Analyses:
+    """The paper's analyses (Figures 2-4) of fine-tunes ``ingredients`` of ``base`` (θ0).
+
+    ``score`` maps a state to scores per split, ``individual[i]`` are ingredient i's own
+    (so advantages compare like with like); ``logits[i]`` with ``labels`` add 2-model
+    ensembles. ``curve`` is the (0-based) pair of the interpolation curve; with
+    ``landscape`` (a pair) and ``measure`` (a scorer), the landscape on the plane through
+    ``base`` and that pair on a ``grid`` x ``grid`` grid. PNGs go to ``folder``, titled by
+    ``titles`` (keys: cosine, angles, ensemble_vs_soup, interpolation, landscape).
+    """
+    titles = dict(titles or {})
+    timing: dict[str, float] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    png = {key: folder / f"{key}.png" for key in ("cosine", "angles", "ensemble_vs_soup")}
+
+    t = time.perf_counter()
+    geometry = compute.angles(ingredients, base, names=names, progress=progress)
+    timing["angles"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pairs = compute.pair_soups(
+        ingredients,
+        geometry,
+        score,
+        individual,
+        logits=logits,
+        labels=labels,
+        integers=integers,
+        progress=progress,
+    )
+    timing["pair soups"] = time.perf_counter() - t
+    r_angle = figures.angle_vs_advantage(
+        pairs, views, png["angles"], title=titles.get("angles", "")
+    )
+    figures.cosine_heatmap(geometry, png["cosine"], title=titles.get("cosine", ""))
+    drawn = {"cosine": png["cosine"], "angles": png["angles"]}
+    r_ens = None
+    if logits is not None:
+        r_ens = figures.ensemble_vs_soup(
+            pairs, views, png["ensemble_vs_soup"], title=titles.get("ensemble_vs_soup", "")
+        )
+        drawn["ensemble_vs_soup"] = png["ensemble_vs_soup"]
+
+    t = time.perf_counter()
+    a, b = curve
+    line = compute.interpolation_curve(
+        ingredients[a],
+        ingredients[b],
+        score,
+        logits=(logits[a], logits[b]) if logits is not None else None,
+        labels=labels,
+        ids=(a, b),
+        integers=integers,
+        progress=progress,
+    )
+    timing["interpolation"] = time.perf_counter() - t
+    drawn["interpolation"] = folder / "interpolation.png"
+    figures.interpolation(
+        line,
+        views,
+        drawn["interpolation"],
+        names=(names[a], names[b]),
+        title=titles.get("interpolation", ""),
+    )
+    result = Analyses(geometry, pairs, line, r_angle, r_ens, figures=drawn, timing=timing)
+
+    if landscape is not None and measure is not None:
+        t = time.perf_counter()
+        i, j = landscape
+        where = compute.plane(base, ingredients[i], ingredients[j], progress=progress)
+        result.landscape = compute.landscape(
+            where,
+            measure,
+            n=grid,
+            labels=landscape_labels or ("θ0 (base)", f"θ1 {names[i]}", f"θ2 {names[j]}"),
+            progress=progress,
+        )
+        drawn["landscape"] = folder / "landscape.png"
+        figures.landscape(result.landscape, drawn["landscape"], title=titles.get("landscape", ""))
+        timing["landscape"] = time.perf_counter() - t
+    return result
+
+
+# --- modelsoup analyze -------------------------------------------------------------------
+
+
+def _scorers(
+    ingredients: Sequence[Ingredient], evaluator: Evaluator, out: Path, progress: bool
+) -> tuple[Scorer, list[Scores], list[Logits] | None, dict | None, Scorer, str]:
+    """``(score, individual, logits, labels, measure, selection)`` for an evaluator: with
+    a `LogitEvaluator`, accuracy per split from (cached) logits, ensembles, and a
+    landscape of the selection loss and every split's error; else its score alone."""
+    if isinstance(evaluator, LogitEvaluator):
+        from ..recipes.ensemble import compute_logits
+
+        cache = LogitCache(out / "cache" / "logits")
+        scorer = compute.LogitScorer(evaluator, cache=cache)
+        sel = evaluator.selection
+        per_split, labels, _ = compute_logits(
+            ingredients, evaluator, scorer.splits, cache, progress=progress
+        )
+        logits = [{s: per_split[s][i] for s in scorer.splits} for i in range(len(ingredients))]
+        individual = [compute.accuracies(lg, labels) for lg in logits]
+
+        def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+            lg = scorer.logits(state)
+            acc = compute.accuracies(lg, labels)
+            loss = torch.nn.functional.cross_entropy(lg[sel], labels[sel])
+            return {f"{sel} loss": float(loss), **{f"{s} error": 1 - acc[s] for s in acc}}
+
+        return scorer, individual, logits, labels, measure, sel
+
+    def score(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        value = evaluate(evaluator, state, what="a soup of the analysis").score
+        assert value is not None
+        return {"score": value}
+
+    return score, [score(materialize(ing)) for ing in ingredients], None, None, score, "score"
+
+
+def analyze_sweep(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    evaluator: Evaluator | None,
+    out: Path,
+    *,
+    curve: tuple[int, int] | None = None,
+    landscape: tuple[int, int] | None = None,
+    grid: int = 9,
+    integers: str = "error",
+    args: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The paper's analyses of a sweep into ``out``: analysis.json, figures, report.html.
+
+    Always the task-vector angles (``base`` is θ0). With an evaluator: every pair's soup
+    and interpolation advantage, one interpolation curve (``curve``, 0-based; default the
+    two best on the selection split) and, with ``landscape`` (0-based pair), the landscape
+    on the plane through base and that pair. A `LogitEvaluator` gives accuracy on each of
+    its splits, logit ensembles and losses; any other evaluator gives its score.
+    """
+    from ..runs.provenance import record_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    record_run(out, "analyze", args=args, inputs=[*ingredients, base], evaluator=evaluator)
+    names = [ing.source for ing in ingredients]
+    short = [f"#{i + 1} {Path(n).name}" for i, n in enumerate(names)]  # 1-based, as the CLI
+    result: dict[str, Any] = {"ingredients": names, "base": base.source}
+    tables: list[Table] = []
+    if evaluator is None:
+        geometry = compute.angles(ingredients, base, names=short, progress=progress)
+        figures.cosine_heatmap(geometry, out / "cosine.png")
+        drawn = {"cosine": out / "cosine.png"}
+        result["angles"] = geometry.to_json()
+        result["note"] = "no evaluator: angles only (pass --model and --data, or --evaluator)"
+    else:
+        score, individual, logits, labels, measure, sel = _scorers(
+            ingredients, evaluator, out, progress
+        )
+        splits = list(individual[0])
+        others = [s for s in splits if s != sel]
+        pair = curve or tuple(
+            sorted(range(len(ingredients)), key=lambda i: -individual[i][sel])[:2]
+        )
+        done = run_analyses(
+            ingredients,
+            base,
+            score,
+            individual,
+            names=short,
+            views=[(sel, [sel])] + ([("other splits", others)] if others else []),
+            curve=pair,  # type: ignore[arg-type]
+            folder=out,
+            logits=logits,
+            labels=labels,
+            landscape=landscape,
+            measure=measure,
+            grid=grid,
+            integers=integers,
+            titles={
+                "angles": "Angle vs interpolation advantage",
+                "ensemble_vs_soup": "2-model ensemble vs soup",
+            },
+            progress=progress,
+        )
+        drawn = done.figures
+        result["angles"] = done.angles.to_json()
+        result["scores"] = individual
+        result["pairs"] = [p.__dict__ for p in done.pairs]
+        result["pearson_angle_advantage"] = done.pearson_angle_advantage
+        if done.pearson_soup_ensemble is not None:
+            result["pearson_soup_ensemble"] = done.pearson_soup_ensemble
+        result["curve"] = done.curve.__dict__
+        if done.landscape is not None:
+            result["landscape"] = done.landscape.to_json()
+        tables = _tables(done, short, individual, splits, sel)
+    write_json(out / "analysis.json", result)
+    write_page(
+        out / "report.html",
+        "Model soup analysis",
+        [
+            Section(
+                "Ingredients",
+                [f"θ0 (base): {base.source}", *(f"{s}: {n}" for s, n in zip(short, names))],
+                tables=tables,
+            ),
+            Section(
+                "Figures",
+                figures=[Figure(_CAPTIONS[k](short, result), p) for k, p in drawn.items()],
+            ),
+        ],
+        config=dict(args or {}),
+        versions=versions(),
+    )
+    return result
+
+
+_CAPTIONS: dict[str, Callable[[list[str], dict], str]] = {
+    "cosine": lambda s, r: "Cosine similarity of the task vectors θi − θ0.",
+    "angles": lambda s, r: "Angle between task vectors vs interpolation advantage.",
+    "ensemble_vs_soup": lambda s, r: "2-model soup vs 2-model logit ensemble.",
+    "interpolation": lambda s, r: (
+        f"Interpolation from {s[r['curve']['i']]} (α = 0) to {s[r['curve']['j']]} (α = 1)."
+    ),
+    "landscape": lambda s, r: "Landscape on the plane through θ0, θ1, θ2 (Gram–Schmidt basis).",
+}
+
+
+def _tables(
+    done: Analyses, short: list[str], individual: list[Scores], splits: list[str], sel: str
+) -> list[Table]:
+    ens = done.pearson_soup_ensemble is not None
+    return [
+        Table(
+            "Ingredients: task-vector norm and scores",
+            ["ingredient", "|θi − θ0|", *splits],
+            [
+                [short[i], f"{done.angles.norms[i]:.4g}", *(f"{ind[s]:.4f}" for s in splits)]
+                for i, ind in enumerate(individual)
+            ],
+        ),
+        Table(
+            f"Pairs: angle, soup score and interpolation advantage on {sel!r}",
+            ["pair", "angle (deg)", "soup", "advantage", *(["ensemble"] if ens else [])],
+            [
+                [
+                    f"{short[p.i]} + {short[p.j]}",
+                    f"{p.angle:.2f}",
+                    f"{p.soup[sel]:.4f}",
+                    f"{p.advantage[sel]:+.4f}",
+                    *([f"{p.ensemble[sel]:.4f}"] if p.ensemble else []),
+                ]
+                for p in done.pairs
+            ],
+        ),
+    ]

@@ -1,0 +1,101 @@
+"""The `modelsoup` command: builds the parser from the recipe registry, the other
+commands and the installed plugins, and runs one command with the project's errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from .. import __version__
+from ..errors import SoupError
+from ..recipes import RECIPES
+from . import analyze, ensemble, greedy, inspect_checkpoints, learned, model_stock, uniform, wiseft
+
+# One command per registered recipe (the registry names them), then the others.
+RECIPE_COMMANDS = {
+    "uniform": uniform,
+    "greedy": greedy,
+    "ensemble": ensemble,
+    "learned": learned,
+    "wiseft": wiseft,
+    "model-stock": model_stock,
+}
+OTHER_COMMANDS = (analyze, inspect_checkpoints)
+PLUGIN_GROUP = "modelsoup.commands"
+
+
+def load_plugins(sub: argparse._SubParsersAction) -> None:
+    """Let installed packages add commands: each entry point of the group
+    ``modelsoup.commands`` names a function called with the subparsers (the paper's
+    experiment adds ``reproduce`` this way). A plugin that fails to import is skipped:
+    the library's own commands must work without it."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            register = ep.load()
+        except Exception:  # a broken or partly installed plugin
+            continue
+        register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelsoup",
+        description="Model soups: average the weights of models fine-tuned from one "
+        "pretrained initialization (Wortsman et al., ICML 2022).",
+    )
+    parser.add_argument("--version", action="version", version=f"modelsoup {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, recipe in RECIPES.items():
+        RECIPE_COMMANDS[name].add(sub, recipe)
+    for command in OTHER_COMMANDS:
+        command.add(sub)
+    load_plugins(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SoupError as e:
+        print(f"modelsoup {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"modelsoup {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run() -> None:
+    """The console script: `main`, then exit without the interpreter's teardown.
+
+    Tearing down a process that imported torch takes 0.3-0.4 s (measured here), a sixth
+    of a whole uniform soup of 8 BERT-base checkpoints. By the time `main` returns every
+    output is written, fsynced and renamed into place, so the standard streams are
+    flushed and the process leaves with ``os._exit``.
+    """
+    try:
+        code = main()
+    except SystemExit as e:  # argparse: --help, usage errors
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # a bug: show it as Python would
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,52 @@
+"""``modelsoup model-stock``: per-tensor interpolation toward θ0 from the fine-tunes' angle."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoints.ingredients import open_ingredient
+from ..ops.checks import check_distinct
+from ..recipes import Recipe
+from ..runs.provenance import write_json
+from . import options as o
+
+
+def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
+    p = sub.add_parser(
+        "model-stock",
+        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.INTEGERS],
+        help=recipe.summary,
+        description=f"{recipe.summary.capitalize()}. After {recipe.paper}: per tensor, "
+        "t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * mean(fine-tunes) "
+        "+ (1 - t) * base. No held-out data needed.",
+    )
+    p.add_argument(
+        "--base",
+        required=True,
+        metavar="THETA0",
+        help="the pretrained checkpoint the ingredients were fine-tuned from",
+    )
+    p.set_defaults(run=lambda args: run(args, recipe))
+
+
+def run(args: argparse.Namespace, recipe: Recipe) -> int:
+    ingredients = o.open_all(args.ingredients, args.key)
+    base = open_ingredient(args.base, key=args.key)
+    check_distinct([*ingredients, base])
+    out = o.check_writable(args, [*ingredients, base])
+    soup, ratios = recipe.function(
+        ingredients, base, progress=not args.quiet, integers=args.integers
+    )
+    folder = o.run_dir(args)
+    write_json(
+        folder / "model_stock.json",
+        {"base": base.source, "ratios": ratios, "ingredients": [i.source for i in ingredients]},
+    )
+    o.save_soup(args, soup, [*ingredients, base], "model-stock", summary={"base": base.source})
+    values = list(ratios.values())
+    print(
+        f"Model Stock of {len(ingredients)} fine-tunes: ratio t per tensor from "
+        f"{min(values):.3f} to {max(values):.3f} (mean {sum(values) / len(values):.3f})"
+    )
+    print(f"wrote {out}; ratios in {folder / 'model_stock.json'}")
+    return 0

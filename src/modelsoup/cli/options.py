@@ -1,0 +1,272 @@
+"""Options shared by the commands, each declared once (argparse parent parsers), and the
+steps every command shares: opening ingredients, building the evaluator, saving a soup
+with its provenance."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..checkpoints.ingredients import Ingredient, open_ingredient
+from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size, save
+from ..errors import SoupError
+from ..evaluators.distributed import init_distributed, resolve_device, world
+from ..ops.arithmetic import INTEGER_POLICIES
+from ..ops.checks import check_distinct
+from ..runs.provenance import record_run
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def _size(text: str) -> str:
+    """argparse type: a size parse_size accepts, checked before any work starts."""
+    try:
+        parse_size(text)
+    except SoupError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
+KEY = _parent()
+KEY.add_argument(
+    "--key",
+    default=None,
+    help="entry of a PyTorch checkpoint that holds the state dict, when it is "
+    "not one of state_dict/model_state_dict/model/module/net",
+)
+
+READ = _parent()
+READ.add_argument(
+    "ingredients",
+    nargs="+",
+    metavar="INGREDIENT",
+    help="checkpoints: .safetensors, .pt/.pth/.bin, Hugging Face model folders or "
+    "*.index.json files",
+)
+
+QUIET = _parent()
+QUIET.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+OUTPUT = _parent()
+OUTPUT.add_argument(
+    "-o",
+    "--output",
+    required=True,
+    help="output: *.safetensors, *.pt, or a folder (Hugging Face inputs)",
+)
+OUTPUT.add_argument(
+    "--max-shard-size",
+    default=DEFAULT_MAX_SHARD_SIZE,
+    type=_size,
+    help="largest weight file of a folder output (default: 5GB)",
+)
+OUTPUT.add_argument(
+    "--force",
+    action="store_true",
+    help="replace an existing output, and start afresh a run folder written by another run",
+)
+OUTPUT.add_argument(
+    "--run-dir",
+    metavar="DIR",
+    help="run folder: arguments, versions, inputs' fingerprints, evaluator identity, results "
+    "(default: OUTPUT.run)",
+)
+
+INTEGERS = _parent()
+INTEGERS.add_argument(
+    "--integers",
+    choices=INTEGER_POLICIES,
+    default="error",
+    help="integer/bool tensors (e.g. num_batches_tracked) are never averaged: 'error' "
+    "(default) requires them equal, 'first' takes the first ingredient's",
+)
+
+NUMERIC = _parent()
+NUMERIC.add_argument(
+    "--accumulate",
+    choices=["float32", "float64"],
+    default="float32",
+    help="dtype the sums are accumulated in (default: float32)",
+)
+
+COMPARE = _parent()
+COMPARE.add_argument(
+    "--compare",
+    choices=["ge", "gt"],
+    default="ge",
+    help="keep a candidate whose held-out score is >= the current one's (ge, the paper) "
+    "or only > (gt, the paper's released code)",
+)
+
+EVAL = _parent()
+EVAL.add_argument(
+    "--model",
+    metavar="MODULE:FACTORY",
+    help="function returning the nn.Module the checkpoints belong to "
+    "(module:function or path/to/file.py:function)",
+)
+EVAL.add_argument(
+    "--data",
+    metavar="MODULE:FUNCTION|FILE",
+    help="function returning the held-out Dataset, or a dict of named splits "
+    "(Datasets of (input, label)); for the built-in evaluators. With --task: a table file",
+)
+EVAL.add_argument(
+    "--evaluator",
+    default="accuracy",
+    metavar="accuracy|loss|MODULE:FUNCTION",
+    help="'accuracy' (default) or 'loss' on --data, or your function: called with the "
+    "model (state loaded) if --model is given, else with the state dict; returns a "
+    "float, higher is better",
+)
+EVAL.add_argument(
+    "--split", default="val", help="the held-out split that drives every choice (default: val)"
+)
+EVAL.add_argument(
+    "--task",
+    choices=["text-classification", "image-classification"],
+    help="built-in Hugging Face evaluator: AutoModelFor... from the first ingredient's "
+    "config.json, scored on the table --data (CSV/TSV/JSON lines/Parquet)",
+)
+EVAL.add_argument("--text-column", default="text", help="--task: text column (default: text)")
+EVAL.add_argument("--text-pair-column", help="--task: second text column, for sentence pairs")
+EVAL.add_argument("--label-column", default="label", help="--task: label column (default: label)")
+EVAL.add_argument(
+    "--image-column", default="image", help="--task: column of image paths (default: image)"
+)
+EVAL.add_argument(
+    "--max-length", type=int, default=256, help="--task: tokens per example (default 256)"
+)
+EVAL.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+EVAL.add_argument(
+    "--device",
+    default="auto",
+    help="auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...",
+)
+
+
+# --- steps the commands share -----------------------------------------------------------
+
+
+def open_all(paths: Sequence[str], key: str | None, minimum: int = 2) -> list[Ingredient]:
+    """Open the ingredients, at least ``minimum`` distinct ones."""
+    if len(paths) < minimum:
+        raise SoupError(
+            f"a soup needs at least {minimum} ingredients, got {len(paths)} ({paths[0]}); "
+            "did a glob match only one checkpoint?"
+        )
+    ingredients = [open_ingredient(p, key=key) for p in paths]
+    check_distinct(ingredients)
+    return ingredients
+
+
+def wants_evaluator(args: argparse.Namespace) -> bool:
+    """Whether the command line describes an evaluator (the default needs --model)."""
+    return bool(args.model or args.data or args.task or args.evaluator != "accuracy")
+
+
+def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) -> Any:
+    """The evaluator the evaluation options describe, on the resolved device (joining
+    the torchrun process group when there is one)."""
+    device = resolve_device(args.device)
+    init_distributed(device)
+    if args.task:
+        from ..evaluators.hf import hf_evaluator
+
+        if args.model:
+            raise SoupError(
+                "--task builds the model from the first ingredient's config; drop --model"
+            )
+        if not args.data:
+            raise SoupError(f"--task {args.task} needs --data: a CSV, JSON lines or Parquet file")
+        if args.evaluator not in ("accuracy", "loss"):
+            raise SoupError("--task uses the built-in accuracy or loss; drop --evaluator")
+        assert first is not None
+        return hf_evaluator(
+            args.task,
+            first,
+            args.data,
+            text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
+            label_column=args.label_column,
+            image_column=args.image_column,
+            max_length=args.max_length,
+            metric=args.evaluator,
+            batch_size=args.batch_size,
+            device=device,
+        )
+    from ..evaluators.functions import build_evaluator
+
+    return build_evaluator(
+        model=args.model,
+        data=args.data,
+        evaluator=args.evaluator,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=device,
+    )
+
+
+def resolved(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments as JSON-able data (without the command's function)."""
+    return {k: v for k, v in vars(args).items() if k != "run"}
+
+
+def is_rank0() -> bool:
+    return world()[0] == 0
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    """The run folder: ``--run-dir``, or ``OUTPUT.run`` beside the output."""
+    out = Path(args.output)
+    return Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+
+
+def check_writable(args: argparse.Namespace, inputs: Sequence[Ingredient]) -> Path:
+    """Refuse an output that exists (without --force) or that is, holds or lies in an
+    input, before any work; returns the output path."""
+    out = Path(args.output)
+    check_output(out, tuple(f for i in inputs for f in i.files), args.force)
+    return out
+
+
+def save_soup(
+    args: argparse.Namespace,
+    soup: Ingredient,
+    inputs: Sequence[Ingredient],
+    recipe: str,
+    *,
+    evaluator: Any = None,
+    summary: dict[str, Any] | None = None,
+    record: bool = True,
+) -> Path:
+    """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
+    metadata, and the run record (``args.json``: arguments, versions, inputs'
+    fingerprints, evaluator identity) in the run folder; ``record=False`` when a pipeline
+    has written it already."""
+    folder = run_dir(args)
+    provenance = {
+        "recipe": recipe,
+        "modelsoup": __version__,
+        "ingredients": [i.source for i in inputs],
+        "run_dir": str(folder),
+        **(summary or {}),
+    }
+    out = save(
+        soup,
+        args.output,
+        template=inputs[0],
+        metadata={"modelsoup": json.dumps(provenance, default=str)},
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    if record:  # after the soup: an unwritable output is reported as such
+        record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
+    return out

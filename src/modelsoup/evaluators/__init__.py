@@ -1,0 +1,48 @@
+"""Evaluators: the protocols recipes need (`protocols`), the built-in classification
+evaluator, evaluators built from the command line, Hugging Face tasks (`hf`, imported on
+demand) and torchrun helpers (`distributed`)."""
+
+from .classification import ClassificationEvaluator, forward, load_state, model_identity
+from .distributed import world
+from .functions import FunctionEvaluator, build_evaluator, load_callable
+from .protocols import (
+    Compare,
+    CountingEvaluator,
+    Evaluation,
+    Evaluator,
+    Identified,
+    LogitEvaluator,
+    Metric,
+    TrainableEvaluator,
+    beats,
+    evaluate,
+    evaluation_from_logits,
+    identity_key,
+    identity_of,
+    split_scores,
+)
+
+__all__ = [
+    "ClassificationEvaluator",
+    "Compare",
+    "CountingEvaluator",
+    "Evaluation",
+    "Evaluator",
+    "FunctionEvaluator",
+    "Identified",
+    "LogitEvaluator",
+    "Metric",
+    "TrainableEvaluator",
+    "beats",
+    "build_evaluator",
+    "evaluate",
+    "evaluation_from_logits",
+    "forward",
+    "identity_key",
+    "identity_of",
+    "load_callable",
+    "load_state",
+    "model_identity",
+    "split_scores",
+    "world",
+]
