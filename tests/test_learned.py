@@ -42,9 +42,7 @@ def test_streamed_gradient_equals_autograd_through_the_mixture(trained):
         dev = torch.device("cpu")
         # reference: autograd through the all-in-memory mixture
         mem = _Mixer(ings, names, row_of, "memory", dev, trainable)
-        loss = torch.nn.functional.cross_entropy(
-            forward(model, x, mem.mix(torch.softmax(a, 1))), y
-        )
+        loss = torch.nn.functional.cross_entropy(forward(model, x, mem.mix(torch.softmax(a, 1))), y)
         (ref,) = torch.autograd.grad(loss, [a])
         # streamed: gradient w.r.t. the mixed weights, then inner products with each θi
         st = _Mixer(ings, names, row_of, "streamed", dev, trainable)
