@@ -80,3 +80,14 @@ def data_odd() -> dict[str, TensorDataset]:
     """A held-out split of 129 examples: over 2 ranks with batch 64, one rank has 2
     batches and the other 1 (the uneven case distributed code must not hang on)."""
     return {"val": _split(1, 129)}
+
+
+def data_negated() -> dict[str, TensorDataset]:
+    """The same labels with every input negated: another data transform, same labels."""
+    return {k: TensorDataset(-ds.tensors[0], ds.tensors[1]) for k, ds in data().items()}
+
+
+def model_gelu() -> nn.Module:
+    """The same tensors as `model` with another activation: another model factory."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(DIM, 16), nn.GELU(), nn.Linear(16, CLASSES))

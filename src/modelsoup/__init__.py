@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from .checkpoints.ingredients import Ingredient, StateDictIngredient, open_ingredient
 from .checkpoints.layout import Layout, TensorSpec
 from .checkpoints.save import materialize, save
+from .runs.pipelines import ensemble_run, greedy_run
 from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
 from .evaluators import (
     ClassificationEvaluator,
@@ -71,7 +72,9 @@ __all__ = [
     "check_compatible",
     "cosine",
     "dot",
+    "ensemble_run",
     "gram",
+    "greedy_run",
     "greedy_soup",
     "interpolate",
     "learned_soup",

@@ -1,0 +1,16 @@
+"""Run folders: provenance (``args.json``), journals for resuming, the logit cache and
+fingerprints, and the pipelines that run a recipe into a folder."""
+
+from .cache import LogitCache, content_hash, fingerprint
+from .journal import Journal
+from .provenance import record_run, versions, write_json
+
+__all__ = [
+    "Journal",
+    "LogitCache",
+    "content_hash",
+    "fingerprint",
+    "record_run",
+    "versions",
+    "write_json",
+]

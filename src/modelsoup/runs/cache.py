@@ -1,0 +1,143 @@
+"""Fingerprints of checkpoints and the logit cache, keyed by everything that determines
+their content.
+
+A cached logit tensor depends on the weights (the ingredient's `fingerprint`, or a soup's
+`content_hash`) and on the evaluator's identity on that split (model, data by content,
+options; see `modelsoup.evaluators.protocols.Identified`). Both enter the file name, so a
+change to either is a cache miss and a recomputation, never a stale hit. An evaluator
+that states no identity is not cached at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient, StateDictIngredient
+from ..checkpoints.save import save_safetensors
+from ..evaluators.distributed import world
+from ..evaluators.protocols import identity_key, identity_of
+
+# The content part of a fingerprint: files up to WHOLE_FILE bytes are hashed whole; larger
+# ones by their first HEAD bytes (the safetensors header and first tensors), their last
+# SAMPLE bytes and SAMPLES evenly spaced SAMPLE-byte chunks: about 2 MiB read per file.
+WHOLE_FILE = 4 << 20
+HEAD = 1 << 20
+SAMPLE = 64 << 10
+SAMPLES = 16
+
+_memo: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    # ctime changes on every write to the inode (at the file system's clock tick) and
+    # cannot be set back by os.utime: an overwrite in place that restores size and mtime
+    # changes it even where the content sample misses the change.
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key in _memo:
+        return _memo[key]
+    h = hashlib.sha256(repr(key).encode())
+    with open(path, "rb") as f:
+        if st.st_size <= WHOLE_FILE:
+            h.update(f.read())
+        else:
+            h.update(f.read(HEAD))
+            span = st.st_size - SAMPLE
+            for i in range(SAMPLES + 1):
+                f.seek(HEAD + (span - HEAD) * i // SAMPLES)
+                h.update(f.read(SAMPLE))
+    _memo[key] = h.hexdigest()[:20]
+    return _memo[key]
+
+
+def fingerprint(ingredient: Ingredient) -> str | None:
+    """A cheap identity of a checkpoint on disk: for each of its files, the resolved path,
+    size, mtime, ctime and inode, and a hash of its content (whole up to 4 MiB, else its
+    first MiB and 17 sampled 64 KiB chunks). None for in-memory ingredients (never cached
+    by file; see `content_hash`)."""
+    files = [Path(f) for f in ingredient.files if Path(f).is_file()]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(_file_digest(f).encode())
+    return h.hexdigest()[:20]
+
+
+def content_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and bytes (for caching what was
+    computed from an in-memory soup)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()[:20]
+
+
+class LogitCache:
+    """Logits of checkpoints (or soups) on the splits of an evaluator, as safetensors.
+
+    An entry's file name holds the weights' key (an ingredient's `fingerprint`, or a
+    string such as ``soup-<content_hash>``), the split and a hash of the evaluator's
+    identity on that split; the identity itself is stored in the file's metadata.
+    Under ``torch.distributed`` rank 0 reads and writes and tells the other ranks.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path(self, item: Ingredient | str, evaluator: Any, split: str) -> Path | None:
+        """The entry's file, or None when it cannot be cached (an in-memory ingredient,
+        or an evaluator without an identity)."""
+        fp = item if isinstance(item, str) else fingerprint(item)
+        ident = identity_of(evaluator, split, metric=False)
+        if fp is None or ident is None:
+            return None
+        safe = re.sub(r"[^\w.-]", "_", split)
+        return self.folder / f"{fp}-{safe}-{identity_key(ident)}.safetensors"
+
+    def get(self, item: Ingredient | str, evaluator: Any, split: str) -> torch.Tensor | None:
+        """The cached logits, or None."""
+        found = None
+        if world()[0] == 0:
+            path = self.path(item, evaluator, split)
+            found = None if path is None else _load(path)
+        if world()[1] > 1:
+            box = [found]
+            torch.distributed.broadcast_object_list(box, src=0)
+            found = box[0]
+        return found
+
+    def put(self, item: Ingredient | str, evaluator: Any, split: str, logits: torch.Tensor) -> None:
+        path = self.path(item, evaluator, split)
+        if path is None or world()[0] != 0:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        source = item if isinstance(item, str) else item.source
+        ident = identity_of(evaluator, split, metric=False)
+        save_safetensors(
+            StateDictIngredient({"logits": logits.contiguous()}),
+            path,
+            force=True,
+            metadata={"identity": json.dumps(ident, sort_keys=True), "source": source},
+        )
+
+
+def _load(path: Path) -> torch.Tensor | None:
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            return f.get_tensor("logits")
+    except Exception:  # a damaged cache entry is recomputed, not fatal
+        return None

@@ -1,0 +1,246 @@
+"""Runs that leave a folder: what `modelsoup greedy` and `modelsoup ensemble` do.
+
+Each function takes opened ingredients and an evaluator, does the work through the
+library's recipes, and records it in a run folder (``args.json``, journals, ``scores.json``,
+``result.json``, the logit cache), so every number can be traced to the run that made it.
+Only rank 0 writes under ``torchrun``; every rank computes the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SoupError
+from ..evaluators.protocols import (
+    Compare,
+    Evaluation,
+    Evaluator,
+    Identified,
+    LogitEvaluator,
+    evaluation_from_logits,
+    identity_of,
+    split_scores,
+)
+from ..checkpoints.ingredients import Ingredient
+from ..recipes.ensemble import compute_logits, ensemble_baselines
+from ..recipes.greedy import GreedyResult, Order, greedy_soup
+from .cache import LogitCache
+from .provenance import record_run, write_json
+from ..checkpoints.save import materialize
+
+
+def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
+    """Held-out scores from a JSON file, one per ingredient.
+
+    Accepted: a list of numbers (in the ingredients' order); a map from ingredient path
+    to number; or a ``scores.json`` written by an earlier run (``{"evaluator": identity,
+    "scores": [objects with source and score, and correct/total when exact]}``, or that
+    list alone).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SoupError(f"{path}: cannot read scores ({e})") from e
+    sources = [i.source for i in ingredients]
+    if isinstance(data, Mapping) and isinstance(data.get("scores"), list):
+        data = data["scores"]  # a scores.json of an earlier run
+
+    def parse(item: Any) -> Evaluation:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            return Evaluation(float(item))
+        if isinstance(item, Mapping) and isinstance(item.get("score"), (int, float)):
+            return Evaluation.from_json(item)
+        raise SoupError(f"{path}: {item!r} is not a score (a number, or an object with 'score')")
+
+    if isinstance(data, Mapping):
+        missing = [s for s in sources if s not in data]
+        if missing:
+            raise SoupError(
+                f"{path}: has no score for {missing[0]} (keys are ingredient paths "
+                "as given on the command line)"
+            )
+        out = [parse(data[s]) for s in sources]
+    elif isinstance(data, list) and data and isinstance(data[0], Mapping) and "source" in data[0]:
+        by_source = {d["source"]: d for d in data}
+        missing = [s for s in sources if s not in by_source]
+        if missing:
+            raise SoupError(f"{path}: has no score for {missing[0]}")
+        out = [parse(by_source[s]) for s in sources]
+    elif isinstance(data, list):
+        if len(data) != len(sources):
+            raise SoupError(f"{path}: {len(data)} scores for {len(sources)} ingredients")
+        out = [parse(x) for x in data]
+    else:
+        raise SoupError(f"{path}: expected a JSON list or object of scores")
+    if any(not math.isfinite(e.score or math.nan) for e in out):
+        raise SoupError(f"{path}: scores must be finite numbers")
+    return out
+
+
+def _scores_from_logits(
+    ingredients: Sequence[Ingredient],
+    evaluator: LogitEvaluator,
+    cache: LogitCache,
+    progress: bool,
+) -> tuple[list[Evaluation], int]:
+    sel = evaluator.selection
+    logits, labels, reads = compute_logits(ingredients, evaluator, [sel], cache, progress=progress)
+    out = [evaluation_from_logits(lg, labels[sel], evaluator.metric) for lg in logits[sel]]
+    return out, reads
+
+
+def greedy_run(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    run_dir: str | Path,
+    *,
+    compare: Compare = "ge",
+    order: Order = "sorted",
+    seed: int = 0,
+    repeats: int = 1,
+    scores: Sequence[Evaluation] | None = None,
+    early_rejection: bool = True,
+    restart: bool = False,
+    args: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> tuple[GreedyResult, dict[str, Any]]:
+    """Greedy soup(s) recorded in ``run_dir``; returns the first soup and the result dict.
+
+    With a `LogitEvaluator` that states its identity and no ``scores``, each ingredient's
+    held-out score comes from its cached logits (``run_dir/logits``, keyed by the
+    checkpoint's fingerprint and the evaluator's identity), so a rerun or a later
+    ``ensemble`` reads no checkpoint twice. ``restart`` discards journals written by
+    another run (``--force``); without it such a journal is refused. ``repeats`` > 1 runs the random order with seeds
+    ``seed, seed+1, ...`` and reports mean and standard deviation, as the paper does.
+    ``options`` go to `greedy_soup` (``accumulate``, ``integers``).
+    """
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    record_run(run_dir, "greedy", args=args, inputs=ingredients, evaluator=evaluator)
+    scoring_reads = 0
+    cacheable = isinstance(evaluator, LogitEvaluator) and isinstance(evaluator, Identified)
+    if scores is None and order == "sorted" and cacheable:
+        scores, scoring_reads = _scores_from_logits(
+            ingredients, evaluator, LogitCache(run_dir / "logits"), progress
+        )
+    # A checkpoint read while scoring is one full evaluation of it (cache hits cost none).
+    scoring_examples = scoring_reads * (scores[0].total if scores else 0)
+    if repeats > 1 and order != "random":
+        raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
+    runs: list[GreedyResult] = []
+    for r in range(repeats):
+        name = "journal.jsonl" if order == "sorted" else f"journal-random-seed{seed + r}.jsonl"
+        runs.append(
+            greedy_soup(
+                ingredients,
+                evaluator,
+                compare=compare,
+                order=order,
+                seed=seed + r,
+                scores=scores,
+                journal=run_dir / name,
+                restart=restart,
+                early_rejection=early_rejection,
+                progress=progress,
+                **options,
+            )
+        )
+    first = runs[0]
+    if first.scores and all(s is not None for s in first.scores):
+        write_json(
+            run_dir / "scores.json",
+            {
+                "evaluator": identity_of(evaluator),
+                "scores": [
+                    {"source": ing.source, **s.to_json()}
+                    for ing, s in zip(ingredients, first.scores)
+                ],
+            },
+        )
+    held = [r.evaluation.score for r in runs]
+    splits = (
+        split_scores(evaluator, materialize(first.soup))
+        if isinstance(evaluator, LogitEvaluator)
+        else {}
+    )
+    result: dict[str, Any] = {
+        "recipe": "greedy",
+        "compare": compare,
+        "order": order,
+        "kept": [ingredients[i].source for i in first.kept],
+        "kept_indices": first.kept,
+        "order_indices": first.order,
+        "heldout": first.evaluation.to_json(),
+        "splits": splits,
+        "best_single": _best_single(ingredients, first),
+        "decisions": [
+            {
+                "step": d.step,
+                "source": ingredients[d.index].source,
+                "accepted": d.accepted,
+                **d.evaluation.to_json(),
+            }
+            for d in first.decisions
+        ],
+        "cost": {
+            "scoring_reads": scoring_reads + sum(r.scoring_reads for r in runs),
+            "scoring_examples": scoring_examples + sum(r.scoring_examples for r in runs),
+            "soup_reads": sum(r.reads for r in runs),
+            "evaluations": sum(r.evaluations for r in runs),
+            "heldout_examples": sum(r.examples for r in runs),
+            "heldout_examples_without_early_rejection": sum(r.examples_full for r in runs),
+            "resumed_steps": sum(r.resumed_steps for r in runs),
+            "seconds": time.perf_counter() - t0,
+        },
+    }
+    if repeats > 1:
+        result["repeats"] = {
+            "seeds": [seed + r for r in range(repeats)],
+            "heldout": held,
+            "heldout_mean": statistics.fmean(held),
+            "heldout_std": statistics.stdev(held),
+            "kept": [[ingredients[i].source for i in r.kept] for r in runs],
+        }
+    write_json(run_dir / "result.json", result)
+    return first, result
+
+
+def _best_single(ingredients: Sequence[Ingredient], result: GreedyResult) -> dict | None:
+    scored = [(s.score, i) for i, s in enumerate(result.scores) if s is not None]
+    if not scored:
+        return None
+    score, i = max(scored, key=lambda t: (t[0], -t[1]))
+    return {"source": ingredients[i].source, "index": i, "heldout": score}
+
+
+def ensemble_run(
+    ingredients: Sequence[Ingredient],
+    evaluator: LogitEvaluator,
+    run_dir: str | Path,
+    *,
+    compare: Compare = "ge",
+    args: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The ensemble baselines from (cached) logits, recorded in ``run_dir/ensemble.json``."""
+    run_dir = Path(run_dir)
+    record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
+    result = ensemble_baselines(
+        ingredients,
+        evaluator,
+        cache=LogitCache(run_dir / "logits"),
+        compare=compare,
+        progress=progress,
+    )
+    write_json(run_dir / "ensemble.json", result)
+    return result

@@ -1,0 +1,72 @@
+"""What every run folder records: the command, its arguments, the versions, the inputs'
+fingerprints and the evaluator's identity (``args.json``), written atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import atomic_output
+from ..evaluators.distributed import world
+from ..evaluators.protocols import identity_of
+from .cache import fingerprint
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result, for the run folder."""
+    from .. import __version__
+
+    out = {
+        "modelsoup": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": str(torch.get_num_threads()),
+    }
+    for mod in ("safetensors", "numpy", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # optional, or broken: not worth failing a run over
+            continue
+    return out
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename); only rank 0 writes."""
+    if world()[0] != 0:
+        return
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def inputs_record(ingredients: Sequence[Ingredient]) -> list[dict[str, Any]]:
+    """``[{"source", "fingerprint"}]`` of the inputs (see `fingerprint`)."""
+    return [{"source": i.source, "fingerprint": fingerprint(i)} for i in ingredients]
+
+
+def record_run(
+    run_dir: str | Path,
+    command: str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    inputs: Sequence[Ingredient] = (),
+    evaluator: Any = None,
+) -> dict[str, Any]:
+    """Write ``run_dir/args.json``: the command, the resolved arguments, the versions,
+    the inputs with their fingerprints and the evaluator's identity (None without one).
+    Returns what was written."""
+    record = {
+        "command": command,
+        **dict(args or {}),
+        "inputs": inputs_record(inputs),
+        "evaluator": identity_of(evaluator) if evaluator is not None else None,
+        "versions": versions(),
+    }
+    write_json(Path(run_dir) / "args.json", record)
+    return record
