@@ -13,7 +13,6 @@ __version__ = "0.1.0"
 from .checkpoints.ingredients import Ingredient, StateDictIngredient, open_ingredient
 from .checkpoints.layout import Layout, TensorSpec
 from .checkpoints.save import materialize, save
-from .runs.pipelines import ensemble_run, greedy_run
 from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
 from .evaluators import (
     ClassificationEvaluator,
@@ -45,6 +44,7 @@ from .recipes import (
     uniform_soup,
     wise_ft,
 )
+from .runs.pipelines import ensemble_run, greedy_run
 
 __all__ = [
     "RECIPES",

@@ -29,7 +29,8 @@ class Journal:
 
     The first line records ``header`` (what identifies the run: ingredients, options).
     Reopening a journal whose header differs raises `SoupError` naming what changed: its
-    decisions belong to another run (``restart=True`` starts it afresh instead). A last line cut short by a kill is ignored. Under ``torch.distributed``
+    decisions belong to another run (``restart=True`` starts it afresh instead). A last
+    line cut short by a kill is ignored. Under ``torch.distributed``
     rank 0 reads and writes the file and sends the events to the other ranks.
     """
 

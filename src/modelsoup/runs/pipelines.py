@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
     Compare,
@@ -29,12 +29,10 @@ from ..evaluators.protocols import (
     identity_of,
     split_scores,
 )
-from ..checkpoints.ingredients import Ingredient
 from ..recipes.ensemble import compute_logits, ensemble_baselines
 from ..recipes.greedy import GreedyResult, Order, greedy_soup
 from .cache import LogitCache
 from .provenance import record_run, write_json
-from ..checkpoints.save import materialize
 
 
 def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
@@ -120,7 +118,8 @@ def greedy_run(
     held-out score comes from its cached logits (``run_dir/logits``, keyed by the
     checkpoint's fingerprint and the evaluator's identity), so a rerun or a later
     ``ensemble`` reads no checkpoint twice. ``restart`` discards journals written by
-    another run (``--force``); without it such a journal is refused. ``repeats`` > 1 runs the random order with seeds
+    another run (``--force``); without it such a journal is refused. ``repeats`` > 1
+    runs the random order with seeds
     ``seed, seed+1, ...`` and reports mean and standard deviation, as the paper does.
     ``options`` go to `greedy_soup` (``accumulate``, ``integers``).
     """
