@@ -64,3 +64,38 @@ def test_demo_script(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     custom = json.loads((tmp_path / "custom.safetensors.run" / "result.json").read_text())
     assert custom["kept"] == result["kept"]  # the same accuracy, measured by the user's code
+
+
+def test_readme_own_evaluator_snippet_runs_as_printed(tmp_path):
+    """The README's "your own evaluator, in about ten lines", run verbatim on the tiny
+    sweep: it keeps what the CLI's greedy soup keeps, and its run folder is complete."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Your own evaluator")[1]
+    snippet = section.split("```python\n")[1].split("```")[0]
+    assert len(snippet.strip().splitlines()) <= 10
+    sweep = tmp_path / "sweep"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tiny_sweep.py"), str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {**_env(), "PYTHONPATH": str(ROOT / "examples")}
+    r = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads((sweep / "run" / "result.json").read_text())
+    assert str(record["kept"]) in r.stdout and (sweep / "greedy.safetensors").is_file()
+    assert record["heldout"]["score"] >= record["best_single"]["heldout"]
+    cli = tmp_path / "cli.safetensors"
+    r = subprocess.run(
+        [sys.executable, "-m", "modelsoup.cli", "greedy", *map(str, sorted(sweep.glob("ft*"))),
+         "-o", str(cli), "--model", "examples/tiny_sweep.py:model",
+         "--data", "examples/tiny_sweep.py:data", "-q"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli_kept = json.loads((tmp_path / "cli.safetensors.run" / "result.json").read_text())["kept"]
+    assert [Path(p).name for p in cli_kept] == [Path(p).name for p in record["kept"]]

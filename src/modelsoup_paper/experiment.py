@@ -27,6 +27,7 @@ import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
 from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
 from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
+from modelsoup.recipes.greedy import GreedyResult
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 from modelsoup.runs import LogitCache, versions, write_json
@@ -220,6 +221,29 @@ def _learned(
     return ms.materialize(soup), detail
 
 
+@dataclass
+class _Kitchen:
+    """What every method of the table is cooked and scored with."""
+
+    config: Config
+    task: Task
+    ingredients: list[ms.Ingredient]
+    info: list[dict]
+    splits: dict[str, Any]
+    logits: dict[str, list[torch.Tensor]]
+    labels: dict[str, torch.Tensor]
+    soup_evaluator: ClassificationEvaluator
+    score_soup: LogitScorer
+    run: Path
+    progress: bool
+
+    def acc(self, lg: torch.Tensor, s: str) -> float:
+        return correct_count(lg, self.labels[s]) / len(self.labels[s])
+
+    def names(self, indices: Sequence[int]) -> list[str]:
+        return [self.info[i]["name"] for i in indices]
+
+
 def reproduce(
     config: Config,
     out: str | Path,
@@ -242,7 +266,6 @@ def reproduce(
     write_json(out / "config.json", {**config.to_json(), "versions": versions()})
 
     task = load_task(config)
-    data = task.data
     timing["data"] = time.perf_counter() - t0
     ingredients, info = make_ingredients(
         config, task, out / "ingredients", progress=progress, log=log
@@ -250,145 +273,39 @@ def reproduce(
     timing["ingredients"] = time.perf_counter() - t0 - timing["data"]
 
     t = time.perf_counter()
-    splits = data.eval_splits()
+    splits = task.data.eval_splits()
     cache = LogitCache(out / "cache" / "logits")
     evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
     logits, labels, _ = compute_logits(
         ingredients, evaluator, list(splits), cache, progress=progress
     )
-    n = {s: len(y) for s, y in labels.items()}
-
-    def acc(lg: torch.Tensor, s: str) -> float:
-        return correct_count(lg, labels[s]) / n[s]
-
-    for i, d in enumerate(info):
-        d["scores"] = {s: acc(logits[s][i], s) for s in splits}
     timing["evaluate ingredients"] = time.perf_counter() - t
 
-    # Soups are evaluated as they would be deployed: with BatchNorm statistics recomputed
-    # when fine-tuning updated them (bn="train"); with frozen statistics (bn="frozen")
-    # every ingredient shares the pretrained ones and averaging keeps them.
     t = time.perf_counter()
-    prepare = (
-        _bn_recompute(data.splits["train"], config.eval_batch_size)
-        if config.bn == "train"
-        else None
-    )
-    # what the prepare step recomputes BatchNorm statistics on, for the caches' keys
-    bn_id = {"bn_data": data.fingerprint, "bn_batch": config.eval_batch_size} if prepare else {}
+    prepare, bn_id = _soup_preparation(config, task)
     soup_evaluator = ClassificationEvaluator(
         task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare, identity=bn_id
     )
-    score_soup = LogitScorer(soup_evaluator, list(splits), cache=cache)
-    val_evals = [evaluation_from_logits(lg, labels["val"]) for lg in logits["val"]]
-    # Integer tensors (BatchNorm's num_batches_tracked) differ after fine-tunes of different
-    # lengths when BN trains; they carry no weights, so the first ingredient's is kept.
-    rows: list[Row] = []
-    order = sorted(range(len(ingredients)), key=lambda i: -val_evals[i].correct)
-    best, second = order[0], order[1]
-    rows.append(
-        Row("best individual", 1, info[best]["scores"], detail={"ingredient": info[best]["name"]})
-    )
-    rows.append(
-        Row("second best", 1, info[second]["scores"], detail={"ingredient": info[second]["name"]})
-    )
-    uniform = ms.materialize(ms.uniform_soup(ingredients, integers="first"))
-    rows.append(Row("uniform soup", 1, score_soup(uniform)))
-    run = out / "run"
-    greedy = ms.greedy_soup(
+    kitchen = _Kitchen(
+        config,
+        task,
         ingredients,
+        info,
+        splits,
+        logits,
+        labels,
         soup_evaluator,
-        scores=val_evals,
-        integers="first",
-        journal=run / "greedy.jsonl",
-        progress=progress,
+        LogitScorer(soup_evaluator, list(splits), cache=cache),
+        out / "run",
+        progress,
     )
-    rows.append(
-        Row(
-            "greedy soup",
-            1,
-            score_soup(ms.materialize(greedy.soup)),
-            detail={
-                "kept": [info[i]["name"] for i in greedy.kept],
-                "examples_saved": greedy.examples_saved,
-            },
-        )
-    )
-    randoms = []
-    for r in range(config.random_orders):
-        res = ms.greedy_soup(
-            ingredients,
-            soup_evaluator,
-            order="random",
-            seed=config.seed + r,
-            integers="first",
-            journal=run / f"greedy-random-{r}.jsonl",
-            progress=progress,
-        )
-        randoms.append((res, score_soup(ms.materialize(res.soup))))
-    mean = {s: statistics.fmean(sc[s] for _, sc in randoms) for s in splits}
-    std = {
-        s: statistics.stdev(sc[s] for _, sc in randoms) if len(randoms) > 1 else 0.0 for s in splits
-    }
-    rows.append(
-        Row(
-            f"greedy soup, random order ({config.random_orders} orders)",
-            1,
-            mean,
-            std,
-            detail={"kept": [[info[i]["name"] for i in res.kept] for res, _ in randoms]},
-        )
-    )
-    learn_on = ClassificationEvaluator(
-        task.build(), {"val": splits["val"]}, batch_size=config.learned_batch_size
-    )
-    for by_layer in (False, True):
-        name = "learned soup by layer" if by_layer else "learned soup"
-        state, detail = _learned(ingredients, info, learn_on, config, run, by_layer, progress)
-        rows.append(Row(name, 1, score_soup(state), detail=detail))
-    k = len(ingredients)
-    rows.append(Row("ensemble", k, {s: acc(mean_logits(logits[s]), s) for s in splits}))
-    kept, _ = greedy_ensemble(logits["val"], labels["val"])
-    rows.append(
-        Row(
-            "greedy ensemble",
-            len(kept),
-            {s: acc(mean_logits([logits[s][i] for i in kept]), s) for s in splits},
-            detail={"kept": [info[i]["name"] for i in kept]},
-        )
-    )
-    # Related recipes: Model Stock (no held-out search; theta0 = the LP initialization),
-    # and WiSE-FT of the greedy soup toward theta0, its alpha chosen on held-out.
-    stock, ratios = ms.model_stock(ingredients[1:], ingredients[0], integers="first")
-    rows.append(
-        Row(
-            "Model Stock",
-            1,
-            score_soup(ms.materialize(stock)),
-            detail={"mean_ratio": statistics.fmean(ratios.values())},
-        )
-    )
-    val_only = ClassificationEvaluator(
-        task.build(),
-        {"val": splits["val"]},
-        batch_size=config.eval_batch_size,
-        prepare=prepare,
-        identity=bn_id,
-    )
-    scan = wiseft_scan(
-        ingredients[0], greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first"
-    )
-    alpha = best_alpha(scan)
-    wise = ms.materialize(ms.wise_ft(ingredients[0], greedy.soup, alpha, integers="first"))
-    rows.append(
-        Row(
-            f"WiSE-FT of greedy soup (alpha={alpha:g})",
-            1,
-            score_soup(wise),
-            detail={"alpha": alpha, "scan": scan},
-        )
-    )
+    for i, d in enumerate(info):
+        d["scores"] = {s: kitchen.acc(logits[s][i], s) for s in splits}
+    rows, greedy = _soups(kitchen)
+    rows += _ensembles(kitchen)
+    rows += _related(kitchen, greedy, prepare, bn_id)
     timing["soups and baselines"] = time.perf_counter() - t
+
     analysis = None
     if config.analyses:
         t = time.perf_counter()
@@ -412,7 +329,7 @@ def reproduce(
 
     results = {
         "config": config.to_json(),
-        "splits": {s: n[s] for s in splits},
+        "splits": {s: len(y) for s, y in labels.items()},
         "shifts": list(config.shifts),
         "ingredients": info,
         "methods": [r.__dict__ for r in rows],
@@ -423,6 +340,134 @@ def reproduce(
     }
     write_reports(results, out)
     return results
+
+
+def _soup_preparation(config: Config, task: Task) -> tuple[Callable | None, dict[str, Any]]:
+    """How soups are evaluated, as they would be deployed: with BatchNorm statistics
+    recomputed on the training split when fine-tuning updated them (bn="train"); with
+    frozen statistics (bn="frozen") every ingredient shares the pretrained ones and
+    averaging keeps them. Returns the ``prepare`` hook and what it depends on (for the
+    evaluators' identities, so caches know it)."""
+    if config.bn != "train":
+        return None, {}
+    data = task.data
+    prepare = _bn_recompute(data.splits["train"], config.eval_batch_size)
+    return prepare, {"bn_data": data.fingerprint, "bn_batch": config.eval_batch_size}
+
+
+def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
+    """Best and second best on held-out, the uniform, greedy, random-order greedy and
+    learned soups. Integer tensors (BatchNorm's num_batches_tracked) differ after
+    fine-tunes of different lengths when BN trains; they carry no weights, so the first
+    ingredient's is kept."""
+    val_evals = [evaluation_from_logits(lg, k.labels["val"]) for lg in k.logits["val"]]
+    order = sorted(range(len(k.ingredients)), key=lambda i: -val_evals[i].correct)
+    rows = [
+        Row(label, 1, k.info[i]["scores"], detail={"ingredient": k.info[i]["name"]})
+        for label, i in (("best individual", order[0]), ("second best", order[1]))
+    ]
+    uniform = ms.materialize(ms.uniform_soup(k.ingredients, integers="first"))
+    rows.append(Row("uniform soup", 1, k.score_soup(uniform)))
+    greedy = ms.greedy_soup(
+        k.ingredients,
+        k.soup_evaluator,
+        scores=val_evals,
+        integers="first",
+        journal=k.run / "greedy.jsonl",
+        progress=k.progress,
+    )
+    detail = {"kept": k.names(greedy.kept), "examples_saved": greedy.examples_saved}
+    rows.append(Row("greedy soup", 1, k.score_soup(ms.materialize(greedy.soup)), detail=detail))
+    rows.append(_random_orders(k))
+    learn_on = ClassificationEvaluator(
+        k.task.build(), {"val": k.splits["val"]}, batch_size=k.config.learned_batch_size
+    )
+    for by_layer in (False, True):
+        name = "learned soup by layer" if by_layer else "learned soup"
+        state, detail = _learned(
+            k.ingredients, k.info, learn_on, k.config, k.run, by_layer, k.progress
+        )
+        rows.append(Row(name, 1, k.score_soup(state), detail=detail))
+    return rows, greedy
+
+
+def _random_orders(k: _Kitchen) -> Row:
+    """The greedy soup in ``random_orders`` random orders: mean and standard deviation."""
+    randoms = []
+    for r in range(k.config.random_orders):
+        res = ms.greedy_soup(
+            k.ingredients,
+            k.soup_evaluator,
+            order="random",
+            seed=k.config.seed + r,
+            integers="first",
+            journal=k.run / f"greedy-random-{r}.jsonl",
+            progress=k.progress,
+        )
+        randoms.append((res, k.score_soup(ms.materialize(res.soup))))
+    mean = {s: statistics.fmean(sc[s] for _, sc in randoms) for s in k.splits}
+    std = {
+        s: statistics.stdev(sc[s] for _, sc in randoms) if len(randoms) > 1 else 0.0
+        for s in k.splits
+    }
+    return Row(
+        f"greedy soup, random order ({k.config.random_orders} orders)",
+        1,
+        mean,
+        std,
+        detail={"kept": [k.names(res.kept) for res, _ in randoms]},
+    )
+
+
+def _ensembles(k: _Kitchen) -> list[Row]:
+    """The logit ensemble of all and the greedy ensemble, from the cached logits."""
+    lg = k.logits
+    kept, _ = greedy_ensemble(lg["val"], k.labels["val"])
+    return [
+        Row("ensemble", len(k.ingredients), {s: k.acc(mean_logits(lg[s]), s) for s in k.splits}),
+        Row(
+            "greedy ensemble",
+            len(kept),
+            {s: k.acc(mean_logits([lg[s][i] for i in kept]), s) for s in k.splits},
+            detail={"kept": k.names(kept)},
+        ),
+    ]
+
+
+def _related(
+    k: _Kitchen, greedy: GreedyResult, prepare: Callable | None, bn_id: dict[str, Any]
+) -> list[Row]:
+    """Related recipes: Model Stock (no held-out search; theta0 = the LP initialization),
+    and WiSE-FT of the greedy soup toward theta0, its alpha chosen on held-out."""
+    theta0 = k.ingredients[0]
+    stock, ratios = ms.model_stock(k.ingredients[1:], theta0, integers="first")
+    rows = [
+        Row(
+            "Model Stock",
+            1,
+            k.score_soup(ms.materialize(stock)),
+            detail={"mean_ratio": statistics.fmean(ratios.values())},
+        )
+    ]
+    val_only = ClassificationEvaluator(
+        k.task.build(),
+        {"val": k.splits["val"]},
+        batch_size=k.config.eval_batch_size,
+        prepare=prepare,
+        identity=bn_id,
+    )
+    scan = wiseft_scan(theta0, greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first")
+    alpha = best_alpha(scan)
+    wise = ms.materialize(ms.wise_ft(theta0, greedy.soup, alpha, integers="first"))
+    rows.append(
+        Row(
+            f"WiSE-FT of greedy soup (alpha={alpha:g})",
+            1,
+            k.score_soup(wise),
+            detail={"alpha": alpha, "scan": scan},
+        )
+    )
+    return rows
 
 
 def table_rows(results: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
