@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import tinytask
 import torch
 from safetensors.torch import load_file
 
@@ -17,13 +16,6 @@ from modelsoup.cli import main
 
 TESTS = Path(__file__).parent
 EVAL = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli-sweep")
-    lrs = [3e-3, 1e-2, 3e-2, 1e-3, 2e-1]
-    return [str(p) for p in tinytask.save_sweep(folder, lrs, base_steps=60, steps=80, seed0=10)]
 
 
 @pytest.fixture(autouse=True)

@@ -23,13 +23,6 @@ EXAMPLES = TESTS.parent / "examples"
 EVAL = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("identity-sweep")
-    lrs = [3e-3, 1e-2, 3e-2, 1e-3, 2e-1]
-    return [str(p) for p in tinytask.save_sweep(folder, lrs, base_steps=60, steps=80, seed0=10)]
-
-
 @pytest.fixture(autouse=True)
 def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))

@@ -84,3 +84,30 @@ def test_model_stock_cli(tmp_path, sweep, capsys):
     )
     assert main(["model-stock", paths[0], "--base", base, "-o", str(tmp_path / "y.pt")]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["uniform", "learned", "wiseft", "wiseft-alpha", "model-stock"])
+def test_every_command_that_writes_a_soup_records_its_run(command, tmp_path, sweep):
+    """args.json in the run folder: the command, its arguments, the versions, each input
+    with a fingerprint, and the evaluator's identity (None where there is no evaluator)."""
+    base, paths = sweep
+    out = tmp_path / "soup.safetensors"
+    argv = {
+        "uniform": ["uniform", *paths],
+        "learned": ["learned", *paths, *EVAL, "--epochs", "1"],
+        "wiseft": ["wiseft", base, paths[0], *EVAL],
+        "wiseft-alpha": ["wiseft", base, paths[0], "--alpha", "0.5"],
+        "model-stock": ["model-stock", *paths, "--base", base],
+    }[command]
+    assert main([*argv, "-o", str(out), "-q"]) == 0
+    record = json.loads((tmp_path / "soup.safetensors.run" / "args.json").read_text())
+    assert record["command"] == argv[0] and record["output"] == str(out)
+    assert "torch" in record["versions"] and "modelsoup" in record["versions"]
+    sources = {i["source"] for i in record["inputs"]}
+    assert sources >= set(argv[1:4]) & (set(paths) | {base})
+    assert all(len(i["fingerprint"]) == 20 for i in record["inputs"])
+    if command in ("learned", "wiseft"):
+        assert record["evaluator"]["factory"]["spec"] == "tinytask:model"
+        assert record["evaluator"]["data_function"]["spec"] == "tinytask:data"
+    else:
+        assert record["evaluator"] is None
