@@ -89,32 +89,11 @@ def run_analyses(
     own = [{s: logits[s][i][idx[s]] for s in splits} for i in fine]
     individual = [compute.accuracies(lg, scorer.labels) for lg in own]
 
-    # One pair, the two best fine-tunes on held-out, for the curve and the landscape.
-    by_val = sorted(fine, key=lambda i: -info[i]["scores"]["val"])
-    a, b = landscape_pair or (by_val[0], by_val[1])
-    for i in (a, b):
-        if not 1 <= i < len(ingredients):
-            raise ValueError(
-                f"landscape models must be fine-tunes 1..{len(ingredients) - 1}, got {i}"
-            )
+    a, b = _pair(info, landscape_pair)
     pair_names = (info[a]["name"], info[b]["name"])
     m = config.landscape_examples
     per_shift = max(1, m // len(shifts))
-    measure = None
-    if landscape:
-        sizes = {"train": m, "test": m, **{s: per_shift for s in shifts}}
-        lev, _ = _evaluator(task, sizes, config, prepare, identity)
-        lscorer = compute.LogitScorer(lev, cache=cache)
-
-        def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-            lg = lscorer.logits(state)
-            acc = compute.accuracies(lg, lscorer.labels)
-            return {
-                "train loss": float(F.cross_entropy(lg["train"], lscorer.labels["train"])),
-                "test error": 1 - acc["test"],
-                "shift error": 1 - figures.mean_of(acc, shifts),
-            }
-
+    measure = _landscape_measure(task, config, prepare, identity, cache) if landscape else None
     done = analysis_pipeline(
         [ingredients[i] for i in fine],
         ingredients[0],
@@ -130,15 +109,7 @@ def run_analyses(
         measure=measure,
         grid=grid or config.landscape_grid,
         integers="first",
-        titles={
-            "angles": f"Angle vs interpolation advantage, {len(fine) * (len(fine) - 1) // 2} "
-            "pairs (Figure 3)",
-            "cosine": "Cosine of task vectors θi − θ0",
-            "ensemble_vs_soup": "2-model ensemble vs soup (Figure 4)",
-            "interpolation": f"{pair_names[0]} to {pair_names[1]}: weights vs logits (Figure 4)",
-            "landscape": f"Error landscape on the plane of model_0, {pair_names[0]}, "
-            f"{pair_names[1]} (Figure 2)",
-        },
+        titles=_titles(len(fine), pair_names),
         landscape_labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
         progress=progress,
     )
@@ -176,6 +147,54 @@ def run_analyses(
         f"({timing['total']:.0f} s)"
     )
     return result
+
+
+def _pair(info: Sequence[Mapping[str, Any]], given: tuple[int, int] | None) -> tuple[int, int]:
+    """The pair of fine-tunes (indices into the ingredients) for the curve and the
+    landscape: ``given``, or the two best on held-out."""
+    by_val = sorted(range(1, len(info)), key=lambda i: -info[i]["scores"]["val"])
+    a, b = given or (by_val[0], by_val[1])
+    for i in (a, b):
+        if not 1 <= i < len(info):
+            raise ValueError(f"landscape models must be fine-tunes 1..{len(info) - 1}, got {i}")
+    return a, b
+
+
+def _landscape_measure(
+    task: Task,
+    config: Config,
+    prepare: Callable | None,
+    identity: Mapping[str, Any] | None,
+    cache: LogitCache,
+) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
+    """Train loss, test error and mean shift error of a state, on ``landscape_examples``
+    of train and test and as many in all of the shifts (logits cached)."""
+    shifts = list(config.shifts)
+    m = config.landscape_examples
+    sizes = {"train": m, "test": m, **{s: max(1, m // len(shifts)) for s in shifts}}
+    scorer = compute.LogitScorer(_evaluator(task, sizes, config, prepare, identity)[0], cache=cache)
+
+    def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        lg = scorer.logits(state)
+        acc = compute.accuracies(lg, scorer.labels)
+        return {
+            "train loss": float(F.cross_entropy(lg["train"], scorer.labels["train"])),
+            "test error": 1 - acc["test"],
+            "shift error": 1 - figures.mean_of(acc, shifts),
+        }
+
+    return measure
+
+
+def _titles(k: int, names: tuple[str, str]) -> dict[str, str]:
+    """The figures' titles, after the paper's figures; ``k`` fine-tunes."""
+    return {
+        "angles": f"Angle vs interpolation advantage, {k * (k - 1) // 2} pairs (Figure 3)",
+        "cosine": "Cosine of task vectors θi − θ0",
+        "ensemble_vs_soup": "2-model ensemble vs soup (Figure 4)",
+        "interpolation": f"{names[0]} to {names[1]}: weights vs logits (Figure 4)",
+        "landscape": f"Error landscape on the plane of model_0, {names[0]}, {names[1]} (Figure 2)",
+    }
 
 
 def _fmt(r: float | None) -> str:

@@ -119,10 +119,12 @@ def greedy_run(
     checkpoint's fingerprint and the evaluator's identity), so a rerun or a later
     ``ensemble`` reads no checkpoint twice. ``restart`` discards journals written by
     another run (``--force``); without it such a journal is refused. ``repeats`` > 1
-    runs the random order with seeds
-    ``seed, seed+1, ...`` and reports mean and standard deviation, as the paper does.
-    ``options`` go to `greedy_soup` (``accumulate``, ``integers``).
+    runs the random order with seeds ``seed, seed+1, ...`` and reports mean and standard
+    deviation, as the paper does. ``options`` go to `greedy_soup` (``accumulate``,
+    ``integers``).
     """
+    if repeats > 1 and order != "random":
+        raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     record_run(run_dir, "greedy", args=args, inputs=ingredients, evaluator=evaluator)
@@ -134,8 +136,6 @@ def greedy_run(
         )
     # A checkpoint read while scoring is one full evaluation of it (cache hits cost none).
     scoring_examples = scoring_reads * (scores[0].total if scores else 0)
-    if repeats > 1 and order != "random":
-        raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
     runs: list[GreedyResult] = []
     for r in range(repeats):
         name = "journal.jsonl" if order == "sorted" else f"journal-random-seed{seed + r}.jsonl"
@@ -166,13 +166,45 @@ def greedy_run(
                 ],
             },
         )
-    held = [r.evaluation.score for r in runs]
     splits = (
         split_scores(evaluator, materialize(first.soup))
         if isinstance(evaluator, LogitEvaluator)
         else {}
     )
-    result: dict[str, Any] = {
+    result = _result(ingredients, runs, compare, order, splits)
+    result["cost"] = {
+        "scoring_reads": scoring_reads + sum(r.scoring_reads for r in runs),
+        "scoring_examples": scoring_examples + sum(r.scoring_examples for r in runs),
+        "soup_reads": sum(r.reads for r in runs),
+        "evaluations": sum(r.evaluations for r in runs),
+        "heldout_examples": sum(r.examples for r in runs),
+        "heldout_examples_without_early_rejection": sum(r.examples_full for r in runs),
+        "resumed_steps": sum(r.resumed_steps for r in runs),
+        "seconds": time.perf_counter() - t0,
+    }
+    if repeats > 1:
+        held = [r.evaluation.score for r in runs]
+        result["repeats"] = {
+            "seeds": [seed + r for r in range(repeats)],
+            "heldout": held,
+            "heldout_mean": statistics.fmean(held),
+            "heldout_std": statistics.stdev(held),
+            "kept": [[ingredients[i].source for i in r.kept] for r in runs],
+        }
+    write_json(run_dir / "result.json", result)
+    return first, result
+
+
+def _result(
+    ingredients: Sequence[Ingredient],
+    runs: Sequence[GreedyResult],
+    compare: Compare,
+    order: Order,
+    splits: Mapping[str, float],
+) -> dict[str, Any]:
+    """``result.json`` of the first run: what was kept, its scores and its decisions."""
+    first = runs[0]
+    return {
         "recipe": "greedy",
         "compare": compare,
         "order": order,
@@ -180,7 +212,7 @@ def greedy_run(
         "kept_indices": first.kept,
         "order_indices": first.order,
         "heldout": first.evaluation.to_json(),
-        "splits": splits,
+        "splits": dict(splits),
         "best_single": _best_single(ingredients, first),
         "decisions": [
             {
@@ -191,27 +223,7 @@ def greedy_run(
             }
             for d in first.decisions
         ],
-        "cost": {
-            "scoring_reads": scoring_reads + sum(r.scoring_reads for r in runs),
-            "scoring_examples": scoring_examples + sum(r.scoring_examples for r in runs),
-            "soup_reads": sum(r.reads for r in runs),
-            "evaluations": sum(r.evaluations for r in runs),
-            "heldout_examples": sum(r.examples for r in runs),
-            "heldout_examples_without_early_rejection": sum(r.examples_full for r in runs),
-            "resumed_steps": sum(r.resumed_steps for r in runs),
-            "seconds": time.perf_counter() - t0,
-        },
     }
-    if repeats > 1:
-        result["repeats"] = {
-            "seeds": [seed + r for r in range(repeats)],
-            "heldout": held,
-            "heldout_mean": statistics.fmean(held),
-            "heldout_std": statistics.stdev(held),
-            "kept": [[ingredients[i].source for i in r.kept] for r in runs],
-        }
-    write_json(run_dir / "result.json", result)
-    return first, result
 
 
 def _best_single(ingredients: Sequence[Ingredient], result: GreedyResult) -> dict | None:
