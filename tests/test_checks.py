@@ -116,3 +116,20 @@ def test_ties_are_kept_only_when_tied_everywhere():
     assert check_compatible([StateDictIngredient(tied)] * 2).aliases == {"b": "a"}
     lay = check_compatible([StateDictIngredient(tied), StateDictIngredient(untied)])
     assert lay.aliases == {} and set(lay.specs) == {"a", "b"}
+
+
+def test_a_tie_left_out_by_one_ingredient_is_implied():
+    """A name one checkpoint holds only as a tie (head -> embed) may be missing from
+    another; a name stored as its own tensor somewhere may not."""
+    embed = torch.randn(11, 8)
+    tied = StateDictIngredient({"embed": embed, "head": embed, "b": torch.zeros(3)})
+    omitted = StateDictIngredient({"embed": torch.randn(11, 8), "b": torch.ones(3)})
+    for order in ([tied, omitted], [omitted, tied]):
+        layout = check_compatible(order)
+        assert set(layout.specs) == {"embed", "b"}
+        assert layout.aliases == ({"head": "embed"} if order[0] is tied else {})
+    untied = StateDictIngredient({"embed": embed, "head": embed.clone(), "b": torch.zeros(3)})
+    with pytest.raises(MismatchError, match="'head'"):
+        check_compatible([untied, omitted])
+    soup = weighted_average([tied, omitted])
+    assert torch.equal(soup.get("head"), soup.get("embed"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import tempfile
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 import modelsoup as ms
+from modelsoup.checkpoints.layout import SAFETENSORS_DTYPES
 from modelsoup.checkpoints.save import materialize
 
 EXAMPLES = int(os.environ.get("MODELSOUP_FUZZ_EXAMPLES", "40"))
@@ -58,14 +60,20 @@ VALID_PT = _buf.getvalue()
 
 
 def _read(path: Path) -> None:
-    """Everything a soup does with an ingredient: open it, read every tensor in chunks."""
+    """Everything a soup does with an ingredient: open it, read every tensor in chunks,
+    average it with itself into a file, and read that file back."""
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(SECONDS)
     try:
         ing = ms.open_ingredient(path)
-        materialize(ing)
+        state = materialize(ing)
         for name in ing.layout.names:
-            ing.read(name, 0, 1)
+            ing.read(name, 0, min(1, ing.layout.spec(name).numel))
+        soup = ms.uniform_soup([ing, ms.StateDictIngredient(state)], integers="first")
+        out = path.with_name("soup.safetensors")
+        ms.save(soup, out)
+        again = materialize(ms.open_ingredient(out))
+        assert set(again) == set(state)  # what is written exit-0 reads back
     except ms.SoupError:
         pass  # the one acceptable failure: the project's error, with a message
     finally:
@@ -151,6 +159,38 @@ header_entries = st.fixed_dictionaries(
 def test_structured_safetensors_headers(header):
     text = json.dumps(header).encode()
     _check(len(text).to_bytes(8, "little") + text + bytes(64), ".safetensors")
+
+
+# The arithmetic of headers: every dtype, shapes with zero, huge (past int64) and many
+# dimensions, offsets that match the shape's size or miss it by a byte.
+ITEMSIZE = {
+    code: torch.empty(0, dtype=dt).element_size() for code, dt in SAFETENSORS_DTYPES.items()
+}
+dims = st.sampled_from([0, 1, 2, 3, 7]) | st.sampled_from(
+    [2**31, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 + 1]
+)
+tensor_entries = st.tuples(
+    st.sampled_from(sorted(SAFETENSORS_DTYPES)),
+    st.lists(dims, max_size=6) | st.lists(st.just(1), min_size=60, max_size=70),
+    st.sampled_from([0, 0, 0, -1, 1, -(2**63)]),  # bytes off the size the shape needs
+)
+
+
+def _header_file(entries, slack: int) -> bytes:
+    header, offset = {}, 0
+    for i, (code, shape, delta) in enumerate(entries):
+        n = ITEMSIZE[code] * math.prod(shape) + delta
+        n = min(max(n, 0), 1 << 16)  # offsets as a writer would, capped to a small file
+        header[f"t{i}"] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + b"\x01" * (offset + slack)
+
+
+@FUZZ
+@given(st.lists(tensor_entries, min_size=1, max_size=3), st.sampled_from([0, 0, 1]))
+def test_header_shapes_dtypes_and_offsets(entries, slack):
+    _check(_header_file(entries, slack), ".safetensors")
 
 
 @FUZZ

@@ -278,3 +278,35 @@ def test_mergekit_linear_merge_equals_our_uniform_soup(tmp_path):
                 assert torch.equal(theirs[n], t), n
             else:
                 torch.testing.assert_close(theirs[n], t, rtol=3e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("order", ["safetensors first", "bin first"])
+def test_a_tied_bin_beside_a_safetensors_folder(tmp_path, order):
+    """save_pretrained leaves the tied lm_head.weight out of model.safetensors;
+    torch.save(model.state_dict()) stores it under both names. Same architecture, same
+    tie: the soup is accepted, keeps the tie, and loads with from_pretrained."""
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32)
+    models = []
+    for i, name in enumerate(["a", "b_bin"]):
+        torch.manual_seed(i)
+        m = transformers.GPT2LMHeadModel(cfg).eval()
+        m.save_pretrained(tmp_path / name)
+        if name == "b_bin":
+            (tmp_path / name / "model.safetensors").unlink()
+            torch.save(m.state_dict(), tmp_path / name / "pytorch_model.bin")
+        models.append(m)
+    folders = [str(tmp_path / "a"), str(tmp_path / "b_bin")]
+    if order == "bin first":
+        folders.reverse()
+    assert "lm_head.weight" not in ms.open_ingredient(tmp_path / "a").layout.names
+    assert main(["uniform", *folders, "-o", str(tmp_path / "soup"), "-q"]) == 0
+    soup = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "soup").eval()
+    assert soup.lm_head.weight.data_ptr() == soup.transformer.wte.weight.data_ptr()
+    ref = transformers.GPT2LMHeadModel(cfg).eval()
+    sds = [m.state_dict() for m in models]
+    ref.load_state_dict(
+        {k: (sds[0][k] + sds[1][k]) / 2 if v.is_floating_point() else v for k, v in sds[0].items()}
+    )
+    x = torch.randint(0, 50, (3, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(soup(x).logits, ref(x).logits, rtol=0, atol=1e-5)

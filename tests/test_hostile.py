@@ -200,6 +200,76 @@ def no_ingredients(tmp: Path) -> Built:
     return ["uniform", "-o", str(tmp / "s.safetensors")], [], tmp / "s.safetensors"
 
 
+def _hf_pair(tmp: Path) -> list[Path]:
+    from helpers import write_hf_folder
+
+    return [write_hf_folder(tmp / name, _sd(i)) for i, name in enumerate(["A", "B"])]
+
+
+def run_dir_in_input(cmd: str) -> Callable[[Path], Built]:
+    """A run folder (or analysis folder) inside the input folder A."""
+
+    def build(tmp: Path) -> Built:
+        ins = _hf_pair(tmp)
+        where = str(ins[0] / "run")
+        ev = ["--evaluator", f"{_evaluators(tmp)}:one", "-q"]
+        argv = {
+            "greedy": ["greedy", *map(str, ins), "-o", str(tmp / "soup"), "--run-dir", where, *ev],
+            "uniform": ["uniform", *map(str, ins), "-o", str(tmp / "soup"), "--run-dir", where],
+            "ensemble": ["ensemble", *map(str, ins), "--run-dir", where, *ev],
+            "analyze": ["analyze", *map(str, ins), "--base", str(_pair(tmp)[0]), "-o", where, *ev],
+        }[cmd]
+        return argv, ins, ins[0] / "run"
+
+    return build
+
+
+def _evaluators(tmp: Path) -> Path:
+    """ev.py: evaluators, a model of the corpus's architecture, and data functions."""
+    path = tmp / "ev.py"
+    path.write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "def boom(sd):\n    raise ValueError('metric exploded')\n"
+        "def nan(sd):\n    return float('nan')\n"
+        "def text(sd):\n    return 'high'\n"
+        "def one(sd):\n    return 1.0\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = torch.nn.Linear(4, 4, bias=False)\n"
+        "        self.head = torch.nn.Module()\n"
+        "        self.head.bias = torch.nn.Parameter(torch.zeros(3))\n"
+        "    def forward(self, x):\n"
+        "        return (x @ self.body.weight.T)[:, :3] + self.head.bias\n"
+        "def net():\n    return Net()\n"
+        "def empty():\n"
+        "    return {'val': TensorDataset(torch.empty(0, 4), torch.empty(0, dtype=torch.long))}\n"
+    )
+    return path
+
+
+def empty_split(cmd: str) -> Callable[[Path], Built]:
+    """A held-out split with no examples, for a command that evaluates."""
+
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        ev = _evaluators(tmp)
+        out = tmp / "e.safetensors"
+        argv = [cmd, *map(str, ins), "--model", f"{ev}:net", "--data", f"{ev}:empty", "-q"]
+        argv += ["--run-dir", str(tmp / "e.run")] if cmd == "ensemble" else ["-o", str(out)]
+        return argv, ins, out
+
+    return build
+
+
+def dangling_symlink_output(tmp: Path) -> Built:
+    ins = _pair(tmp)
+    out = tmp / "soup.safetensors"
+    out.symlink_to(tmp / "nowhere.safetensors")
+    return ["uniform", *map(str, ins), "-o", str(out)], ins, None
+
+
 CASES = [
     Case(
         "tensor names differ",
@@ -258,6 +328,33 @@ CASES = [
     Case("evaluator returns text", greedy(evaluator="text"), ["ev.py:text"]),
     Case("evaluator not found", greedy(evaluator="missing"), ["missing"]),
     Case("bad shard size", uniform("--max-shard-size", "lots"), ["lots", "5GB"]),
+    # the second pass
+    Case(
+        "greedy run folder in an input",
+        run_dir_in_input("greedy"),
+        ["A", "run folder", "inside the input folder"],
+    ),
+    Case(
+        "uniform run folder in an input",
+        run_dir_in_input("uniform"),
+        ["A", "inside the input folder"],
+    ),
+    Case(
+        "ensemble run folder in an input",
+        run_dir_in_input("ensemble"),
+        ["A", "inside the input folder"],
+    ),
+    Case(
+        "analyze folder in an input", run_dir_in_input("analyze"), ["A", "inside the input folder"]
+    ),
+    Case("greedy on an empty split", empty_split("greedy"), ["'val' split has no examples"]),
+    Case("ensemble on an empty split", empty_split("ensemble"), ["'val' split has no examples"]),
+    Case("learned on an empty split", empty_split("learned"), ["'val' split has no examples"]),
+    Case("weights a hair off 1", uniform("--weights", "0.5", "0.500001"), ["sum to 1.000001"]),
+    Case("infinite weights", uniform("--weights", "inf", "-inf"), ["finite", "[inf, -inf]"]),
+    Case(
+        "dangling symlink output", dangling_symlink_output, ["symbolic link", "nowhere", "--force"]
+    ),
 ]
 
 
@@ -288,3 +385,144 @@ def test_bad_input_is_refused_and_loses_nothing(case: Case, tmp_path: Path, caps
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 30
+
+
+# --- a full disk, for real: a tiny tmpfs (root only; skipped elsewhere) -------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs at tmp_path/disk, and a function that fills it to the last byte."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+
+    def fill() -> None:
+        try:
+            with open(disk / "filler", "ab", buffering=0) as f:
+                while True:
+                    f.write(bytes(4096))
+        except OSError:  # ENOSPC: full
+            pass
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _refused(argv: list[str], inputs: list[Path], capsys, *expect: str) -> str:
+    before = {p: digest(p) for p in inputs}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for text in expect:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert all(digest(p) == h for p, h in before.items())
+    return err
+
+
+def test_a_pt_output_on_a_full_disk(full_disk, tmp_path, capsys):
+    disk, fill = full_disk
+    ins = _pair(tmp_path)
+    fill()
+    out = disk / "soup.pt"
+    argv = ["uniform", *map(str, ins), "-o", str(out), "--run-dir", str(tmp_path / "r"), "-q"]
+    _refused(argv, ins, capsys, "cannot write", "soup.pt", "disk full")
+    assert {p.name for p in disk.iterdir()} == {"filler"}  # no output, no temporary file
+
+
+def test_a_run_folder_on_a_disk_that_fills_up(full_disk, tmp_path, capsys):
+    """The disk fills while a greedy run scores its ingredients: whichever of the run
+    folder's writers comes next (a journal line on a new page, scores.json) fails, and
+    the run stops with exit 2 and no soup."""
+    disk, _ = full_disk
+    ins = _pair(tmp_path)
+    (tmp_path / "filling.py").write_text(
+        "calls = []\n"
+        "def score(sd):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        try:\n"
+        f"            with open({str(disk / 'filler')!r}, 'ab', buffering=0) as f:\n"
+        "                while True:\n"
+        "                    f.write(bytes(4096))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return 0.5\n"
+    )
+    ev = f"{tmp_path / 'filling.py'}:score"
+    out = tmp_path / "g.safetensors"
+    argv = ["greedy", *map(str, ins), "-o", str(out), "-q", "--run-dir", str(disk / "run")]
+    _refused([*argv, "--evaluator", ev], ins, capsys, "cannot write", "No space left")
+    assert not out.exists()
+
+
+def test_a_journal_line_that_cannot_be_written(tmp_path, monkeypatch):
+    """A journal append that fails (ENOSPC on the write or the fsync) is the project's
+    error, naming the journal and what to do, not an OSError."""
+    import errno
+    import os
+
+    from modelsoup.errors import SoupError
+    from modelsoup.runs.journal import Journal
+
+    journal = Journal(tmp_path / "journal.jsonl", {"recipe": "greedy"})
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(SoupError, match=r"cannot write the journal .*journal.jsonl: No space"):
+        journal.append({"event": "decision", "step": 1})
+
+
+# --- one run at a time in a run folder --------------------------------------------------
+
+
+def test_a_second_run_on_a_busy_run_folder_stops_at_once(sweep, tmp_path, capsys, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    env = {**os.environ, "PYTHONPATH": tests, "TINYTASK_SLEEP": "0.4"}
+    ev = ["--model", "tinytask:model", "--evaluator", "tinytask:slow_accuracy", "-q"]
+
+    def cmd(run: Path, out: Path) -> list[str]:
+        return [sys.executable, "-m", "modelsoup", "greedy", *sweep, "-o", str(out),
+                "--run-dir", str(run), *ev]  # fmt: skip
+
+    run = tmp_path / "run"
+    first = subprocess.Popen(cmd(run, tmp_path / "a.safetensors"), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "journal.jsonl").exists():
+        time.sleep(0.05)
+    assert (run / "journal.jsonl").exists(), first.communicate()[1][-2000:]
+    monkeypatch.setenv("TINYTASK_SLEEP", "0.4")
+    t0 = time.perf_counter()
+    argv = ["greedy", *sweep, "-o", str(tmp_path / "b.safetensors"), "--run-dir", str(run), *ev]
+    assert main(argv) == 2
+    assert time.perf_counter() - t0 < 1.0  # at once: it evaluated nothing
+    err = capsys.readouterr().err
+    assert "in use by another modelsoup run" in err and f"process {first.pid}" in err
+    assert not (tmp_path / "b.safetensors").exists()
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    # the first run's journal is exactly a lone run's
+    lone = tmp_path / "lone"
+    r = subprocess.run(cmd(lone, tmp_path / "c.safetensors"), env={**env, "TINYTASK_SLEEP": "0"},
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "journal.jsonl").read_text() == (lone / "journal.jsonl").read_text()

@@ -70,3 +70,41 @@ def test_wiseft_curve_endpoints_are_the_models():
     )
     mid = materialize(wise_ft(b, f, 0.25))
     torch.testing.assert_close(mid["0.weight"], 0.75 * base["0.weight"] + 0.25 * ft["0.weight"])
+
+
+def test_model_stock_never_extrapolates_on_negative_cosines(tmp_path, capsys):
+    """k = 2, base 0, the fine-tunes v and -v + noise: cos(phi) is about -1, where the
+    formula's t would be about -2.9e6. cos is clamped to [0, 1]: the tensor keeps the
+    base, is reported, and the soup stays within the inputs' range."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from modelsoup.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(1000, generator=g) * 2 - 1
+    tensors = {
+        "base": {"w": torch.zeros(1000), "b": torch.zeros(4)},
+        "pa": {"w": v, "b": torch.ones(4)},
+        "pc": {"w": -v + 1e-3 * torch.randn(1000, generator=g), "b": torch.full((4,), 2.0)},
+    }
+    for name, sd in tensors.items():
+        save_file(sd, tmp_path / f"{name}.safetensors")
+    out = tmp_path / "stock.safetensors"
+    args = [str(tmp_path / f"{n}.safetensors") for n in ("pa", "pc")]
+    assert main(["model-stock", *args, "--base", str(tmp_path / "base.safetensors"),
+                 "-o", str(out), "-q"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "1 tensor(s) with a negative mean cosine keep θ0 (t = 0): w" in printed
+    record = json.loads((tmp_path / "stock.safetensors.run" / "model_stock.json").read_text())
+    assert set(record["clamped"]) == {"w"} and record["clamped"]["w"] < -0.99
+    assert all(0.0 <= t <= 1.0 for t in record["ratios"].values())
+    soup = load_file(out)
+    for name in soup:
+        stacked = torch.stack([sd[name] for sd in tensors.values()])
+        assert (soup[name] >= stacked.min(0).values - 1e-6).all()
+        assert (soup[name] <= stacked.max(0).values + 1e-6).all()
+    assert torch.equal(soup["w"], tensors["base"]["w"])  # t = 0: the base
+    # the positively correlated tensor is merged by the formula as before (cos = 1: t = 1)
+    torch.testing.assert_close(soup["b"], torch.full((4,), 1.5))

@@ -192,3 +192,39 @@ def test_parse_size(text, n):
 def test_parse_size_rejects_garbage():
     with pytest.raises(SoupError, match="5GB"):
         parse_size("lots")
+
+
+def test_a_soup_folder_takes_only_what_loading_needs(tmp_path):
+    """Another model's metrics and training state stay behind; config, generation config,
+    tokenizer, processor and the code its auto_map names come along."""
+    sds = finetunes(2)
+    folders = [write_hf_folder(tmp_path / f"m{i}", sd) for i, sd in enumerate(sds)]
+    first = folders[0]
+    config = {"model_type": "tiny", "auto_map": {"AutoModel": "modeling_tiny.TinyModel"}}
+    (first / "config.json").write_text(json.dumps(config))
+    wanted = [
+        "generation_config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "merges.txt",
+        "preprocessor_config.json",
+        "modeling_tiny.py",
+    ]
+    foreign = [
+        "eval_results.json",
+        "all_results.json",
+        "train_results.json",
+        "trainer_state.json",
+        "training_args.bin",
+        "README.md",
+        "helper.py",
+        "notes.txt",
+    ]
+    for name in wanted + foreign:
+        (first / name).write_text("x")
+    out = save(uniform_soup([open_ingredient(f) for f in folders]), tmp_path / "soup",
+               template=open_ingredient(first))  # fmt: skip
+    files = {p.name for p in out.iterdir()}
+    assert files >= {"config.json", "tokenizer.json", *wanted}
+    assert not files & {*foreign, "optimizer.pt"}, files & {*foreign, "optimizer.pt"}

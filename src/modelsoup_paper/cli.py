@@ -9,8 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from modelsoup.cli import analyze
+from modelsoup.cli import analyze, options
 from modelsoup.errors import SoupError
+from modelsoup.runs.lock import run_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise SoupError(str(e)) from e
     out = Path(args.out or f"runs/reproduce-{config.name}")
     t0 = time.perf_counter()
+    options.LOCKS.enter_context(run_lock(out))  # one run at a time in a folder
     try:
         results = experiment.reproduce(
             config, out, progress=not args.quiet, log=lambda msg: print(msg, flush=True)
@@ -121,6 +123,7 @@ def analyze_folder(args: argparse.Namespace, folder: Path) -> int | None:
         landscape_grid=args.grid, landscape=False if args.no_landscape else None, analyses=True
     )
     pair = analyze.pair(args.landscape, config.ingredients - 1, "--landscape")
+    options.LOCKS.enter_context(run_lock(folder))
     print(f"re-running the analyses of {folder} from its caches (config {config.name})")
     experiment.reproduce(
         config,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import mmap
 import os
 import pickle
@@ -236,6 +237,10 @@ class SafetensorsFile:
                     raise TypeError("non-integer shape or offset")
                 if min(ints, default=0) < 0:
                     raise ValueError("negative shape or offset")
+                # torch sizes and strides are int64: a zero-size tensor may still name
+                # dimensions that overflow them
+                if math.prod(max(d, 1) for d in shape) >= 2**63 or max(ints, default=0) >= 2**63:
+                    raise ValueError("a dimension or offset beyond 2**63")
             except (KeyError, TypeError, ValueError) as e:
                 raise self._fail(f"entry for tensor {name!r} is malformed: {info!r:.200}") from e
             spec = TensorSpec(shape, dtype)

@@ -30,8 +30,48 @@ from .layout import SAFETENSORS_CODES, Layout
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # Files of a Hugging Face model folder that describe the model rather than hold weights
 # or training state; copied from the first ingredient into a folder output.
-_HF_COPY = re.compile(r".*\.(json|txt|model|tiktoken|py|jinja)$|^tokenizer.*")
-_HF_SKIP = re.compile(r".*\.index\.json$|^trainer_state\.json$|^training_args\.bin$")
+# What a soup folder takes from the first ingredient's folder: the files transformers
+# reads to load a model, its tokenizer and its processor, by name. Anything else there
+# (eval_results.json, trainer_state.json, optimizer state, README) describes another model.
+HF_LOAD_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "video_preprocessor_config.json",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+
+
+def hf_load_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` a copy of the model needs to load (`HF_LOAD_FILES`,
+    ``*.tiktoken``, and the Python files its ``auto_map`` names for trust_remote_code)."""
+    code: set[str] = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            auto = json.loads((folder / name).read_text()).get("auto_map") or {}
+            for ref in auto.values():
+                for r in ref if isinstance(ref, list) else [ref]:
+                    if isinstance(r, str) and "." in r:
+                        code.add(r.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    return [
+        f
+        for f in sorted(folder.iterdir())
+        if f.is_file() and (f.name in HF_LOAD_FILES or f.name in code or f.suffix == ".tiktoken")
+    ]
 
 
 def parse_size(text: str | int) -> int:
@@ -122,22 +162,31 @@ def _metadata(layout: Layout, names: list[str], extra: Mapping[str, str] | None)
     return meta
 
 
-def check_output(path: Path, inputs: tuple[Path, ...], force: bool) -> None:
-    """Refuse an output that is an input, holds an input, or lies inside an input folder."""
+def check_output(
+    path: Path, inputs: tuple[Path, ...], force: bool, *, what: str = "output"
+) -> None:
+    """Refuse an output (``what``: also "run folder") that is an input, holds an input, or
+    lies inside an input folder; and an existing output without ``force``. A symbolic
+    link at ``path``, even one that points nowhere, counts as existing."""
     out = path.resolve()
     for p in inputs:
         src = p.resolve()
         if out == src or out in src.parents:
-            raise SoupError(
-                f"output {path} would overwrite the input {p}; choose another output path"
-            )
+            raise SoupError(f"{what} {path} would overwrite the input {p}; choose another path")
         if src.is_dir() and src in out.parents:
             raise SoupError(
-                f"output {path} lies inside the input folder {p}; inputs are never modified: "
-                "write the soup elsewhere"
+                f"{what} {path} lies inside the input folder {p}; inputs are never modified: "
+                f"write the {what} elsewhere"
             )
-    if path.exists() and not force:
-        raise SoupError(f"output {path} exists; pass --force (force=True) to replace it")
+    if force:
+        return
+    if path.is_symlink() and not path.exists():
+        raise SoupError(
+            f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            "remove the link, or pass --force (force=True) to replace it"
+        )
+    if path.exists():
+        raise SoupError(f"{what} {path} exists; pass --force (force=True) to replace it")
 
 
 @contextlib.contextmanager
@@ -280,7 +329,12 @@ def save_torch(
     check_output(path, ingredient.files, force)
     with atomic_output(path, force=force) as tmp:
         state = materialize(ingredient)
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) this way
+            raise OSError(
+                f"torch.save could not write the file (is the disk full?): {e}".split("\n")[0]
+            ) from e
     return path
 
 
@@ -331,9 +385,8 @@ def save_hf_folder(
                 },
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        for src in sorted(template.folder.iterdir()):
-            if src.is_file() and _HF_COPY.match(src.name) and not _HF_SKIP.match(src.name):
-                shutil.copy2(src, tmp / src.name)
+        for src in hf_load_files(template.folder):
+            shutil.copy2(src, tmp / src.name)
     return path
 
 

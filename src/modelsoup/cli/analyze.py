@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
     ingredients = o.open_all(args.inputs, args.key)
     base = open_ingredient(args.base, key=args.key)
     k = len(ingredients)
+    out = Path(args.out)
+    o.claim_run_dir(out, [*ingredients, base])
     evaluator = o.make_evaluator(args, ingredients[0]) if o.wants_evaluator(args) else None
     if evaluator is None and (args.landscape or args.curve):
         raise SoupError(
             "--landscape and --curve need an evaluator: --model and --data, or --evaluator"
         )
-    out = Path(args.out)
     result = analyze_sweep(
         ingredients,
         base,

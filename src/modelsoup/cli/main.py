@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 from .. import __version__
 from ..errors import SoupError
 from ..recipes import RECIPES
-from . import analyze, ensemble, greedy, inspect_checkpoints, learned, model_stock, uniform, wiseft
+from . import (
+    analyze,
+    ensemble,
+    greedy,
+    inspect_checkpoints,
+    learned,
+    model_stock,
+    options,
+    uniform,
+    wiseft,
+)
 
 # One command per registered recipe (the registry names them), then the others.
 RECIPE_COMMANDS = {
@@ -41,8 +53,20 @@ def load_plugins(sub: argparse._SubParsersAction) -> None:
         register(sub)
 
 
+class Parser(argparse.ArgumentParser):
+    """Reads ``-inf`` and ``-nan`` as values, as argparse reads ``-1``, so that
+    ``--weights inf -inf`` reaches the weights check instead of being taken for an
+    unknown option. (Subcommands' parsers are of this class too.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+|\d*\.\d+|\d+(\.\d*)?e[+-]?\d+|inf(inity)?|nan)$", re.IGNORECASE
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="modelsoup",
         description="Model soups: average the weights of models fine-tuned from one "
         "pretrained initialization (Wortsman et al., ICML 2022).",
@@ -68,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modelsoup {args.command}: interrupted; no output was written", file=sys.stderr)
         return 130
     finally:
+        options.LOCKS.close()  # the run folders' locks
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -40,7 +40,12 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     folder = o.run_dir(args)
     write_json(
         folder / "model_stock.json",
-        {"base": base.source, "ratios": ratios, "ingredients": [i.source for i in ingredients]},
+        {
+            "base": base.source,
+            "ratios": ratios,
+            "clamped": ratios.clamped,
+            "ingredients": [i.source for i in ingredients],
+        },
     )
     o.save_soup(args, soup, [*ingredients, base], "model-stock", summary={"base": base.source})
     values = list(ratios.values())
@@ -48,5 +53,10 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         f"Model Stock of {len(ingredients)} fine-tunes: ratio t per tensor from "
         f"{min(values):.3f} to {max(values):.3f} (mean {sum(values) / len(values):.3f})"
     )
+    if ratios.clamped:
+        names = ", ".join(list(ratios.clamped)[:5]) + (", ..." if len(ratios.clamped) > 5 else "")
+        print(
+            f"{len(ratios.clamped)} tensor(s) with a negative mean cosine keep θ0 (t = 0): {names}"
+        )
     print(f"wrote {out}; ratios in {folder / 'model_stock.json'}")
     return 0

@@ -5,6 +5,7 @@ with its provenance."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
+from ..runs.lock import run_lock
 from ..runs.provenance import record_run
 
 
@@ -228,11 +230,30 @@ def run_dir(args: argparse.Namespace) -> Path:
     return Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
 
 
+def input_paths(inputs: Sequence[Ingredient]) -> tuple[Path, ...]:
+    """Every file and folder the inputs are read from (never to be written)."""
+    return tuple(f for i in inputs for f in i.files)
+
+
+# Locks held until the command ends (`main` closes it): one run per run folder.
+LOCKS = contextlib.ExitStack()
+
+
+def claim_run_dir(folder: Path, inputs: Sequence[Ingredient]) -> Path:
+    """Refuse a run folder in an input, then take its lock for the rest of the command
+    (a second run on it stops at once with exit 2); returns the folder."""
+    check_output(folder, input_paths(inputs), True, what="run folder")
+    LOCKS.enter_context(run_lock(folder))
+    return folder
+
+
 def check_writable(args: argparse.Namespace, inputs: Sequence[Ingredient]) -> Path:
-    """Refuse an output that exists (without --force) or that is, holds or lies in an
-    input, before any work; returns the output path."""
+    """Before any work: refuse an output that exists (without --force) or that is, holds
+    or lies in an input, and claim the run folder (see `claim_run_dir`); returns the
+    output path."""
     out = Path(args.output)
-    check_output(out, tuple(f for i in inputs for f in i.files), args.force)
+    check_output(out, input_paths(inputs), args.force)
+    claim_run_dir(run_dir(args), inputs)
     return out
 
 

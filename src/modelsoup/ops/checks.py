@@ -32,13 +32,16 @@ def check_compatible(
     first = ingredients[0]
     ref = first.layout
     ref_names = ref.names
-    ref_set = set(ref_names)
+    implied = _implied_ties(ingredients)
+    ref_set = set(ref_names) - set(implied)
     for other in ingredients[1:]:
         lay = other.layout
-        names = set(lay.names)
+        names = set(lay.names) - set(implied)
         if names != ref_set:
             raise _names_error(first, other, ref_names, lay.names, ref_set, names)
         for name in ref_names:
+            if name in implied:
+                continue  # its target is compared
             a, b = ref.spec(name), lay.spec(name)
             if a.shape != b.shape:
                 raise MismatchError(
@@ -58,20 +61,41 @@ def check_compatible(
                     f"tensor {name!r} is {a.describe()} in {first.source} but "
                     f"{b.describe()} in {other.source}; {fix}"
                 )
+
     # Tied in the result = tied in every ingredient: group names by their canonical
     # name in each ingredient; the first name of a group (in the first ingredient's
-    # order) is stored, the others are aliases of it.
+    # order) is stored, the others are aliases of it. A name an ingredient leaves out
+    # as an implied tie counts there as its target.
+    def canonical(ing: Ingredient, name: str) -> str:
+        lay = ing.layout
+        return lay.canonical(name if name in lay.specs or name in lay.aliases else implied[name])
+
     groups: dict[tuple[str, ...], str] = {}
     specs: dict[str, TensorSpec] = {}
     aliases: dict[str, str] = {}
     for name in ref_names:
-        key = tuple(ing.layout.canonical(name) for ing in ingredients)
+        key = tuple(canonical(ing, name) for ing in ingredients)
         if key in groups:
             aliases[name] = groups[key]
         else:
             groups[key] = name
             specs[name] = ref.spec(name)
     return Layout(specs, aliases)
+
+
+def _implied_ties(ingredients: Sequence[Ingredient]) -> dict[str, str]:
+    """Names some ingredients hold only as a tie and the others leave out, mapped to the
+    tied target: ``save_pretrained`` omits a tied ``lm_head.weight`` that
+    ``torch.save(model.state_dict())`` stores under both names. Such a name is the same
+    tensor as its target in every ingredient, so it may be missing from some."""
+    everywhere = set.intersection(*(set(i.layout.names) for i in ingredients))
+    out: dict[str, str] = {}
+    for name in set().union(*(i.layout.names for i in ingredients)) - everywhere:
+        holders = [i.layout for i in ingredients if name in i.layout.names]
+        targets = {lay.aliases.get(name) for lay in holders}
+        if len(targets) == 1 and None not in targets and next(iter(targets)) in everywhere:
+            out[name] = next(iter(targets))
+    return out
 
 
 def _names_error(
@@ -127,5 +151,5 @@ def check_weights(weights: Sequence[float], k: int) -> list[float]:
     total = sum(w)
     if abs(total - 1.0) > 1e-6:
         hint = f"; normalized they would be {[round(x / total, 6) for x in w]}" if total else ""
-        raise SoupError(f"weights must sum to 1, they sum to {total:g}{hint}")
+        raise SoupError(f"weights must sum to 1, they sum to {total:.12g}{hint}")
     return [x / total for x in w]

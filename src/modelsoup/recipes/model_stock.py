@@ -9,6 +9,14 @@ the k fine-tunes (the mean of their pairwise cosines):
     theta_l = t_l * mean_i(theta_i,l) + (1 - t_l) * theta0_l
 
 Two streamed passes: per-tensor inner products, then the per-tensor combination.
+
+The ratio is derived for fine-tunes whose task vectors are positively correlated
+(cos(phi) in [0, 1], where t runs from 0 to 1). A negative mean cosine, which small
+tensors such as biases and norms can show, lies outside that derivation, and the
+formula extrapolates without bound as cos(phi) -> -1/(k-1) (with k = 2, any negative
+cosine gives t < 0). Here cos(phi) is clamped to [0, 1] first, so t stays in [0, 1]
+and such a tensor keeps theta0 (t = 0): fine-tunes that disagree in direction give no
+evidence for moving away from it. The clamped tensors are reported.
 """
 
 from __future__ import annotations
@@ -38,13 +46,23 @@ def mean_pairwise_cosine(g: torch.Tensor) -> float:
     return float(cos[iu[0], iu[1]].mean())
 
 
+class StockRatios(dict):
+    """The ratio t of each tensor (a dict), and ``clamped``: the tensors whose mean
+    pairwise cosine was negative, with that cosine (their t was set to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clamped: dict[str, float] = {}
+
+
 def model_stock(
     finetuned: Sequence[Ingredient], base: Ingredient, *, progress: bool = False, **options
-) -> tuple[Combination, dict[str, float]]:
+) -> tuple[Combination, StockRatios]:
     """The Model Stock merge of ``finetuned`` (k >= 2) and ``base`` (theta0), lazy, and the
-    ratio t chosen for each tensor. A tensor no fine-tune changed (zero task vectors, e.g.
-    frozen BatchNorm statistics) keeps t = 1, which there equals theta0 anyway.
-    ``options`` as `Combination` (``dtype``, ``integers``, ...)."""
+    ratio t chosen for each tensor, in [0, 1] (see the module's note on negative cosines).
+    A tensor no fine-tune changed (zero task vectors, e.g. frozen BatchNorm statistics)
+    keeps t = 1, which there equals theta0 anyway. ``options`` as `Combination`
+    (``dtype``, ``integers``, ...)."""
     k = len(finetuned)
     if k < 2:
         raise SoupError(
@@ -52,11 +70,13 @@ def model_stock(
             "angle between their task vectors)"
         )
     grams = tensor_grams(finetuned, base, progress=progress)
-    ratios: dict[str, float] = {}
+    ratios = StockRatios()
     per_tensor: dict[str, list[float]] = {}
     for name, g in grams.items():
         cos = mean_pairwise_cosine(g)
-        t = model_stock_ratio(cos, k) if math.isfinite(cos) else 1.0
+        if cos < 0:
+            ratios.clamped[name] = cos
+        t = model_stock_ratio(min(max(cos, 0.0), 1.0), k) if math.isfinite(cos) else 1.0
         ratios[name] = t
         per_tensor[name] = [t / k] * k + [1.0 - t]
     merged = Combination(

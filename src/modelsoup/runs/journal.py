@@ -46,8 +46,11 @@ class Journal:
             events = box[0]
         self.events = events
         if world()[0] == 0 and not events:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")  # a fresh journal (a header-only stub left by a kill too)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text("")  # a fresh journal (a header-only stub left by a kill)
+            except OSError as e:
+                raise SoupError(f"cannot create the journal {self.path}: {e.strerror or e}") from e
             self.append({"event": "header", **self.header})
             self.events = []
 
@@ -84,10 +87,16 @@ class Journal:
         """Add one event durably (flushed and fsynced); only rank 0 writes."""
         if world()[0] != 0:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(event, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, a read-only folder: the run cannot go on
+            raise SoupError(
+                f"cannot write the journal {self.path}: {e.strerror or e}; free space or "
+                "give another --run-dir, then rerun to resume from what it holds"
+            ) from e
 
     def find(self, **match: Any) -> dict | None:
         """The first earlier event whose fields equal ``match``."""
