@@ -580,17 +580,25 @@ class ShardedCheckpoint:
         return f"ShardedCheckpoint({str(self.folder)!r}, {self.weights_file!r})"
 
 
-def open_ingredient(path: str | os.PathLike, key: str | None = None) -> Ingredient:
+def open_ingredient(
+    path: str | os.PathLike, key: str | None = None, *, base_model: str | os.PathLike | None = None
+) -> Ingredient:
     """Open a checkpoint lazily: nothing but its header is read here.
 
     ``path`` is a ``.safetensors`` file, a PyTorch file (``.pt``/``.pth``/``.bin``/
-    ``.ckpt``), a Hugging Face model folder, or a ``*.index.json`` of a sharded
-    checkpoint. ``key`` names the entry of a PyTorch checkpoint that holds the state
-    dict when it is not one of the usual wrapper keys.
+    ``.ckpt``), a Hugging Face model folder, a ``*.index.json`` of a sharded
+    checkpoint, or a PEFT LoRA adapter folder (the model it defines on its base:
+    ``base_model``, default the adapter's ``base_model_name_or_path``). ``key`` names
+    the entry of a PyTorch checkpoint that holds the state dict when it is not one of
+    the usual wrapper keys.
 
     Raises `CheckpointError` naming the file and the fix when it cannot be read.
     """
+    from .adapters import LoraAdapter, is_adapter_folder
+
     p = Path(path)
+    if is_adapter_folder(p):
+        return LoraAdapter(p, base_model=base_model)
     if p.is_dir():
         return ShardedCheckpoint(p, key=key)
     if not p.exists():
@@ -609,6 +617,10 @@ def describe_format(ingredient: Ingredient) -> str:
         return "safetensors"
     if isinstance(ingredient, TorchFile):
         return "pytorch" + ("" if ingredient._mapped else " (legacy, loaded whole)")
+    from .adapters import LoraAdapter
+
+    if isinstance(ingredient, LoraAdapter):
+        return f"lora adapter (r {ingredient.config.get('r')}, base {ingredient.base.folder})"
     return type(ingredient).__name__
 
 

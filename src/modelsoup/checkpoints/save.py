@@ -402,7 +402,8 @@ def save(
 ) -> Path:
     """Write ``ingredient`` where ``path`` says: ``.safetensors`` file, PyTorch file
     (``.pt``/``.pth``/``.bin``) or, for a path without suffix, a Hugging Face folder
-    modelled on ``template`` (which must then be a Hugging Face folder ingredient).
+    modelled on ``template`` (which must then be a Hugging Face folder ingredient, or a
+    LoRA adapter: its base's folder is the model).
 
     The output is written atomically, never replaces an existing path unless ``force``,
     and is never one of the ingredient's own input files.
@@ -417,6 +418,7 @@ def save(
             f"output {path}: unknown suffix {path.suffix!r}; write .safetensors, .pt, or a "
             "folder name without suffix (for Hugging Face folder inputs)"
         )
+    template = getattr(template, "base", template)  # an adapter's folder: its base's
     if not isinstance(template, ShardedCheckpoint):
         raise SoupError(
             f"output {path} has no suffix, so it would be a Hugging Face folder, but the "

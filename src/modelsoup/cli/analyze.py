@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
             "--base is required: the pretrained checkpoint θ0 the ingredients were fine-tuned "
             "from (or give one folder written by modelsoup reproduce)"
         )
-    ingredients = o.open_all(args.inputs, args.key)
-    base = open_ingredient(args.base, key=args.key)
+    ingredients = o.open_all(args.inputs, args.key, base_model=args.base_model)
+    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
     k = len(ingredients)
     out = Path(args.out)
     o.claim_run_dir(out, [*ingredients, base])

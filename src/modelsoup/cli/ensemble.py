@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key)
+    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
     o.claim_run_dir(Path(args.run_dir), ingredients)
     evaluator = o.make_evaluator(args, ingredients[0])
     result = ensemble_run(

@@ -47,7 +47,7 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key)
+    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
     out = o.check_writable(args, ingredients)
     folder = o.run_dir(args)
     evaluator = o.make_evaluator(args, ingredients[0])

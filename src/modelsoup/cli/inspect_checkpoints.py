@@ -42,8 +42,10 @@ def _fmt_matrix(rows: list[list[float]], labels: list[str], fmt: str) -> list[st
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key, minimum=1)
-    base = open_ingredient(args.base, key=args.key) if args.base else None
+    ingredients = o.open_all(args.ingredients, args.key, minimum=1, base_model=args.base_model)
+    base = (
+        open_ingredient(args.base, key=args.key, base_model=args.base_model) if args.base else None
+    )
     report: dict = {"ingredients": [summarize(i) for i in ingredients]}
     if len(ingredients) >= 2 or base is not None:
         report.update(compare(ingredients, base, progress=not args.quiet and not args.json))

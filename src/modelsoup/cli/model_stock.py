@@ -30,8 +30,8 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    ingredients = o.open_all(args.ingredients, args.key)
-    base = open_ingredient(args.base, key=args.key)
+    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
+    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
     check_distinct([*ingredients, base])
     out = o.check_writable(args, [*ingredients, base])
     soup, ratios = recipe.function(

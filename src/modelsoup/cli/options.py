@@ -43,6 +43,13 @@ KEY.add_argument(
     "not one of state_dict/model_state_dict/model/module/net",
 )
 
+KEY.add_argument(
+    "--base-model",
+    metavar="DIR",
+    help="the base model folder of LoRA adapter ingredients (default: the adapters' "
+    "base_model_name_or_path, when that is a local folder)",
+)
+
 READ = _parent()
 READ.add_argument(
     "ingredients",
@@ -156,14 +163,17 @@ EVAL.add_argument(
 # --- steps the commands share -----------------------------------------------------------
 
 
-def open_all(paths: Sequence[str], key: str | None, minimum: int = 2) -> list[Ingredient]:
-    """Open the ingredients, at least ``minimum`` distinct ones."""
+def open_all(
+    paths: Sequence[str], key: str | None, minimum: int = 2, base_model: str | None = None
+) -> list[Ingredient]:
+    """Open the ingredients, at least ``minimum`` distinct ones (``base_model``: the base
+    of LoRA adapters among them)."""
     if len(paths) < minimum:
         raise SoupError(
             f"a soup needs at least {minimum} ingredients, got {len(paths)} ({paths[0]}); "
             "did a glob match only one checkpoint?"
         )
-    ingredients = [open_ingredient(p, key=key) for p in paths]
+    ingredients = [open_ingredient(p, key=key, base_model=base_model) for p in paths]
     check_distinct(ingredients)
     return ingredients
 

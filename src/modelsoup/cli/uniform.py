@@ -45,7 +45,7 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    ingredients = o.open_all(args.ingredients, args.key)
+    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
     o.check_writable(args, ingredients)
     soup = recipe.function(
         ingredients,

@@ -36,8 +36,8 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    base = open_ingredient(args.base, key=args.key)
-    finetuned = open_ingredient(args.finetuned, key=args.key)
+    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
+    finetuned = open_ingredient(args.finetuned, key=args.key, base_model=args.base_model)
     check_distinct([base, finetuned])
     out = o.check_writable(args, [base, finetuned])
     folder = o.run_dir(args)

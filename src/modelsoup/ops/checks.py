@@ -29,6 +29,13 @@ def check_compatible(
     """
     if not ingredients:
         raise SoupError("no ingredients: give at least one checkpoint")
+    bases = {i.base_source: i for i in ingredients if getattr(i, "base_source", None)}
+    if len(bases) > 1:
+        (a, x), (b, y) = list(bases.items())[:2]
+        raise MismatchError(
+            f"adapters on different bases: {x.source} adapts {a} but {y.source} adapts {b}; "
+            "a soup of adapters needs one base (--base-model)"
+        )
     first = ingredients[0]
     ref = first.layout
     ref_names = ref.names

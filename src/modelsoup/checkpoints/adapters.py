@@ -1,0 +1,205 @@
+"""PEFT LoRA adapters as ingredients: the base model's tensors, with each adapted weight
+computed when it is read.
+
+A LoRA adapter (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR
+2022) stores, for each target module, A [r, in] and B [out, r]; the adapted weight is
+W + s·B·A, with s = lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA (Kalajdzievski,
+2023), and B·A transposed when ``fan_in_fan_out`` (GPT-2's Conv1D stores [in, out]).
+``modules_to_save`` replace whole base tensors. Any recipe then works on adapters: a
+soup of adapters is a soup of the models they define. Memory stays at one tensor: each
+adapted weight is computed (in float32, then cast to the base dtype) when it is first
+read, and kept only until another tensor is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, MismatchError
+from .layout import Layout
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+PREFIX = "base_model.model."
+
+
+def is_adapter_folder(path: Path) -> bool:
+    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
+
+
+class LoraAdapter:
+    """A PEFT LoRA adapter folder (``adapter_config.json`` and ``adapter_model.*``) read
+    as the full model it defines on its base.
+
+    ``base_model`` is the base's folder; default ``base_model_name_or_path`` of the
+    adapter's config when that is a local folder. Refused with a clear error: other PEFT
+    methods, DoRA, per-module rank or alpha patterns, trained biases, embedding LoRA,
+    and shapes that do not fit the base.
+    """
+
+    def __init__(self, folder: str | Path, base_model: str | Path | None = None):
+        from .ingredients import ShardedCheckpoint, _open_file
+
+        self.folder = Path(folder)
+        self.config = self._read_config()
+        base = Path(base_model) if base_model else self._named_base()
+        if not (base / "config.json").is_file():
+            raise CheckpointError(
+                f"{self.folder}: the base model {base} is not a Hugging Face model folder "
+                "(no config.json); pass --base-model DIR (base_model= in Python)"
+            )
+        self.base = ShardedCheckpoint(base)
+        weights = [self.folder / n for n in ADAPTER_WEIGHTS if (self.folder / n).is_file()]
+        if not weights:
+            raise CheckpointError(
+                f"{self.folder}: no {' or '.join(ADAPTER_WEIGHTS)} beside {ADAPTER_CONFIG}"
+            )
+        self._file = _open_file(weights[0], None)
+        self._pairs, self._replaced = self._parse(self._file)
+        self._cache: tuple[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    # -- the adapter's description ------------------------------------------------------
+
+    def _read_config(self) -> dict:
+        path = self.folder / ADAPTER_CONFIG
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot read the adapter's config ({e})") from e
+        kind = config.get("peft_type")
+        bias = config.get("bias", "none")
+        refuse = [
+            (kind != "LORA", f"peft_type {kind!r}; only LORA adapters are supported"),
+            (bool(config.get("use_dora")), "a DoRA adapter (use_dora); only plain LoRA is"),
+            (
+                bool(config.get("rank_pattern") or config.get("alpha_pattern")),
+                "per-module rank_pattern / alpha_pattern, which modelsoup does not read",
+            ),
+            (bias != "none", f"trained biases (bias={bias!r})"),
+        ]
+        for bad, why in refuse:
+            if bad:
+                raise CheckpointError(
+                    f"{self.folder}: {why}; merge it into the base with peft's "
+                    "merge_and_unload() and save_pretrained(), then use that folder"
+                )
+        return config
+
+    def _named_base(self) -> Path:
+        name = self.config.get("base_model_name_or_path")
+        if not name or not Path(name).is_dir():
+            raise CheckpointError(
+                f"{self.folder}: the adapter's base {name!r} is not a local folder; pass "
+                "--base-model DIR (base_model= in Python) with the base model's folder"
+            )
+        return Path(name)
+
+    def _parse(self, file) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        """``{base tensor: (A name, B name)}`` and ``{base tensor: stored replacement}``."""
+        base = self.base.layout
+        pairs: dict[str, list[str | None]] = {}
+        replaced: dict[str, str] = {}
+        for stored in file.layout.names:
+            name = stored.removeprefix(PREFIX)
+            for part, i in ((".lora_A.weight", 0), (".lora_B.weight", 1)):
+                if name.endswith(part):
+                    target = name.removesuffix(part) + ".weight"
+                    pairs.setdefault(target, [None, None])[i] = stored
+                    break
+            else:
+                if "lora_embedding" in name or "lora_magnitude" in name:
+                    raise CheckpointError(
+                        f"{self.folder}: tensor {stored!r} is of a LoRA kind modelsoup does "
+                        "not read (embedding LoRA or DoRA); merge the adapter with peft first"
+                    )
+                replaced[name.replace(".modules_to_save", "")] = stored
+        out: dict[str, tuple[str, str]] = {}
+        for target, (a, b) in pairs.items():
+            if a is None or b is None:
+                raise CheckpointError(f"{self.folder}: {target} has only one of lora_A, lora_B")
+            out[self._base_name(target, a)] = (a, b)
+        replaced = {self._base_name(name, stored): stored for name, stored in replaced.items()}
+        for target, (a, b) in out.items():
+            sa, sb = file.layout.spec(a).shape, file.layout.spec(b).shape
+            shape = (sb[0], sa[1]) if not self.config.get("fan_in_fan_out") else (sa[1], sb[0])
+            if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1] or shape != base.spec(target).shape:
+                raise MismatchError(
+                    f"{self.folder}: LoRA {a} {list(sa)} and {b} {list(sb)} do not fit "
+                    f"{target} {list(base.spec(target).shape)} of the base {self.base.source}"
+                )
+        return out, replaced
+
+    def _base_name(self, name: str, stored: str) -> str:
+        base = self.base.layout
+        if name not in base.names:
+            raise MismatchError(
+                f"{self.folder}: {stored!r} adapts {name!r}, which the base "
+                f"{self.base.source} does not have; is --base-model the adapter's base?"
+            )
+        return base.canonical(name)
+
+    def scale(self, r: int) -> float:
+        alpha = float(self.config.get("lora_alpha", r))
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    # -- the Ingredient protocol ----------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        return str(self.folder)
+
+    @property
+    def base_source(self) -> str:
+        """The base model's folder, resolved: adapters on different bases never mix."""
+        return str(self.base.folder.resolve())
+
+    @property
+    def layout(self) -> Layout:
+        return self.base.layout
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.folder, *self._file.files, *self.base.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        name = self.layout.canonical(name)
+        if name not in self._pairs and name not in self._replaced:
+            return self.base.get(name)
+        with self._lock:
+            if self._cache is None or self._cache[0] != name:
+                self._cache = (name, self._compute(name))
+            return self._cache[1]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        name = self.layout.canonical(name)
+        if name not in self._pairs and name not in self._replaced:
+            return self.base.read(name, start, stop)
+        flat = self.get(name).view(-1)
+        return flat[start : flat.numel() if stop is None else stop].clone()
+
+    def _compute(self, name: str) -> torch.Tensor:
+        spec = self.layout.spec(name)
+        if name in self._replaced:
+            t = self._file.get(self._replaced[name])
+            if tuple(t.shape) != spec.shape:
+                raise MismatchError(
+                    f"{self.folder}: {self._replaced[name]} is {list(t.shape)} but {name} of "
+                    f"the base is {list(spec.shape)}"
+                )
+            return t.to(spec.dtype)
+        a_name, b_name = self._pairs[name]
+        a = self._file.get(a_name).float()
+        b = self._file.get(b_name).float()
+        delta = (b @ a) * self.scale(a.shape[0])
+        if self.config.get("fan_in_fan_out"):
+            delta = delta.T
+        return (self.base.get(name).float() + delta).to(spec.dtype)
+
+    def __repr__(self) -> str:
+        return f"LoraAdapter({str(self.folder)!r}, base={str(self.base.folder)!r})"

@@ -1,0 +1,151 @@
+"""PEFT LoRA adapters as ingredients, against peft itself: the soup of adapters is the soup
+of the models `merge_and_unload` gives, tensor for tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+import modelsoup as ms  # noqa: E402
+from modelsoup.cli import main  # noqa: E402
+
+LLAMA = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=64,
+)
+
+
+def _base(tmp: Path, name: str = "base", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).save_pretrained(tmp / name)
+    return tmp / name
+
+
+def _adapter(base: Path, out: Path, seed: int, **lora) -> Path:
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    config = peft.LoraConfig(init_lora_weights=False, **lora)
+    peft.get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def _merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    merged = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+KINDS = {
+    "plain": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    "rslora": dict(r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+    "modules_to_save": dict(
+        r=4, lora_alpha=16, target_modules=["q_proj", "o_proj"], modules_to_save=["lm_head"]
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    base = _base(tmp)
+    folders = [
+        _adapter(base, tmp / name, i + 1, **kw) for i, (name, kw) in enumerate(KINDS.items())
+    ]
+    return base, folders
+
+
+def test_an_adapter_reads_as_the_model_peft_merges(adapters):
+    base, folders = adapters
+    for folder in folders:
+        ing = ms.open_ingredient(folder)
+        want = _merged(base, folder)
+        got = ms.materialize(ing)
+        assert set(got) == set(want)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+        # chunked reads agree with whole tensors (the writers read in chunks)
+        name = "model.layers.0.self_attn.q_proj.weight"
+        flat = ing.get(name).reshape(-1)
+        assert torch.equal(ing.read(name, 5, 37), flat[5:37])
+
+
+def test_the_soup_of_adapters_is_the_soup_of_the_merged_models(adapters, tmp_path):
+    base, folders = adapters
+    out = tmp_path / "soup"
+    assert main(["uniform", *map(str, folders), "-o", str(out), "-q"]) == 0
+    assert (out / "config.json").is_file()  # a full model folder, from the base's
+    soup = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    merged = [_merged(base, f) for f in folders]
+    for name, t in soup.items():
+        mean = torch.stack([m[name] for m in merged]).mean(0)
+        torch.testing.assert_close(t, mean, rtol=0, atol=1e-5)
+
+
+def test_gpt2_fan_in_fan_out(tmp_path):
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "base")
+    folder = _adapter(
+        tmp_path / "base", tmp_path / "a", 1, r=2, lora_alpha=4, target_modules=["c_attn"],
+        fan_in_fan_out=True,
+    )  # fmt: skip
+    got = ms.materialize(ms.open_ingredient(folder))
+    want = _merged(tmp_path / "base", folder)
+    assert set(want) - set(got) == {"lm_head.weight"}  # tied, left out by save_pretrained
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+
+
+def test_a_greedy_soup_over_adapters(adapters, tmp_path):
+    base, folders = adapters
+    target = _merged(base, folders[1])
+    (tmp_path / "ev.py").write_text(
+        "import torch\n"
+        f"TARGET = torch.load({str(tmp_path / 't.pt')!r})\n"
+        "def closeness(sd):\n"
+        "    return -sum(float((sd[k].float() - v).norm()) for k, v in TARGET.items())\n"
+    )
+    torch.save(target, tmp_path / "t.pt")
+    out = tmp_path / "greedy"
+    argv = ["greedy", *map(str, folders), "-o", str(out), "-q"]
+    assert main([*argv, "--evaluator", f"{tmp_path / 'ev.py'}:closeness"]) == 0
+    result = json.loads((tmp_path / "greedy.run" / "result.json").read_text())
+    assert result["kept"][0] == str(folders[1])  # the adapter closest to the target first
+    transformers.AutoModelForCausalLM.from_pretrained(out)  # a model that loads
+
+
+def test_what_is_refused(adapters, tmp_path, capsys):
+    base, folders = adapters
+    other = _base(tmp_path, "other", seed=5)
+    stranger = _adapter(
+        other, tmp_path / "stranger", 9, r=4, lora_alpha=8, target_modules=["q_proj"]
+    )
+    assert main(["uniform", str(folders[0]), str(stranger), "-o", str(tmp_path / "x"), "-q"]) == 2
+    assert "different bases" in capsys.readouterr().err
+    dora = _adapter(base, tmp_path / "dora", 3, r=4, lora_alpha=8, target_modules=["q_proj"],
+                    use_dora=True)  # fmt: skip
+    assert main(["uniform", str(folders[0]), str(dora), "-o", str(tmp_path / "y"), "-q"]) == 2
+    assert "DoRA" in capsys.readouterr().err
+    cfg = json.loads((folders[0] / "adapter_config.json").read_text())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in folders[0].iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    (moved / "adapter_config.json").write_text(
+        json.dumps({**cfg, "base_model_name_or_path": "org/not-here"})
+    )
+    assert main(["uniform", str(moved), str(folders[1]), "-o", str(tmp_path / "z"), "-q"]) == 2
+    assert "--base-model" in capsys.readouterr().err
+    argv = ["uniform", str(moved), str(folders[1]), "-o", str(tmp_path / "z"), "-q"]
+    assert main([*argv, "--base-model", str(base)]) == 0
