@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(
         len("greedy ensemble"), *(len(Path(i["source"]).name) for i in result["individual"])
     )
-    print(f"{'accuracy':<{width}}  {'models':>6}" + "".join(f"{s:>10}" for s in splits))
+    print(f"{result['metric']:<{width}}  {'models':>6}" + "".join(f"{s:>10}" for s in splits))
 
     def row(label: str, models: int, d: dict) -> None:
         print(f"{label:<{width}}  {models:>6}" + "".join(f"{d[s]:>10.4f}" for s in splits))

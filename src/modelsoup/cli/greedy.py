@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..checkpoints.layout import parse_dtype
 from ..recipes import Recipe
@@ -92,6 +93,12 @@ def _report(result: dict, k: int, name: str) -> None:
     if best:
         line += f" (best single {best['heldout']:.4f}, {best['source']})"
     print(line)
+    if held.get("loss_sum") is not None:  # a token loss: say it as loss and perplexity
+        loss = held["loss_sum"] / held["total"]
+        print(
+            f"  loss {loss:.4f} per token over {held['total']} tokens, "
+            f"perplexity {math.exp(loss):.3f}"
+        )
     for split, score in result["splits"].items():
         print(f"  {split}: {score:.4f}")
     cost = result["cost"]

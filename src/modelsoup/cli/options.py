@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..checkpoints.ingredients import Ingredient, open_ingredient
+from ..checkpoints.layout import parse_dtype
 from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size, save
 from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
@@ -139,9 +140,16 @@ EVAL.add_argument(
 )
 EVAL.add_argument(
     "--task",
-    choices=["text-classification", "image-classification"],
+    choices=["text-classification", "image-classification", "causal-lm"],
     help="built-in Hugging Face evaluator: AutoModelFor... from the first ingredient's "
-    "config.json, scored on the table --data (CSV/TSV/JSON lines/Parquet)",
+    "config.json, scored on the table --data (CSV/TSV/JSON lines/Parquet; causal-lm also "
+    "reads a .txt file, one example per line, and scores the token-weighted loss)",
+)
+EVAL.add_argument(
+    "--eval-dtype",
+    choices=["float32", "bfloat16", "float16"],
+    help="--task: the dtype the model is evaluated in (default: float32; on GPUs bfloat16 "
+    "halves memory); soups are always averaged in --accumulate",
 )
 EVAL.add_argument("--text-column", default="text", help="--task: text column (default: text)")
 EVAL.add_argument("--text-pair-column", help="--task: second text column, for sentence pairs")
@@ -152,7 +160,11 @@ EVAL.add_argument(
 EVAL.add_argument(
     "--max-length", type=int, default=256, help="--task: tokens per example (default 256)"
 )
-EVAL.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+EVAL.add_argument(
+    "--batch-size",
+    type=int,
+    help="evaluation batch size (default: 256 examples; 8 for --task causal-lm)",
+)
 EVAL.add_argument(
     "--device",
     default="auto",
@@ -188,6 +200,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
     the torchrun process group when there is one)."""
     device = resolve_device(args.device)
     init_distributed(device)
+    batch_size = args.batch_size or (8 if args.task == "causal-lm" else 256)
     if args.task:
         from ..evaluators.hf import hf_evaluator
 
@@ -210,8 +223,9 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
             image_column=args.image_column,
             max_length=args.max_length,
             metric=args.evaluator,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             device=device,
+            eval_dtype=parse_dtype(args.eval_dtype) if args.eval_dtype else None,
         )
     from ..evaluators.functions import build_evaluator
 
@@ -220,7 +234,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
         data=args.data,
         evaluator=args.evaluator,
         split=args.split,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         device=device,
     )
 

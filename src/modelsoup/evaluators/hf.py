@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
-from .classification import ClassificationEvaluator
+from .classification import ClassificationEvaluator, load_state
 from .protocols import Metric
 
-HF_TASKS = ("text-classification", "image-classification")
+HF_TASKS = ("text-classification", "image-classification", "causal-lm")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -153,26 +153,42 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
-class HFClassificationEvaluator(ClassificationEvaluator):
-    """A `ClassificationEvaluator` for a transformers model. Soups carry the names of the
+class HFLoader:
+    """Puts a soup's state into a transformers model. Soups carry the names of the
     checkpoints (as ``save_pretrained`` writes them); when those differ from the model's
     own (see `checkpoint_names`) they are renamed, and tensors that ``save_pretrained``
     leaves out because they are tied to another are tied again after loading."""
 
-    _rename: dict[str, str] | None = None
+    def __init__(self) -> None:
+        self._rename: dict[str, str] | None = None
 
-    def load(self, state: Mapping[str, torch.Tensor]) -> None:
-        own = self.model.state_dict()
+    def __call__(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        own = model.state_dict()
         if self._rename is None and any(k not in own for k in state):
-            self._rename = checkpoint_names(self.model)
+            self._rename = checkpoint_names(model)
         if self._rename:
             state = {self._rename.get(k, k): v for k, v in state.items()}
-        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
         if tied and any(k not in state for k in own):
             state = {**{k: own[k] for k in own if k in tied and k not in state}, **state}
-        super().load(state)
-        if tied and hasattr(self.model, "tie_weights"):
-            self.model.tie_weights()
+        load_state(model, state)
+        if tied and hasattr(model, "tie_weights"):
+            model.tie_weights()
+
+
+class HFClassificationEvaluator(ClassificationEvaluator):
+    """A `ClassificationEvaluator` for a transformers model, loading states with
+    `HFLoader`."""
+
+    _loader: HFLoader | None = None
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        if self._loader is None:
+            self._loader = HFLoader()
+        self._loader(self.model, state)
+        if self.prepare is not None:
+            self.prepare(self.model)
+        self.model.eval()
 
 
 def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
@@ -182,11 +198,11 @@ def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
         raise SoupError("--task needs transformers: pip install 'modelsoup[hf]'") from e
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        auto = (
-            transformers.AutoModelForSequenceClassification
-            if task == "text-classification"
-            else transformers.AutoModelForImageClassification
-        )
+        auto = {
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "image-classification": transformers.AutoModelForImageClassification,
+            "causal-lm": transformers.AutoModelForCausalLM,
+        }[task]
         model = auto.from_config(config)
     except (OSError, ValueError, KeyError) as e:
         raise SoupError(f"{folder}: cannot build a {task} model from config.json ({e})") from e
@@ -217,12 +233,25 @@ def hf_evaluator(
     metric: Metric = "accuracy",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-) -> HFClassificationEvaluator:
+    eval_dtype: torch.dtype | None = None,
+) -> Any:
     """The evaluator ``--task`` describes, on the held-out table ``data`` (split "val")."""
     import transformers
 
     if task not in HF_TASKS:
         raise SoupError(f"--task must be one of {HF_TASKS}, got {task!r}")
+    if task == "causal-lm":
+        if metric != "loss" and metric != "accuracy":
+            raise SoupError(f"--evaluator {metric}: --task causal-lm scores the token loss")
+        return causal_lm_evaluator(
+            first,
+            data,
+            text_column=text_column,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            eval_dtype=eval_dtype,
+        )
     folder = model_folder(first)
     model, config = _build_model(task, folder)
     table = read_table(data)
@@ -275,5 +304,63 @@ def hf_evaluator(
         metric=metric,
         batch_size=batch_size,
         device=device,
+        identity=identity,
+    )
+
+
+def read_texts(path: str | os.PathLike, text_column: str) -> list[str]:
+    """Examples of a causal LM: the lines of a ``.txt`` file (blank lines skipped), or
+    the ``text_column`` of a table."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        try:
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise SoupError(f"{path}: cannot read the text file ({e})") from e
+    table = read_table(path)
+    return _column(table, text_column, str(path), "--text-column").astype(str).tolist()
+
+
+def causal_lm_evaluator(
+    first: Ingredient,
+    data: str,
+    *,
+    text_column: str = "text",
+    max_length: int = 256,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    eval_dtype: torch.dtype | None = None,
+) -> Any:
+    """``--task causal-lm``: AutoModelForCausalLM from the first ingredient's config (an
+    adapter's: its base's), the tokenizer of that folder, the examples of ``data``
+    (truncated to ``max_length`` tokens) as the held-out split "val"."""
+    import transformers
+
+    from .causal_lm import CausalLMEvaluator
+
+    folder = model_folder(first)
+    model, _ = _build_model("causal-lm", folder)
+    tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
+    texts = read_texts(data, text_column)
+    if not texts:
+        raise SoupError(f"{data}: no examples (empty lines are skipped)")
+    ids = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    identity = {
+        "task": "causal-lm",
+        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "data_file": str(Path(data).resolve()),
+        "text_column": None if Path(data).suffix.lower() == ".txt" else text_column,
+        "max_length": max_length,
+        "eval_dtype": str(eval_dtype) if eval_dtype else None,
+    }
+    return CausalLMEvaluator(
+        model,
+        {"val": ids},
+        batch_size=batch_size,
+        device=device,
+        eval_dtype=eval_dtype,
+        pad_id=int(pad or 0),
+        loader=HFLoader(),
         identity=identity,
     )

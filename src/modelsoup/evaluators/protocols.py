@@ -46,28 +46,36 @@ class Evaluation:
     ``score`` is None when the evaluation stopped early because the candidate could no
     longer reach the bar. ``correct`` and ``total`` are exact counts of an accuracy
     evaluator (None/0 for others); ``examples`` is how many examples were actually run.
+    A loss evaluator that counts (the causal-LM one) gives ``loss_sum``, the summed loss
+    over ``total`` tokens: decisions compare it, exactly, and early rejection stops on it.
     """
 
     score: float | None
     correct: int | None = None
     total: int = 0
     examples: int = 0
+    loss_sum: float | None = None
 
     @property
     def complete(self) -> bool:
         return self.score is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "score": self.score,
             "correct": self.correct,
             "total": self.total,
             "examples": self.examples,
         }
+        if self.loss_sum is not None:
+            out["loss_sum"] = self.loss_sum
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Evaluation:
-        return cls(d["score"], d.get("correct"), d.get("total", 0), d.get("examples", 0))
+        return cls(
+            d["score"], d.get("correct"), d.get("total", 0), d.get("examples", 0), d.get("loss_sum")
+        )
 
 
 @runtime_checkable
@@ -143,6 +151,12 @@ def beats(candidate: Evaluation, current: Evaluation, compare: Compare) -> bool:
     assert current.score is not None
     if candidate.correct is not None and current.correct is not None:
         a, b = candidate.correct, current.correct
+    elif (
+        candidate.loss_sum is not None
+        and current.loss_sum is not None
+        and candidate.total == current.total
+    ):
+        a, b = -candidate.loss_sum, -current.loss_sum
     else:
         a, b = candidate.score, current.score
     return a >= b if compare == "ge" else a > b

@@ -18,7 +18,12 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluators.protocols import Compare, LogitEvaluator, evaluator_name
+from ..evaluators.protocols import (
+    Compare,
+    LogitEvaluator,
+    evaluation_from_logits,
+    evaluator_name,
+)
 from ..runs.cache import LogitCache
 
 
@@ -32,30 +37,47 @@ def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(logits)).mean(0)
 
 
-def best_on_val(val_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> int:
-    """Index of the model with the most correct held-out predictions (first among ties)."""
-    counts = [correct_count(lg, labels) for lg in val_logits]
-    return max(range(len(counts)), key=lambda i: counts[i])
+def _merit(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> float:
+    """What selection compares: the correct count (accuracy, exact) or minus the summed
+    cross-entropy (loss; labels of -100 predict nothing)."""
+    if metric == "accuracy":
+        return correct_count(logits, labels)
+    ce = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="sum")
+    return -float(ce)
+
+
+def best_on_val(
+    val_logits: Sequence[torch.Tensor], labels: torch.Tensor, metric: str = "accuracy"
+) -> int:
+    """Index of the model with the best held-out score: the most correct predictions, or
+    the lowest loss for ``metric="loss"`` (first among ties)."""
+    merits = [_merit(lg, labels, metric) for lg in val_logits]
+    return max(range(len(merits)), key=lambda i: merits[i])
 
 
 def greedy_ensemble(
-    val_logits: Sequence[torch.Tensor], labels: torch.Tensor, *, compare: Compare = "ge"
-) -> tuple[list[int], int]:
+    val_logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    compare: Compare = "ge",
+    metric: str = "accuracy",
+) -> tuple[list[int], float]:
     """Recipe 1 over logit ensembles. Returns the kept indices (in order of joining) and
-    the held-out correct count of their ensemble. Never below best-on-val on this split:
-    it starts from the best model and only accepts candidates that do not lower the count.
+    the held-out merit of their ensemble (correct count, or minus the summed loss). Never
+    below best-on-val on this split: it starts from the best model and only accepts
+    candidates that do not lower the merit.
     """
-    counts = [correct_count(lg, labels) for lg in val_logits]
-    order = sorted(range(len(counts)), key=lambda i: -counts[i])
+    merits = [_merit(lg, labels, metric) for lg in val_logits]
+    order = sorted(range(len(merits)), key=lambda i: -merits[i])
     kept = [order[0]]
     total = val_logits[order[0]].double().clone()
-    best = counts[order[0]]
+    best = merits[order[0]]
     for i in order[1:]:
         cand = total + val_logits[i].double()
-        c = correct_count(cand / (len(kept) + 1), labels)
-        if c >= best if compare == "ge" else c > best:
+        m = _merit(cand / (len(kept) + 1), labels, metric)
+        if m >= best if compare == "ge" else m > best:
             kept.append(i)
-            total, best = cand, c
+            total, best = cand, m
     return kept, best
 
 
@@ -102,7 +124,8 @@ def ensemble_baselines(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Best-on-val, the uniform logit ensemble and the greedy ensemble, selected on the
-    evaluator's held-out split and reported (accuracy) on every split."""
+    evaluator's held-out split and reported on every split with the evaluator's metric
+    (accuracy, or minus the mean loss)."""
     if not isinstance(evaluator, LogitEvaluator):
         raise SoupError(
             f"ensemble baselines need logits; {evaluator_name(evaluator)} gives none: use the "
@@ -115,13 +138,18 @@ def ensemble_baselines(
         splits.insert(0, sel)
     logits, labels, reads = compute_logits(ingredients, evaluator, splits, cache, progress=progress)
 
-    def acc(lg: torch.Tensor, s: str) -> float:
-        return correct_count(lg, labels[s]) / max(1, labels[s].numel())
+    metric = getattr(evaluator, "metric", "accuracy")
 
-    best = best_on_val(logits[sel], labels[sel])
-    kept, _ = greedy_ensemble(logits[sel], labels[sel], compare=compare)
+    def acc(lg: torch.Tensor, s: str) -> float:  # the evaluator's score: accuracy or -loss
+        score = evaluation_from_logits(lg, labels[s], metric).score
+        assert score is not None
+        return score
+
+    best = best_on_val(logits[sel], labels[sel], metric)
+    kept, _ = greedy_ensemble(logits[sel], labels[sel], compare=compare, metric=metric)
     return {
         "selection": sel,
+        "metric": metric,
         "splits": splits,
         "individual": [
             {"source": ing.source, **{s: acc(logits[s][i], s) for s in splits}}

@@ -271,12 +271,16 @@ def _loss(
     log_beta: torch.Tensor,
     device: torch.device,
 ) -> tuple[torch.Tensor, float]:
-    """Cross-entropy of the tempered logits, summed here and divided by the global batch
-    (each rank holds its share); returns the loss and that batch size."""
+    """Cross-entropy of the tempered logits, summed here and divided by the global count
+    of predicted labels (each rank holds its share); returns the loss and that count.
+    Logits [..., classes] and labels [...] are flattened, and labels equal to -100
+    predict nothing (a causal LM's padding and example ends)."""
     y = y.to(device)
     logits = forward(evaluator.model, to_device(x, device), state)
-    n_global = _global_count(len(y), device)
-    ce = torch.nn.functional.cross_entropy(logits.float() * log_beta.exp(), y, reduction="sum")
+    n_global = _global_count(int((y != -100).sum()), device)
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, -2) * log_beta.exp(), y.flatten(), reduction="sum"
+    )  # ignore_index is -100 by default
     return ce / n_global, n_global
 
 

@@ -1,0 +1,203 @@
+"""`--task causal-lm`: the token-weighted loss, exact early rejection for it, and every
+recipe on tiny GPT-2 and Llama models with a tokenizer trained in the test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+import modelsoup as ms  # noqa: E402
+from modelsoup.cli import main  # noqa: E402
+from modelsoup.evaluators.hf import causal_lm_evaluator  # noqa: E402
+
+WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "big", "small"]
+WORDS += ["red", "blue", "and"]
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(2, 9, (1,), generator=g))  # uneven lengths: padding matters
+        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)))
+    return out
+
+
+def _tokenizer(folder: Path) -> transformers.PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_sentences(200, 0), trainers.WordLevelTrainer(
+        special_tokens=["[PAD]", "[UNK]", "[BOS]"]))  # fmt: skip
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]"
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def _config(kind: str, vocab: int):
+    if kind == "gpt2":
+        return transformers.GPT2Config(
+            n_layer=2, n_embd=16, n_head=2, vocab_size=vocab, n_positions=32
+        )
+    return transformers.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                                    num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
+
+
+def _train(model, tok, steps: int, seed: int, lr: float = 3e-3):
+    texts = _sentences(128, 100 + seed)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        i = torch.randint(0, len(texts), (16,), generator=g)
+        out = model(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i],
+                    labels=labels[i])  # fmt: skip
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _sweep(tmp: Path, kind: str = "gpt2") -> tuple[list[Path], Path, list[str]]:
+    """Two fine-tunes of one briefly trained base, and a harmful third (the base plus
+    large noise); each folder with config and tokenizer. Returns folders, val.txt, texts."""
+    tok = _tokenizer(tmp / "tok")
+    torch.manual_seed(0)
+    cls = transformers.GPT2LMHeadModel if kind == "gpt2" else transformers.LlamaForCausalLM
+    base = _train(cls(_config(kind, len(tok))), tok, steps=40, seed=0)
+    folders = []
+    for i in range(3):
+        m = cls(_config(kind, len(tok)))
+        m.load_state_dict(base.state_dict())
+        if i < 2:
+            _train(m, tok, steps=20, seed=1 + i, lr=1e-3)
+        else:
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn_like(p))  # harmful
+        m.save_pretrained(tmp / f"ft{i}")
+        tok.save_pretrained(tmp / f"ft{i}")
+        folders.append(tmp / f"ft{i}")
+    texts = _sentences(40, 7)
+    (tmp / "val.txt").write_text("\n".join(texts) + "\n\n")  # a blank line is skipped
+    return folders, tmp / "val.txt", texts
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return _sweep(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def _plain_loss(folder: Path, texts: list[str], max_length: int = 256) -> tuple[float, int]:
+    """The token-weighted loss as a plain transformers loop computes it, one example at
+    a time (no padding at all)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for t in texts:
+            ids = tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
+            if ids.shape[1] < 2:
+                continue
+            loss = model(input_ids=ids, labels=ids).loss  # mean over ids.shape[1] - 1 tokens
+            total += float(loss) * (ids.shape[1] - 1)
+            n += ids.shape[1] - 1
+    return total / n, n
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_loss_is_token_weighted_and_equals_a_plain_loop(kind, tmp_path, gpt2):
+    folders, val, texts = gpt2 if kind == "gpt2" else _sweep(tmp_path, kind)
+    for folder in folders[:2]:
+        ing = ms.open_ingredient(folder)
+        ev = causal_lm_evaluator(ing, str(val), batch_size=4)
+        got = ev.evaluate(ms.materialize(ing))
+        want, n = _plain_loss(folder, texts)
+        assert got.total == n
+        assert -got.score == pytest.approx(want, abs=1e-5)
+        assert got.loss_sum / got.total == pytest.approx(want, abs=1e-5)
+    # a mean of per-example means would differ: the lengths are uneven
+    lengths = {len(t.split()) for t in texts}
+    assert len(lengths) > 3
+
+
+def test_greedy_leaves_out_a_harmful_ingredient_and_the_soup_loads(gpt2, tmp_path, capsys):
+    folders, val, texts = gpt2
+    out = tmp_path / "soup"
+    argv = ["greedy", *map(str, folders), "-o", str(out), "--task", "causal-lm"]
+    assert main([*argv, "--data", str(val), "--batch-size", "4", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed
+    result = json.loads((tmp_path / "soup.run" / "result.json").read_text())
+    assert str(folders[2]) not in result["kept"]  # the harmful one is tried and rejected
+    assert any(d["source"] == str(folders[2]) and not d["accepted"] for d in result["decisions"])
+    held = result["heldout"]
+    assert held["score"] >= result["best_single"]["heldout"]
+    # the recorded loss is what an independent loop measures on the written soup
+    want, n = _plain_loss(out, texts)
+    assert held["total"] == n and held["loss_sum"] / n == pytest.approx(want, abs=1e-5)
+    # the soup written by the CLI gives the logits of the in-memory soup
+    kept = [ms.open_ingredient(k) for k in result["kept"]]
+    mem = transformers.AutoModelForCausalLM.from_pretrained(folders[0]).eval()
+    mem.load_state_dict(ms.materialize(ms.uniform_soup(kept)), strict=False)
+    mem.tie_weights()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(3, 10, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, mem(x).logits, rtol=0, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(st.lists(st.floats(0.0, 0.5), min_size=3, max_size=5), st.sampled_from(["ge", "gt"]))
+def test_loss_early_rejection_decides_as_full_evaluation(gpt2, noise, compare):
+    folders, val, _ = gpt2
+    base = ms.materialize(ms.open_ingredient(folders[0]))
+    ings = []
+    for i, s in enumerate(noise):
+        g = torch.Generator().manual_seed(i)
+        ings.append(ms.StateDictIngredient({
+            k: v + s * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+            for k, v in base.items()
+        }))  # fmt: skip
+    ev = causal_lm_evaluator(ms.open_ingredient(folders[0]), str(val), batch_size=4)
+    fast = ms.greedy_soup(ings, ev, compare=compare)
+    full = ms.greedy_soup(ings, ev, compare=compare, early_rejection=False)
+    assert fast.kept == full.kept
+    assert [d.accepted for d in fast.decisions] == [d.accepted for d in full.decisions]
+    assert fast.evaluation == full.evaluation
+    assert fast.examples <= full.examples
+    for df, dq in zip(full.decisions, fast.decisions):
+        if not dq.evaluation.complete:  # stopped: the full loss did not make the bar
+            assert not df.accepted
+
+
+def test_ensemble_and_learned_soup_on_a_language_model(gpt2, tmp_path, capsys):
+    folders, val, _ = gpt2
+    lm = ["--task", "causal-lm", "--data", str(val), "--batch-size", "4", "-q"]
+    assert main(["ensemble", *map(str, folders), "--run-dir", str(tmp_path / "e"), *lm]) == 0
+    table = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    assert table["metric"] == "loss"
+    assert table["greedy_ensemble"]["val"] >= table["best_on_val"]["val"]  # minus the loss
+    assert "loss" in capsys.readouterr().out
+    out = tmp_path / "learned"
+    argv = ["learned", *map(str, folders), "-o", str(out), *lm, "--epochs", "2"]
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "learned.run" / "learned.json").read_text())
+    assert sum(saved["alpha"]) == pytest.approx(1.0)
+    assert saved["alpha"][2] < 0.34  # fit on held-out tokens: the harmful one loses weight
+    assert math.isfinite(saved["heldout"]["score"])
