@@ -149,3 +149,43 @@ def test_what_is_refused(adapters, tmp_path, capsys):
     assert "--base-model" in capsys.readouterr().err
     argv = ["uniform", str(moved), str(folders[1]), "-o", str(tmp_path / "z"), "-q"]
     assert main([*argv, "--base-model", str(base)]) == 0
+
+
+def test_adapter_output_at_full_rank_is_the_full_soup(adapters, tmp_path):
+    base, folders = adapters
+    full, low = tmp_path / "full", tmp_path / "low"
+    assert main(["uniform", *map(str, folders), "-o", str(full), "-q"]) == 0
+    soup = transformers.AutoModelForCausalLM.from_pretrained(full).state_dict()
+    # the mean of three adapters of rank 2-4 has rank up to 10 <= 16: rank 16 is exact
+    assert (
+        main(
+            [
+                "uniform",
+                *map(str, folders),
+                "-o",
+                str(tmp_path / "a16"),
+                "--adapter-rank",
+                "16",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "a16" / "adapter_config.json").is_file()
+    merged = _merged(base, tmp_path / "a16")
+    for name, t in soup.items():
+        torch.testing.assert_close(merged[name], t, rtol=0, atol=1e-5)
+    errors = json.loads((tmp_path / "a16.run" / "adapter.json").read_text())
+    assert errors["max_error"] < 1e-5
+    # at rank 1 the truncation loses something, and says how much, per module
+    assert main(["uniform", *map(str, folders), "-o", str(low), "--adapter-rank", "1", "-q"]) == 0
+    report = json.loads((tmp_path / "low.run" / "adapter.json").read_text())
+    errs = report["relative_frobenius_error"]
+    assert set(errs) >= {
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+    }
+    assert 0 < report["max_error"] <= 1 and all(0 <= e <= 1 for e in errs.values())
+    cfg = json.loads((low / "adapter_config.json").read_text())
+    assert cfg["r"] == 1 and cfg["modules_to_save"] == ["lm_head"]
+    _merged(base, low)  # peft loads it

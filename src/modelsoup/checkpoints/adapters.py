@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, MismatchError
+from ..errors import CheckpointError, MismatchError, SoupError
 from .layout import Layout
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -203,3 +205,84 @@ class LoraAdapter:
 
     def __repr__(self) -> str:
         return f"LoraAdapter({str(self.folder)!r}, base={str(self.base.folder)!r})"
+
+
+def save_adapter(
+    soup: Any,
+    adapters: Sequence[LoraAdapter],
+    path: str | Path,
+    rank: int,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Write ``soup`` as a PEFT LoRA adapter of rank ``rank`` on the adapters' base.
+
+    For each module any adapter targets, ΔW = soup − base (as [out, in]) is replaced by
+    its truncated SVD at rank ``rank``: B = U·√S, A = √S·Vᵀ, with lora_alpha = r so the
+    scale is 1. Tensors an adapter replaces whole (``modules_to_save``) are saved whole.
+    An average of k adapters of rank r has rank up to k·r, so a smaller ``rank`` loses
+    something: the relative Frobenius error ‖ΔW − B·A‖ / ‖ΔW‖ of each module is returned
+    (0 for a ΔW of zero). Atomic, like every writer.
+    """
+    from safetensors.torch import save_file
+
+    from .save import atomic_output, check_output
+
+    if rank < 1:
+        raise SoupError(f"--adapter-rank must be at least 1, got {rank}")
+    first = adapters[0]
+    base = first.base
+    fan = bool(first.config.get("fan_in_fan_out"))
+    if any(bool(a.config.get("fan_in_fan_out")) != fan for a in adapters):
+        raise SoupError("the adapters disagree on fan_in_fan_out; write the full model instead")
+    targets = sorted({n for a in adapters for n in a._pairs})
+    whole = sorted({n for a in adapters for n in a._replaced})
+    path = Path(path)
+    check_output(path, tuple(f for a in adapters for f in a.files), force)
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+    for name in targets:
+        delta = soup.get(name).float() - base.get(name).float()
+        if fan:
+            delta = delta.T
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        r = min(rank, s.numel())
+        root = s[:r].sqrt()
+        b = torch.zeros(delta.shape[0], rank)  # every module has rank r: pad with zeros
+        a = torch.zeros(rank, delta.shape[1])
+        b[:, :r], a[:r] = u[:, :r] * root, root[:, None] * vh[:r]
+        norm = float(delta.norm())
+        errors[name] = float((delta - b @ a).norm()) / norm if norm else 0.0
+        module = PREFIX + name.removesuffix(".weight")
+        tensors[f"{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"{module}.lora_B.weight"] = b.contiguous()
+    for name in whole:
+        tensors[PREFIX + name] = soup.get(name).contiguous()
+    changed = [
+        n
+        for n in soup.layout.specs
+        if n not in targets and n not in whole and not torch.equal(soup.get(n), base.get(n))
+    ]
+    if changed:
+        raise SoupError(
+            f"the soup changes {len(changed)} tensor(s) no adapter targets (first "
+            f"{changed[0]!r}), so it is no adapter of the base; write the full model (drop "
+            "--adapter-rank)"
+        )
+    config = {
+        **first.config,
+        "r": rank,
+        "lora_alpha": rank,
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "target_modules": sorted({n.removesuffix(".weight") for n in targets}),
+        "modules_to_save": sorted({n.rsplit(".", 1)[0] for n in whole}) or None,
+        "base_model_name_or_path": str(base.folder),
+    }
+    with atomic_output(path, force=force, folder=True) as tmp:
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return errors

@@ -20,7 +20,7 @@ from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
 from ..runs.lock import run_lock
-from ..runs.provenance import record_run
+from ..runs.provenance import record_run, write_json
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -80,6 +80,14 @@ OUTPUT.add_argument(
     "--force",
     action="store_true",
     help="replace an existing output, and start afresh a run folder written by another run",
+)
+OUTPUT.add_argument(
+    "--adapter-rank",
+    type=int,
+    metavar="R",
+    help="LoRA adapter inputs: write the soup as a PEFT adapter of rank R (truncated SVD of "
+    "each module's change to the base; the errors go to RUN/adapter.json) instead of the "
+    "full model (default)",
 )
 OUTPUT.add_argument(
     "--run-dir",
@@ -296,6 +304,8 @@ def save_soup(
     fingerprints, evaluator identity) in the run folder; ``record=False`` when a pipeline
     has written it already."""
     folder = run_dir(args)
+    if getattr(args, "adapter_rank", None) is not None:
+        return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
     provenance = {
         "recipe": recipe,
         "modelsoup": __version__,
@@ -315,3 +325,38 @@ def save_soup(
     if record:  # after the soup: an unwritable output is reported as such
         record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
     return out
+
+
+def _save_adapter(
+    args: argparse.Namespace,
+    soup: Ingredient,
+    inputs: Sequence[Ingredient],
+    recipe: str,
+    folder: Path,
+    evaluator: Any,
+    record: bool,
+) -> Path:
+    """``--adapter-rank``: the soup as a LoRA adapter, each module's error recorded."""
+    from ..checkpoints.adapters import LoraAdapter, save_adapter
+
+    adapters = [i for i in inputs if isinstance(i, LoraAdapter)]
+    if not adapters or Path(args.output).suffix:
+        raise SoupError(
+            "--adapter-rank writes a PEFT adapter folder: give LoRA adapter folders as "
+            "ingredients and an output folder name without a suffix"
+        )
+    errors = save_adapter(
+        soup, adapters, args.output, args.adapter_rank, force=args.force, progress=not args.quiet
+    )
+    if record:
+        record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
+    worst = max(errors.values(), default=0.0)
+    write_json(
+        folder / "adapter.json",
+        {"rank": args.adapter_rank, "relative_frobenius_error": errors, "max_error": worst},
+    )
+    print(
+        f"adapter of rank {args.adapter_rank}: {len(errors)} modules, relative Frobenius "
+        f"error at most {worst:.2e} (per module in {folder / 'adapter.json'})"
+    )
+    return Path(args.output)
