@@ -201,3 +201,27 @@ def test_ensemble_and_learned_soup_on_a_language_model(gpt2, tmp_path, capsys):
     assert sum(saved["alpha"]) == pytest.approx(1.0)
     assert saved["alpha"][2] < 0.34  # fit on held-out tokens: the harmful one loses weight
     assert math.isfinite(saved["heldout"]["score"])
+
+
+def test_a_greedy_soup_of_lora_adapters_scored_on_text(gpt2, tmp_path):
+    """Adapters read as the models they define; the tokenizer and config come from their
+    base; the soup is a full model folder."""
+    peft = pytest.importorskip("peft")
+    folders, val, texts = gpt2
+    base = folders[0]
+    adapters = []
+    for i, scale in enumerate([1.0, 1.0, 50.0]):  # the last one harmful
+        torch.manual_seed(i)
+        model = transformers.AutoModelForCausalLM.from_pretrained(base)
+        lora = peft.get_peft_model(model, peft.LoraConfig(
+            r=2, lora_alpha=2 * scale, target_modules=["c_attn"], fan_in_fan_out=True,
+            init_lora_weights=False))  # fmt: skip
+        lora.save_pretrained(tmp_path / f"lora{i}")
+        adapters.append(tmp_path / f"lora{i}")
+    out = tmp_path / "soup"
+    argv = ["greedy", *map(str, adapters), "-o", str(out), "--task", "causal-lm"]
+    assert main([*argv, "--data", str(val), "--batch-size", "4", "-q"]) == 0
+    result = json.loads((tmp_path / "soup.run" / "result.json").read_text())
+    assert str(adapters[2]) not in result["kept"]
+    want, n = _plain_loss(out, texts)
+    assert result["heldout"]["loss_sum"] / n == pytest.approx(want, abs=1e-5)
