@@ -225,3 +225,20 @@ def test_a_greedy_soup_of_lora_adapters_scored_on_text(gpt2, tmp_path):
     assert str(adapters[2]) not in result["kept"]
     want, n = _plain_loss(out, texts)
     assert result["heldout"]["loss_sum"] / n == pytest.approx(want, abs=1e-5)
+
+
+def test_wiseft_and_analyze_score_a_language_model_by_its_loss(gpt2, tmp_path, capsys):
+    folders, val, texts = gpt2
+    lm = ["--task", "causal-lm", "--data", str(val), "--batch-size", "4", "-q"]
+    argv = ["wiseft", str(folders[0]), str(folders[1]), "-o", str(tmp_path / "w"), *lm]
+    assert main([*argv, "--alphas", "0", "1"]) == 0
+    scan = json.loads((tmp_path / "w.run" / "wiseft.json").read_text())["scan"]
+    assert scan[1]["heldout"] == pytest.approx(-_plain_loss(folders[1], texts)[0], abs=1e-5)
+    out = tmp_path / "an"
+    argv = ["analyze", *map(str, folders[1:]), "--base", str(folders[0]), "-o", str(out), *lm]
+    assert main([*argv, "--landscape", "1", "2", "--grid", "2"]) == 0
+    a = json.loads((out / "analysis.json").read_text())
+    assert a["scores"][0]["val"] == pytest.approx(-_plain_loss(folders[1], texts)[0], abs=1e-5)
+    assert set(a["landscape"]["values"]) == {"val loss"}
+    pair = a["pairs"][0]
+    assert pair["soup"]["val"] < 0 and pair["ensemble"]["val"] < 0  # minus losses

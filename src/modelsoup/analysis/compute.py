@@ -41,6 +41,19 @@ Logits = dict[str, torch.Tensor]
 # --- scoring classifiers from logits -------------------------------------------------
 
 
+def scores(
+    logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor], metric: str
+) -> Scores:
+    """Per split, the evaluator's score from logits: accuracy, or minus the mean
+    cross-entropy for ``metric="loss"`` (a causal LM's tokens: labels of -100 ignored)."""
+    if metric == "accuracy":
+        return accuracies(logits, labels)
+    return {
+        s: -float(torch.nn.functional.cross_entropy(lg.double(), labels[s]))
+        for s, lg in logits.items()
+    }
+
+
 def accuracies(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> Scores:
     """Accuracy per split from logits ``{split: [N, classes]}``."""
     return {s: correct_count(lg, labels[s]) / max(len(labels[s]), 1) for s, lg in logits.items()}
@@ -72,6 +85,7 @@ class LogitScorer:
         self.splits = list(splits if splits is not None else evaluator.splits)
         self.cache = cache
         self.labels = {s: evaluator.labels(s) for s in self.splits}
+        self.metric = getattr(evaluator, "metric", "accuracy")
 
     def logits(self, state: Mapping[str, torch.Tensor]) -> Logits:
         if self.cache is None:
@@ -86,7 +100,7 @@ class LogitScorer:
         return out
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> Scores:
-        return accuracies(self.logits(state), self.labels)
+        return scores(self.logits(state), self.labels, self.metric)
 
 
 # --- angles ----------------------------------------------------------------------------
@@ -172,6 +186,7 @@ def pair_soups(
     logits: Sequence[Logits] | None = None,
     labels: Mapping[str, torch.Tensor] | None = None,
     integers: str = "error",
+    metric: str = "accuracy",
     progress: bool = False,
 ) -> list[PairSoup]:
     """The 2-model soup ``½θi + ½θj`` of every pair (default: all), scored by ``score``.
@@ -185,7 +200,7 @@ def pair_soups(
         state = materialize(interpolate(ingredients[i], ingredients[j], 0.5, integers=integers))
         ens = None
         if logits is not None and labels is not None:
-            ens = accuracies(mix_logits(logits[i], logits[j], 0.5), labels)
+            ens = scores(mix_logits(logits[i], logits[j], 0.5), labels, metric)
         out.append(
             PairSoup(
                 i,
@@ -221,6 +236,7 @@ def interpolation_curve(
     labels: Mapping[str, torch.Tensor] | None = None,
     ids: tuple[int, int] = (0, 1),
     integers: str = "error",
+    metric: str = "accuracy",
     progress: bool = False,
 ) -> Curve:
     """Scores of ``(1-α)a + αb`` for each α (α = 0 is ``a`` bit for bit, α = 1 is ``b``)
@@ -232,7 +248,7 @@ def interpolation_curve(
     ]
     mixed = None
     if logits is not None and labels is not None:
-        mixed = [accuracies(mix_logits(logits[0], logits[1], x), labels) for x in alphas]
+        mixed = [scores(mix_logits(logits[0], logits[1], x), labels, metric) for x in alphas]
     return Curve(ids[0], ids[1], alphas, weights, mixed)
 
 

@@ -59,6 +59,7 @@ def run_analyses(
     measure: Scorer | None = None,
     grid: int = 9,
     integers: str = "error",
+    metric: str = "accuracy",
     titles: Mapping[str, str] | None = None,
     landscape_labels: Sequence[str] | None = None,
     progress: bool = False,
@@ -67,7 +68,8 @@ def run_analyses(
 
     ``score`` maps a state to scores per split, ``individual[i]`` are ingredient i's own
     (so advantages compare like with like); ``logits[i]`` with ``labels`` add 2-model
-    ensembles. ``curve`` is the (0-based) pair of the interpolation curve; with
+    ensembles, scored with ``metric`` (accuracy, or minus the loss). ``curve`` is the
+    (0-based) pair of the interpolation curve; with
     ``landscape`` (a pair) and ``measure`` (a scorer), the landscape on the plane through
     ``base`` and that pair on a ``grid`` x ``grid`` grid. PNGs go to ``folder``, titled by
     ``titles`` (keys: cosine, angles, ensemble_vs_soup, interpolation, landscape).
@@ -90,6 +92,7 @@ def run_analyses(
         logits=logits,
         labels=labels,
         integers=integers,
+        metric=metric,
         progress=progress,
     )
     timing["pair soups"] = time.perf_counter() - t
@@ -115,6 +118,7 @@ def run_analyses(
         labels=labels,
         ids=(a, b),
         integers=integers,
+        metric=metric,
         progress=progress,
     )
     timing["interpolation"] = time.perf_counter() - t
@@ -150,10 +154,11 @@ def run_analyses(
 
 def _scorers(
     ingredients: Sequence[Ingredient], evaluator: Evaluator, out: Path, progress: bool
-) -> tuple[Scorer, list[Scores], list[Logits] | None, dict | None, Scorer, str]:
-    """``(score, individual, logits, labels, measure, selection)`` for an evaluator: with
-    a `LogitEvaluator`, accuracy per split from (cached) logits, ensembles, and a
-    landscape of the selection loss and every split's error; else its score alone."""
+) -> tuple[Scorer, list[Scores], list[Logits] | None, dict | None, Scorer, str, str]:
+    """``(score, individual, logits, labels, measure, selection, metric)`` for an
+    evaluator: with a `LogitEvaluator`, its metric per split from (cached) logits,
+    ensembles, and a landscape of the selection loss and every split's error (a language
+    model: every split's loss); else its score alone."""
     if isinstance(evaluator, LogitEvaluator):
         from ..recipes.ensemble import compute_logits
 
@@ -164,22 +169,25 @@ def _scorers(
             ingredients, evaluator, scorer.splits, cache, progress=progress
         )
         logits = [{s: per_split[s][i] for s in scorer.splits} for i in range(len(ingredients))]
-        individual = [compute.accuracies(lg, labels) for lg in logits]
+        individual = [compute.scores(lg, labels, scorer.metric) for lg in logits]
 
         def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
             lg = scorer.logits(state)
-            acc = compute.accuracies(lg, labels)
             loss = torch.nn.functional.cross_entropy(lg[sel], labels[sel])
+            if scorer.metric == "loss":  # a language model: its loss on every split
+                return {f"{s} loss": -v for s, v in compute.scores(lg, labels, "loss").items()}
+            acc = compute.accuracies(lg, labels)
             return {f"{sel} loss": float(loss), **{f"{s} error": 1 - acc[s] for s in acc}}
 
-        return scorer, individual, logits, labels, measure, sel
+        return scorer, individual, logits, labels, measure, sel, scorer.metric
 
     def score(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         value = evaluate(evaluator, state, what="a soup of the analysis").score
         assert value is not None
         return {"score": value}
 
-    return score, [score(materialize(ing)) for ing in ingredients], None, None, score, "score"
+    individual = [score(materialize(ing)) for ing in ingredients]
+    return score, individual, None, None, score, "score", "accuracy"
 
 
 def analyze_sweep(
@@ -218,7 +226,7 @@ def analyze_sweep(
         result["angles"] = geometry.to_json()
         result["note"] = "no evaluator: angles only (pass --model and --data, or --evaluator)"
     else:
-        score, individual, logits, labels, measure, sel = _scorers(
+        score, individual, logits, labels, measure, sel, metric = _scorers(
             ingredients, evaluator, out, progress
         )
         splits = list(individual[0])
@@ -241,6 +249,7 @@ def analyze_sweep(
             measure=measure,
             grid=grid,
             integers=integers,
+            metric=metric,
             titles={
                 "angles": "Angle vs interpolation advantage",
                 "ensemble_vs_soup": "2-model ensemble vs soup",
