@@ -220,3 +220,23 @@ def landscape(land: Landscape, path: str | os.PathLike, title: str = "") -> None
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def comparison_scatter(results: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """The paper's Figure 1 for a comparison: each method's held-out score against the
+    mean of its other splits (higher is better on both axes)."""
+    plt = _pyplot()
+    sel = results["selection"]
+    others = [s for s in results["splits"] if s != sel]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    markers = "o*DPXvhp^s<>"
+    for i, row in enumerate(results["methods"]):
+        x = row["scores"][sel]
+        y = mean_of(row["scores"], others)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], s=80, label=row["method"], zorder=3)
+    ax.set_xlabel(f"held-out ({sel})")
+    ax.set_ylabel(f"mean of {', '.join(others)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Methods: held-out vs the other splits")
+    _save(fig, path)

@@ -17,26 +17,33 @@ from ..errors import SoupError
 from ..recipes import RECIPES
 from . import (
     analyze,
+    compare,
     ensemble,
     greedy,
     inspect_checkpoints,
     learned,
     model_stock,
     options,
+    slerp,
+    task_merges,
     uniform,
     wiseft,
 )
 
 # One command per registered recipe (the registry names them), then the others.
 RECIPE_COMMANDS = {
-    "uniform": uniform,
-    "greedy": greedy,
-    "ensemble": ensemble,
-    "learned": learned,
-    "wiseft": wiseft,
-    "model-stock": model_stock,
+    "uniform": uniform.add,
+    "greedy": greedy.add,
+    "ensemble": ensemble.add,
+    "learned": learned.add,
+    "wiseft": wiseft.add,
+    "model-stock": model_stock.add,
+    "task-arithmetic": task_merges.add_task_arithmetic,
+    "ties": task_merges.add_ties,
+    "dare": task_merges.add_dare,
+    "slerp": slerp.add,
 }
-OTHER_COMMANDS = (analyze, inspect_checkpoints)
+OTHER_COMMANDS = (compare, analyze, inspect_checkpoints)
 PLUGIN_GROUP = "modelsoup.commands"
 
 
@@ -74,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelsoup {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, recipe in RECIPES.items():
-        RECIPE_COMMANDS[name].add(sub, recipe)
+        RECIPE_COMMANDS[name](sub, recipe)
     for command in OTHER_COMMANDS:
         command.add(sub)
     load_plugins(sub)

@@ -13,6 +13,9 @@ from .ensemble import ensemble_baselines, greedy_ensemble
 from .greedy import GreedyResult, greedy_soup
 from .learned import LearnedResult, learned_soup
 from .model_stock import model_stock
+from .slerp import slerp
+from .task_arithmetic import task_arithmetic
+from .ties import dare, ties
 from .uniform import uniform_soup
 from .wiseft import wise_ft, wiseft_scan
 
@@ -58,6 +61,26 @@ RECIPES: dict[str, Recipe] = {
         "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
         "Jang et al., Model Stock, ECCV 2024",
     ),
+    "task-arithmetic": Recipe(
+        task_arithmetic,
+        "task arithmetic: the base plus lambda times the weighted sum of task vectors",
+        "Ilharco et al., Editing models with task arithmetic, ICLR 2023",
+    ),
+    "ties": Recipe(
+        ties,
+        "TIES: trim task vectors to their largest entries, elect signs, merge what agrees",
+        "Yadav et al., TIES-Merging, NeurIPS 2023",
+    ),
+    "dare": Recipe(
+        dare,
+        "DARE: drop task-vector entries at random and rescale, then add (or merge by sign)",
+        "Yu et al., Language Models are Super Mario (DARE), ICML 2024",
+    ),
+    "slerp": Recipe(
+        slerp,
+        "SLERP: spherical interpolation between two models, tensor by tensor",
+        "Shoemake, SIGGRAPH 1985, as mergekit's slerp",
+    ),
 }
 
 __all__ = [
@@ -65,11 +88,15 @@ __all__ = [
     "GreedyResult",
     "LearnedResult",
     "Recipe",
+    "dare",
     "ensemble_baselines",
     "greedy_ensemble",
     "greedy_soup",
     "learned_soup",
     "model_stock",
+    "slerp",
+    "task_arithmetic",
+    "ties",
     "uniform_soup",
     "wise_ft",
     "wiseft_scan",

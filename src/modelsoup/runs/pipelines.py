@@ -84,7 +84,7 @@ def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Eva
     return out
 
 
-def _scores_from_logits(
+def scores_from_logits(
     ingredients: Sequence[Ingredient],
     evaluator: LogitEvaluator,
     cache: LogitCache,
@@ -131,7 +131,7 @@ def greedy_run(
     scoring_reads = 0
     cacheable = isinstance(evaluator, LogitEvaluator) and isinstance(evaluator, Identified)
     if scores is None and order == "sorted" and cacheable:
-        scores, scoring_reads = _scores_from_logits(
+        scores, scoring_reads = scores_from_logits(
             ingredients, evaluator, LogitCache(run_dir / "logits"), progress
         )
     # A checkpoint read while scoring is one full evaluation of it (cache hits cost none).

@@ -1,0 +1,72 @@
+"""``modelsoup compare``: which merge is best for these models, on your held-out data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..checkpoints.ingredients import open_ingredient
+from ..runs.compare import DENSITIES, LAMBDAS, compare, table
+from . import options as o
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        parents=[o.READ, o.KEY, o.EVAL, o.INTEGERS, o.QUIET],
+        help="every recipe on your sweep, scored on every split: the paper's Table 3 for it",
+        description="Cook every recipe that applies to the sweep (best individual, uniform, "
+        "greedy and random-order greedy, learned per model and per layer, the logit "
+        "ensembles; with --base also Model Stock, WiSE-FT of the greedy soup, task "
+        "arithmetic, TIES and DARE with hyperparameters chosen on held-out), score each on "
+        "every split, and write results.md/.json/.csv, scatter.png and report.html with "
+        "each method's inference cost, merge time and peak memory. Caches and journals in "
+        "the output folder make a rerun compute only what changed.",
+    )
+    p.add_argument(
+        "--base", metavar="THETA0", help="the model the ingredients were fine-tuned from"
+    )
+    p.add_argument("-o", "--out", default="compare", help="output folder (default: compare)")
+    p.add_argument("--orders", type=int, default=3, help="random orders of the greedy soup (3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random orders and DARE")
+    p.add_argument(
+        "--lambdas", nargs="+", type=float, default=list(LAMBDAS), help="the lambda grid"
+    )
+    p.add_argument(
+        "--densities", nargs="+", type=float, default=list(DENSITIES), help="the density grid"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
+    base = None
+    if args.base:
+        base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
+    out = Path(args.out)
+    o.claim_run_dir(out, [*ingredients, *([base] if base else [])])
+    evaluator = o.make_evaluator(args, ingredients[0])
+    results = compare(
+        ingredients,
+        evaluator,
+        out,
+        base=base,
+        random_orders=args.orders,
+        seed=args.seed,
+        integers=args.integers,
+        lambdas=args.lambdas,
+        densities=args.densities,
+        progress=not args.quiet,
+    )
+    if not o.is_rank0():
+        return 0
+    head, body = table(results)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    for row in [head, *body]:
+        print(
+            "  ".join(
+                f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
+    print(f"wrote {out}/report.html, results.md, results.json, results.csv")
+    return 0

@@ -1,0 +1,88 @@
+"""Merges that need a whole tensor at a time (TIES' top-k, SLERP's angle), as a lazy
+ingredient.
+
+`Tensorwise` computes each floating tensor with a function of the ingredients' tensors of
+that name when it is first read, keeps it until another tensor is asked for, and serves
+chunks from it: memory is k + 1 copies of one tensor, never k models.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.layout import Layout, is_float
+from ..errors import MismatchError, NonFiniteError
+from .arithmetic import IntegerPolicy, all_finite
+from .checks import check_compatible
+
+# fn(name, tensors of the ingredients in float32 (float64 kept)) -> the merged tensor
+TensorFn = Callable[[str, list[torch.Tensor]], torch.Tensor]
+
+
+class Tensorwise:
+    """The ingredient whose floating tensor ``name`` is ``fn(name, [t_1, ..., t_k])``
+    (in float32, or float64 for float64 tensors; cast back to the tensor's dtype),
+    computed on demand.
+
+    Integer and bool tensors are never merged: ``integers="error"`` requires them equal
+    in every ingredient, ``"first"`` takes the first ingredient's. NaN or Inf in the
+    result raises `NonFiniteError` naming the tensor.
+    """
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        fn: TensorFn,
+        *,
+        source: str,
+        integers: IntegerPolicy = "error",
+    ):
+        self.ingredients = list(ingredients)
+        self._layout = check_compatible(self.ingredients)
+        self.fn, self._source, self.integers = fn, source, integers
+        self._cache: tuple[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(f for i in self.ingredients for f in i.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        name = self._layout.canonical(name)
+        with self._lock:
+            if self._cache is None or self._cache[0] != name:
+                self._cache = (name, self._compute(name))
+            return self._cache[1]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        flat = self.get(name).reshape(-1)
+        return flat[start : flat.numel() if stop is None else stop].clone()
+
+    def _compute(self, name: str) -> torch.Tensor:
+        spec = self._layout.spec(name)
+        tensors = [i.get(name) for i in self.ingredients]
+        if not is_float(spec.dtype):
+            if self.integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
+                raise MismatchError(
+                    f"integer tensor {name!r} differs between the ingredients; integers are "
+                    "never merged: pass --integers first (integers='first') to take the first's"
+                )
+            return tensors[0]
+        wide = torch.promote_types(spec.dtype, torch.float32)  # float32, or float64 kept
+        out = self.fn(name, [t.to(wide) for t in tensors]).to(spec.dtype)
+        if not all_finite(out):
+            raise NonFiniteError(f"the merge of tensor {name!r} is not finite (NaN or Inf)")
+        return out.reshape(spec.shape)

@@ -1,0 +1,46 @@
+"""Hyperparameters chosen on the held-out split: score a small grid, keep the best.
+
+Used by the merges with hyperparameters (task arithmetic's lambda, TIES' and DARE's
+lambda and density), as WiSE-FT chooses its alpha.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.save import materialize
+from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
+
+
+def grid(**axes: Sequence[float]) -> list[dict[str, float]]:
+    """Every combination of the axes' values, in order: ``grid(lam=[.5, 1], density=[.2])``."""
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+def grid_search(
+    make: Callable[..., Ingredient],
+    points: Sequence[Mapping[str, float]],
+    evaluator: Evaluator,
+    *,
+    what: str = "a merge",
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score ``make(**point)`` for every point on the held-out split; return the best point
+    (the first among equal scores) and one row per point: the point, its held-out score
+    and, with a `LogitEvaluator`, its score on every split."""
+    rows: list[dict[str, Any]] = []
+    for point in points:
+        state = materialize(make(**point))
+        row: dict[str, Any] = dict(point)
+        if isinstance(evaluator, LogitEvaluator):
+            row.update(split_scores(evaluator, state))
+            row["heldout"] = row[evaluator.selection]
+        else:
+            label = ", ".join(f"{k}={v:g}" for k, v in point.items())
+            row["heldout"] = evaluate(evaluator, state, what=f"{what} at {label}").score
+        rows.append(row)
+    best = max(range(len(rows)), key=lambda i: (rows[i]["heldout"], -i))
+    return dict(points[best]), rows

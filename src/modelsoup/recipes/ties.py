@@ -1,0 +1,141 @@
+"""TIES merging and DARE: sparsify the task vectors, elect a sign, merge what agrees.
+
+Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023:
+per tensor, (1) trim each task vector tau_i = theta_i - theta0 to its top ``density``
+fraction by magnitude, (2) elect a sign per entry, the sign of sum_i w_i tau_i, (3) keep
+the entries that agree with it and, with ``normalize``, divide by the sum of the weights
+that agree; theta = theta0 + lambda * merged.
+
+Yu et al., "Language Models are Super Mario" (DARE), ICML 2024: instead of the top-k,
+drop each task-vector entry with probability 1 - density and rescale the rest by
+1 / density; ``dare-linear`` sums them (task arithmetic), ``dare-ties`` elects signs as
+TIES does. Drops are drawn from a CPU generator seeded by ``seed``, the tensor's name and
+the ingredient's position, so a seed gives the same soup on any machine.
+
+TIES follows mergekit 0.1.5's ``ties`` (generalized task arithmetic: sparsify, then
+weight, then the sign consensus "sum", normalized by default; at least one entry kept).
+DARE follows the paper rather than mergekit: mergekit 0.1.5 rescales the kept entries so
+that their L1 norm matches the task vector's, not by 1/density, and draws its drops from
+torch's global generator (no seed); here the rescale is 1/density, as the paper's
+expectation argument needs, and the drops are seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient
+from ..errors import SoupError
+from ..ops.arithmetic import IntegerPolicy
+from ..ops.tensorwise import Tensorwise
+
+
+def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """1 on the ``density`` fraction of entries of largest magnitude (at least one)."""
+    if density >= 1:
+        return torch.ones_like(tau)
+    flat = tau.abs().reshape(-1)
+    k = max(int(density * flat.numel()), 1)
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat, k).indices] = 1
+    return mask.view_as(tau)
+
+
+def random_mask(tau: torch.Tensor, density: float, seed: int, name: str, i: int) -> torch.Tensor:
+    """Keep each entry with probability ``density``, from a generator seeded by
+    ``(seed, name, i)``."""
+    key = hashlib.sha256(f"{seed}:{name}:{i}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+    return (torch.rand(tau.shape, generator=g) < density).to(tau.dtype)
+
+
+def merge_task_vectors(
+    taus: list[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+) -> torch.Tensor:
+    """Sum of ``w_i tau_i``: with ``consensus``, only entries whose sign agrees with the
+    sign of the weighted sum; with ``normalize``, divided per entry by the weights
+    summed (of the agreeing entries, with consensus)."""
+    w = torch.tensor(list(weights), dtype=torch.float32).view(-1, *([1] * taus[0].dim()))
+    weighted = torch.stack(taus) * w
+    if consensus:
+        sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
+        mask = (weighted.sign() == sign).to(weighted.dtype)
+        mixed = (weighted * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(0)
+        divisor = w.sum(0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if normalize else mixed
+
+
+def _check(k: int, weights: Sequence[float] | None, density: float) -> list[float]:
+    if not 0 < density <= 1:
+        raise SoupError(f"--density must be in (0, 1], got {density}")
+    w = [1.0] * k if weights is None else [float(x) for x in weights]
+    if len(w) != k:
+        raise SoupError(f"{len(w)} weights for {k} ingredients; give one each")
+    return w
+
+
+def ties(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    *,
+    density: float = 0.5,
+    weights: Sequence[float] | None = None,
+    lam: float = 1.0,
+    normalize: bool = True,
+    integers: IntegerPolicy = "error",
+) -> Tensorwise:
+    """TIES: top-``density`` trim, sign election, disjoint merge; lazy, one tensor at a
+    time."""
+    w = _check(len(ingredients), weights, density)
+
+    def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        *fts, theta0 = tensors
+        taus = [(t - theta0) * magnitude_mask(t - theta0, density) for t in fts]
+        return theta0 + lam * merge_task_vectors(taus, w, consensus=True, normalize=normalize)
+
+    return Tensorwise(
+        [*ingredients, base], fn, source=f"TIES of {len(ingredients)}", integers=integers
+    )
+
+
+def dare(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    *,
+    density: float = 0.5,
+    weights: Sequence[float] | None = None,
+    lam: float = 1.0,
+    consensus: bool = False,
+    normalize: bool = False,
+    seed: int = 0,
+    integers: IntegerPolicy = "error",
+) -> Tensorwise:
+    """DARE: random drops rescaled by 1/``density``, then summed (``dare-linear``) or
+    merged by sign (``consensus``: ``dare-ties``); lazy, one tensor at a time."""
+    w = _check(len(ingredients), weights, density)
+
+    def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        *fts, theta0 = tensors
+        taus = [
+            (t - theta0) * random_mask(t, density, seed, name, i) / density
+            for i, t in enumerate(fts)
+        ]
+        merged = merge_task_vectors(taus, w, consensus=consensus, normalize=normalize)
+        return theta0 + lam * merged
+
+    kind = "dare-ties" if consensus else "dare-linear"
+    return Tensorwise(
+        [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers
+    )

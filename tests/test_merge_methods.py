@@ -1,0 +1,201 @@
+"""Task arithmetic, TIES, DARE and SLERP against their formulas on constructed tensors,
+and their commands (fixed hyperparameters, or chosen on held-out from a grid)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import tinytask
+import torch
+from safetensors.torch import load_file, save_file
+
+import modelsoup as ms
+from modelsoup.cli import main
+from modelsoup.recipes import dare, slerp, task_arithmetic, ties
+
+TESTS = Path(__file__).parent
+S = ms.StateDictIngredient
+
+
+def test_task_arithmetic_is_its_formula():
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(50, generator=g, dtype=torch.float64)}
+    fts = [{"w": base["w"] + torch.randn(50, generator=g, dtype=torch.float64)} for _ in range(3)]
+    w, lam = [0.5, 1.0, 2.0], 0.7
+    got = ms.materialize(task_arithmetic([S(f) for f in fts], S(base), weights=w, lam=lam))
+    want = base["w"] + lam * sum(wi * (f["w"] - base["w"]) for wi, f in zip(w, fts))
+    torch.testing.assert_close(got["w"], want, rtol=0, atol=1e-6)  # summed in float32
+
+
+def test_ties_by_hand():
+    """Hand-made signs and magnitudes; density 0.5 keeps the top 2 of 4 entries."""
+    base = {"w": torch.zeros(4)}
+    t1 = {"w": torch.tensor([3.0, -1.0, 0.5, 2.0])}  # keeps 3 (0) and 2 (3)
+    t2 = {"w": torch.tensor([-2.0, -4.0, 1.0, 0.1])}  # keeps -2 (0) and -4 (1)
+    got = ms.materialize(ties([S(t1), S(t2)], S(base), density=0.5))["w"]
+    # entry 0: 3 + -2 > 0 elects +, only 3 agrees; entry 1: -4 alone; entry 2: nothing kept;
+    # entry 3: 2 alone. Normalized by the weights that agree (1 each).
+    assert torch.equal(got, torch.tensor([3.0, -4.0, 0.0, 2.0]))
+    weighted = ms.materialize(ties([S(t1), S(t2)], S(base), density=0.5, weights=[1, 3]))["w"]
+    # weights 1 and 3: entry 0 is 3 - 6 < 0, so -2 wins, weighted 3 * -2 / 3 = -2
+    assert torch.equal(weighted, torch.tensor([-2.0, -4.0, 0.0, 2.0]))
+    lam = ms.materialize(ties([S(t1), S(t2)], S({"w": torch.ones(4)}), density=1.0, lam=0.5))
+    # density 1 keeps all; relative to base 1: deltas [2,-2,-.5,1] and [-3,-5,0,-.9]; entry 0
+    # elects - (2 - 3 < 0) and keeps -3; entry 2's zero delta has no sign and is left out
+    want = 1 + 0.5 * torch.tensor([-3.0, (-2 - 5) / 2, -0.5, 1.0])
+    torch.testing.assert_close(lam["w"], want)
+
+
+def test_dare_is_task_arithmetic_in_expectation_and_seeded():
+    g = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(200, generator=g)}
+    fts = [S({"w": base["w"] + torch.randn(200, generator=g)}) for _ in range(2)]
+    ref = ms.materialize(task_arithmetic(fts, S(base)))["w"]
+    runs = torch.stack(
+        [ms.materialize(dare(fts, S(base), density=0.5, seed=s))["w"] for s in range(400)]
+    )
+    assert (runs.mean(0) - ref).abs().max() < 0.35  # 400 draws: a few standard errors
+    assert (runs.mean(0) - ref).abs().mean() < 0.06
+    a = ms.materialize(dare(fts, S(base), density=0.5, seed=7))["w"]
+    assert torch.equal(a, ms.materialize(dare(fts, S(base), density=0.5, seed=7))["w"])
+    assert not torch.equal(a, ms.materialize(dare(fts, S(base), density=0.5, seed=8))["w"])
+    kept = (a != base["w"]).float().mean()
+    assert 0.6 < kept < 0.9  # each of 2 task vectors keeps about half: 1 - 0.25 differ
+
+
+def test_slerp_keeps_norm_and_angle():
+    """Each tensor is one vector on its sphere (as mergekit 0.1.5 merges)."""
+    from modelsoup.recipes.slerp import slerp_tensor
+
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(64, generator=g, dtype=torch.float64)
+    v = torch.randn(64, generator=g, dtype=torch.float64)
+    u = u / u.norm()
+    v = v - (v @ u) * u
+    v = v / v.norm()
+    b = math.cos(1.2) * u + math.sin(1.2) * v  # 1.2 rad from u, unit norm
+    for t in (0.0, 0.25, 0.5, 1.0):
+        out = ms.materialize(slerp(S({"w": u.view(8, 8)}), S({"w": b.view(8, 8)}), t))["w"]
+        out = out.reshape(-1)
+        assert float(out.norm()) == pytest.approx(1.0, abs=1e-7)  # mergekit's eps
+        assert math.acos(min(1.0, float(out @ u))) == pytest.approx(1.2 * t, abs=1e-6)
+    near = u + 1e-4 * v  # nearly parallel: linear interpolation
+    out = ms.materialize(slerp(S({"w": u}), S({"w": near}), 0.5))["w"]
+    torch.testing.assert_close(out, torch.lerp(u, near, 0.5))
+    # the kernel takes rows: each row on its own sphere
+    rows = slerp_tensor(0.5, torch.stack([u, 3 * u]), torch.stack([b, 3 * v]))
+    assert float(rows[1].norm()) == pytest.approx(3.0, abs=1e-6)
+    assert math.acos(float(rows[1] @ u) / 3) == pytest.approx(math.pi / 4, abs=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def _importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+@pytest.fixture(scope="module")
+def sweep_with_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("merges")
+    paths = tinytask.save_sweep(
+        folder, [3e-3, 1e-2, 5e-3], base_steps=40, steps=40, seed0=0, save_base=True
+    )
+    return str(folder / "base.safetensors"), [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("name", ["task-arithmetic", "ties", "dare"])
+def test_the_commands_choose_on_held_out_and_match_the_library(name, sweep_with_base, tmp_path):
+    base, paths = sweep_with_base
+    out = tmp_path / "m.safetensors"
+    ev = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
+    argv = [name, *paths, "--base", base, "-o", str(out), *ev, "--lambdas", "0.5", "1.0"]
+    if name != "task-arithmetic":
+        argv += ["--densities", "0.3", "0.9"]
+    assert main(argv) == 0
+    record = json.loads(
+        (tmp_path / "m.safetensors.run" / f"{name.replace('-', '_')}.json").read_text()
+    )
+    rows = record["grid"]
+    assert len(rows) == (2 if name == "task-arithmetic" else 4)
+    best = max(rows, key=lambda r: r["heldout"])
+    assert {k: best[k] for k in record["chosen"]} == record["chosen"]
+    assert set(rows[0]) >= {"lam", "heldout", "val", "test", "shift"}
+    # the written soup is the library's merge at the chosen point
+    ings, b = [ms.open_ingredient(p) for p in paths], ms.open_ingredient(base)
+    fn = {"task-arithmetic": task_arithmetic, "ties": ties, "dare": dare}[name]
+    want = ms.materialize(fn(ings, b, **record["chosen"]))
+    got = load_file(out)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+
+
+def test_fixed_hyperparameters_and_slerp_commands(sweep_with_base, tmp_path, capsys):
+    base, paths = sweep_with_base
+    out = tmp_path / "t.safetensors"
+    assert main(["ties", *paths, "--base", base, "-o", str(out), "--lambda", "0.8",
+                 "--density", "0.4", "-q"]) == 0  # fmt: skip
+    assert "lambda 0.8, density 0.4" in capsys.readouterr().out
+    ings, b = [ms.open_ingredient(p) for p in paths], ms.open_ingredient(base)
+    want = ms.materialize(ties(ings, b, lam=0.8, density=0.4))
+    assert all(torch.equal(load_file(out)[k], want[k]) for k in want)
+    s = tmp_path / "s.safetensors"
+    assert main(["slerp", paths[0], paths[1], "--t", "0.3", "-o", str(s), "-q"]) == 0
+    want = ms.materialize(slerp(ings[0], ings[1], 0.3))
+    assert all(torch.equal(load_file(s)[k], want[k]) for k in want)
+    assert (
+        main(["slerp", paths[0], paths[1], "--t", "1.5", "-o", str(tmp_path / "x.safetensors")])
+        == 2
+    )
+    assert "[0, 1]" in capsys.readouterr().err
+    assert main(["ties", *paths, "--base", base, "-o", str(tmp_path / "y.safetensors"),
+                 "--density", "0"]) == 2  # fmt: skip
+    assert "--density" in capsys.readouterr().err
+
+
+def test_integer_tensors_are_never_merged(tmp_path):
+    base = {"w": torch.zeros(3), "steps": torch.tensor(1)}
+    a = {"w": torch.ones(3), "steps": torch.tensor(1)}
+    c = {"w": -torch.ones(3), "steps": torch.tensor(2)}
+    with pytest.raises(ms.MismatchError, match="steps"):
+        ms.materialize(ties([S(a), S(c)], S(base)))
+    got = ms.materialize(ties([S(a), S(c)], S(base), integers="first"))
+    assert int(got["steps"]) == 1
+    save_file(a, tmp_path / "a.safetensors")
+
+
+def test_compare_has_every_row_and_its_greedy_row_is_greedys(sweep_with_base, tmp_path, capsys):
+    base, paths = sweep_with_base
+    ev = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
+    out = tmp_path / "cmp"
+    argv = ["compare", *paths, "--base", base, "-o", str(out), *ev, "--orders", "2"]
+    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in results["methods"]]
+    for name in ("best individual", "ensemble", "greedy ensemble", "uniform soup", "greedy soup",
+                 "greedy soup, random order (2 orders)", "learned soup", "learned soup by layer",
+                 "Model Stock"):  # fmt: skip
+        assert name in methods, (name, methods)
+    for prefix in ("WiSE-FT of greedy soup", "task arithmetic (", "TIES (", "DARE ("):
+        assert any(m.startswith(prefix) for m in methods), (prefix, methods)
+    assert "greedy soup" in printed and (out / "report.html").is_file()
+    assert (out / "results.md").read_text().count("\n") == len(methods) + 2
+    row = next(r for r in results["methods"] if r["method"] == "greedy soup")
+    assert set(row["scores"]) == {"val", "test", "shift"} and row["seconds"] >= 0
+    ensemble = next(r for r in results["methods"] if r["method"] == "ensemble")
+    assert ensemble["models"] == len(paths)
+    # its greedy row is what `modelsoup greedy` gives on the same sweep
+    assert main(["greedy", *paths, "-o", str(tmp_path / "g.safetensors"), *ev]) == 0
+    greedy = json.loads((tmp_path / "g.safetensors.run" / "result.json").read_text())
+    assert row["detail"]["kept"] == greedy["kept"]
+    assert row["scores"] == pytest.approx(greedy["splits"])
+    # a rerun reuses the logits and journals: the ingredients' logits are not recomputed
+    logits = sorted(p.name for p in (out / "logits").iterdir())
+    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5"]) == 0
+    assert sorted(p.name for p in (out / "logits").iterdir()) == logits
+    again = json.loads((out / "results.json").read_text())
+    assert [r["scores"] for r in again["methods"]] == [r["scores"] for r in results["methods"]]
