@@ -27,6 +27,8 @@ METHODS = [
     "greedy ensemble",
     "Model Stock",
     "WiSE-FT of greedy soup",
+    "task arithmetic",
+    "TIES",
 ]
 
 

@@ -31,6 +31,7 @@ from modelsoup.recipes.greedy import GreedyResult
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
 from modelsoup.runs import LogitCache, versions, write_json
+from modelsoup.runs.compare import tuned_merges
 
 from .analyses import run_analyses
 from .config import Config
@@ -467,6 +468,12 @@ def _related(
             detail={"alpha": alpha, "scan": scan},
         )
     )
+    # Task arithmetic and TIES on the fine-tunes, lambda and density chosen on held-out:
+    # the same code as `modelsoup compare`.
+    for label, point, merge in tuned_merges(
+        k.ingredients[1:], theta0, val_only, methods=("task arithmetic", "TIES"), integers="first"
+    ):
+        rows.append(Row(label, 1, k.score_soup(ms.materialize(merge)), detail={"chosen": point}))
     return rows
 
 

@@ -251,6 +251,8 @@ def figure1(results: Mapping[str, Any], path: Path) -> None:
         "Model Stock": ("tab:pink", "X", 80),
         "WiSE-FT of greedy soup": ("tab:gray", "v", 60),
         "greedy ensemble": ("tab:cyan", "D", 35),
+        "task arithmetic": ("gold", "^", 60),
+        "TIES": ("teal", "<", 50),
     }
     methods = _by_method(results)
     for name in sorted(styles, key=lambda n: -styles[n][2]):

@@ -63,7 +63,7 @@ class LoraAdapter:
             )
         self._file = _open_file(weights[0], None)
         self._pairs, self._replaced = self._parse(self._file)
-        self._cache: tuple[str, torch.Tensor] | None = None
+        self._cache: dict[str, torch.Tensor] = {}  # the last few tensors (see get)
         self._lock = threading.Lock()
 
     # -- the adapter's description ------------------------------------------------------
@@ -173,10 +173,16 @@ class LoraAdapter:
         name = self.layout.canonical(name)
         if name not in self._pairs and name not in self._replaced:
             return self.base.get(name)
+        from ..ops.arithmetic import STREAM_WORKERS  # ops imports checkpoints: import late
+
         with self._lock:
-            if self._cache is None or self._cache[0] != name:
-                self._cache = (name, self._compute(name))
-            return self._cache[1]
+            if name not in self._cache:
+                # the writer's worker threads read neighbouring tensors at once: keep a
+                # few, or they would recompute each other's tensor chunk after chunk
+                if len(self._cache) > STREAM_WORKERS:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[name] = self._compute(name)
+            return self._cache[name]
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         name = self.layout.canonical(name)

@@ -17,7 +17,7 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import Layout, is_float
 from ..errors import MismatchError, NonFiniteError
-from .arithmetic import IntegerPolicy, all_finite
+from .arithmetic import STREAM_WORKERS, IntegerPolicy, all_finite
 from .checks import check_compatible
 
 # fn(name, tensors of the ingredients in float32 (float64 kept)) -> the merged tensor
@@ -45,7 +45,7 @@ class Tensorwise:
         self.ingredients = list(ingredients)
         self._layout = check_compatible(self.ingredients)
         self.fn, self._source, self.integers = fn, source, integers
-        self._cache: tuple[str, torch.Tensor] | None = None
+        self._cache: dict[str, torch.Tensor] = {}  # the last few tensors (see get)
         self._lock = threading.Lock()
 
     @property
@@ -63,9 +63,13 @@ class Tensorwise:
     def get(self, name: str) -> torch.Tensor:
         name = self._layout.canonical(name)
         with self._lock:
-            if self._cache is None or self._cache[0] != name:
-                self._cache = (name, self._compute(name))
-            return self._cache[1]
+            if name not in self._cache:
+                # the writer's worker threads read neighbouring tensors at once: keep a
+                # few, or they would recompute each other's tensor chunk after chunk
+                if len(self._cache) > STREAM_WORKERS:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[name] = self._compute(name)
+            return self._cache[name]
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         flat = self.get(name).reshape(-1)

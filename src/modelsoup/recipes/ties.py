@@ -23,13 +23,15 @@ expectation argument needs, and the drops are seeded.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
-from ..ops.arithmetic import IntegerPolicy
+from ..checkpoints.layout import is_float
+from ..errors import MismatchError, NonFiniteError, SoupError
+from ..ops.arithmetic import IntegerPolicy, all_finite
 from ..ops.tensorwise import Tensorwise
 
 
@@ -86,6 +88,86 @@ def _check(k: int, weights: Sequence[float] | None, density: float) -> list[floa
     return w
 
 
+class Ties:
+    """TIES as a lazy ingredient streamed in chunks: per tensor, each task vector's
+    magnitude threshold (its k-th largest |tau_i|, k = max(1, int(density * n))) is found
+    once, one task vector at a time; every chunk is then trimmed, sign-elected and merged
+    on its own. Memory: two copies of one tensor while thresholds are found, then k chunks.
+    An entry whose magnitude ties the threshold is kept (top-k keeps exactly k; they differ
+    only on exact ties of nonzero magnitudes)."""
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        base: Ingredient,
+        *,
+        density: float,
+        weights: Sequence[float],
+        lam: float,
+        normalize: bool,
+        integers: IntegerPolicy,
+    ):
+        from ..ops.checks import check_compatible
+
+        self.ingredients, self.base = list(ingredients), base
+        self._layout = check_compatible([*ingredients, base])
+        self.density, self.weights, self.lam = density, list(weights), lam
+        self.normalize, self.integers = normalize, integers
+        self._thresholds: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    source = property(lambda self: f"TIES of {len(self.ingredients)}")
+    layout = property(lambda self: self._layout)
+    files = property(lambda self: tuple(f for i in [*self.ingredients, self.base] for f in i.files))
+
+    def _threshold(self, name: str) -> list[float]:
+        with self._lock:
+            if name not in self._thresholds:
+                theta0 = self.base.get(name).float().reshape(-1)
+                n = theta0.numel()
+                k = max(int(self.density * n), 1)
+                out = []
+                for ing in self.ingredients:
+                    if self.density >= 1 or n == 0:
+                        out.append(0.0)
+                        continue
+                    tau = (ing.get(name).float().reshape(-1) - theta0).abs_()
+                    out.append(float(torch.kthvalue(tau, n - k + 1).values))  # k-th largest
+                    del tau
+                self._thresholds[name] = out
+            return self._thresholds[name]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        name = self._layout.canonical(name)
+        spec = self._layout.spec(name)
+        stop = spec.numel if stop is None else stop
+        if not is_float(spec.dtype):
+            return _same_integers(name, [i.read(name, start, stop) for i in self.ingredients],
+                                  self.integers)  # fmt: skip
+        theta0 = self.base.read(name, start, stop).float()
+        taus = []
+        for ing, thr in zip(self.ingredients, self._threshold(name)):
+            tau = ing.read(name, start, stop).float() - theta0
+            taus.append(tau * (tau.abs() >= thr))
+        merged = merge_task_vectors(taus, self.weights, consensus=True, normalize=self.normalize)
+        out = (theta0 + self.lam * merged).to(spec.dtype)
+        if not all_finite(out):
+            raise NonFiniteError(f"the TIES merge of tensor {name!r} is not finite")
+        return out
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.read(name).view(self._layout.spec(name).shape)
+
+
+def _same_integers(name: str, tensors: list[torch.Tensor], integers: str) -> torch.Tensor:
+    if integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
+        raise MismatchError(
+            f"integer tensor {name!r} differs between the ingredients; integers are never "
+            "merged: pass --integers first (integers='first') to take the first's"
+        )
+    return tensors[0]
+
+
 def ties(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
@@ -95,19 +177,14 @@ def ties(
     lam: float = 1.0,
     normalize: bool = True,
     integers: IntegerPolicy = "error",
-) -> Tensorwise:
-    """TIES: top-``density`` trim, sign election, disjoint merge; lazy, one tensor at a
-    time."""
+) -> Ties:
+    """TIES: top-``density`` trim, sign election, disjoint merge; lazy, streamed in chunks
+    (see `Ties`)."""
     w = _check(len(ingredients), weights, density)
-
-    def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
-        *fts, theta0 = tensors
-        taus = [(t - theta0) * magnitude_mask(t - theta0, density) for t in fts]
-        return theta0 + lam * merge_task_vectors(taus, w, consensus=True, normalize=normalize)
-
-    return Tensorwise(
-        [*ingredients, base], fn, source=f"TIES of {len(ingredients)}", integers=integers
-    )
+    return Ties(
+        ingredients, base, density=density, weights=w, lam=lam, normalize=normalize,
+        integers=integers,
+    )  # fmt: skip
 
 
 def dare(

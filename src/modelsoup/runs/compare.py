@@ -210,15 +210,10 @@ def compare(
             f"WiSE-FT of greedy soup (alpha={alpha:g})",
             lambda: wise_ft(base, greedy.soup, alpha, **opts),
         )
-        for name, fn, axes in (
-            ("task arithmetic", task_arithmetic, {"lam": lambdas}),
-            ("TIES", ties, {"lam": lambdas, "density": densities}),
-            ("DARE", dare, {"lam": lambdas, "density": densities}),
+        for label, point, merge in tuned_merges(
+            ingredients, base, evaluator, integers=integers, lambdas=lambdas, densities=densities
         ):
-            make = (lambda f: lambda **p: f(ingredients, base, integers=integers, **p))(fn)
-            point, _ = grid_search(make, grid(**axes), evaluator, what=name)
-            label = ", ".join(f"{'lambda' if k == 'lam' else k}={v:g}" for k, v in point.items())
-            cook(f"{name} ({label})", lambda m=make, p=point: m(**p), chosen=point)
+            cook(label, lambda m=merge: m, chosen=point)
     results = {
         "selection": sel,
         "splits": list(rows[0].scores),
@@ -229,6 +224,40 @@ def compare(
     }
     write_reports(results, out)
     return results
+
+
+TUNED = {
+    "task arithmetic": (task_arithmetic, ("lam",)),
+    "TIES": (ties, ("lam", "density")),
+    "DARE": (dare, ("lam", "density")),
+}
+
+
+def tuned_merges(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    evaluator: Evaluator,
+    *,
+    methods: Sequence[str] = tuple(TUNED),
+    integers: str = "error",
+    lambdas: Sequence[float] = LAMBDAS,
+    densities: Sequence[float] = DENSITIES,
+) -> list[tuple[str, dict[str, float], Any]]:
+    """Task arithmetic, TIES and DARE (``methods``) with their hyperparameters chosen on
+    the held-out split: ``(label with the choice, the chosen point, the lazy merge)``.
+    What `compare` and the paper's experiment both run."""
+    out = []
+    for name in methods:
+        fn, params = TUNED[name]
+        axes = {"lam": lambdas, "density": densities}
+
+        def make(fn=fn, **point: float) -> Any:
+            return fn(ingredients, base, integers=integers, **point)
+
+        point, _ = grid_search(make, grid(**{k: axes[k] for k in params}), evaluator, what=name)
+        label = ", ".join(f"{'lambda' if k == 'lam' else k}={v:g}" for k, v in point.items())
+        out.append((f"{name} ({label})", point, make(**point)))
+    return out
 
 
 def _splits(entry: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, float]:
