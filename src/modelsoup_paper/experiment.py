@@ -471,7 +471,12 @@ def _related(
     # Task arithmetic and TIES on the fine-tunes, lambda and density chosen on held-out:
     # the same code as `modelsoup compare`.
     for label, point, merge in tuned_merges(
-        k.ingredients[1:], theta0, val_only, methods=("task arithmetic", "TIES"), integers="first"
+        k.ingredients[1:],
+        theta0,
+        val_only,
+        methods=("task arithmetic", "TIES"),
+        integers="first",
+        cache=k.score_soup.cache,
     ):
         rows.append(Row(label, 1, k.score_soup(ms.materialize(merge)), detail={"chosen": point}))
     return rows

@@ -27,16 +27,18 @@ def grid_search(
     evaluator: Evaluator,
     *,
     what: str = "a merge",
+    scores: Callable[[Mapping[str, Any]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score ``make(**point)`` for every point on the held-out split; return the best point
     (the first among equal scores) and one row per point: the point, its held-out score
-    and, with a `LogitEvaluator`, its score on every split."""
+    and, with a `LogitEvaluator`, its score on every split. ``scores`` (a state's score
+    per split, e.g. a cached `LogitScorer`) replaces the evaluator's own."""
     rows: list[dict[str, Any]] = []
     for point in points:
         state = materialize(make(**point))
         row: dict[str, Any] = dict(point)
         if isinstance(evaluator, LogitEvaluator):
-            row.update(split_scores(evaluator, state))
+            row.update(scores(state) if scores else split_scores(evaluator, state))
             row["heldout"] = row[evaluator.selection]
         else:
             label = ", ".join(f"{k}={v:g}" for k, v in point.items())

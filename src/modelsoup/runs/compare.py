@@ -211,7 +211,13 @@ def compare(
             lambda: wise_ft(base, greedy.soup, alpha, **opts),
         )
         for label, point, merge in tuned_merges(
-            ingredients, base, evaluator, integers=integers, lambdas=lambdas, densities=densities
+            ingredients,
+            base,
+            evaluator,
+            integers=integers,
+            lambdas=lambdas,
+            densities=densities,
+            cache=cache,
         ):
             cook(label, lambda m=merge: m, chosen=point)
     results = {
@@ -242,10 +248,18 @@ def tuned_merges(
     integers: str = "error",
     lambdas: Sequence[float] = LAMBDAS,
     densities: Sequence[float] = DENSITIES,
+    cache: LogitCache | None = None,
 ) -> list[tuple[str, dict[str, float], Any]]:
     """Task arithmetic, TIES and DARE (``methods``) with their hyperparameters chosen on
     the held-out split: ``(label with the choice, the chosen point, the lazy merge)``.
-    What `compare` and the paper's experiment both run."""
+    What `compare` and the paper's experiment both run. With ``cache``, every grid
+    point's logits are cached (keyed by the merge's content and the evaluator's
+    identity), so a rerun scores nothing again."""
+    from ..analysis.compute import LogitScorer
+
+    scores = None
+    if cache is not None and isinstance(evaluator, LogitEvaluator):
+        scores = LogitScorer(evaluator, cache=cache)
     out = []
     for name in methods:
         fn, params = TUNED[name]
@@ -254,7 +268,8 @@ def tuned_merges(
         def make(fn=fn, **point: float) -> Any:
             return fn(ingredients, base, integers=integers, **point)
 
-        point, _ = grid_search(make, grid(**{k: axes[k] for k in params}), evaluator, what=name)
+        points = grid(**{k: axes[k] for k in params})
+        point, _ = grid_search(make, points, evaluator, what=name, scores=scores)
         label = ", ".join(f"{'lambda' if k == 'lam' else k}={v:g}" for k, v in point.items())
         out.append((f"{name} ({label})", point, make(**point)))
     return out
