@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import tinytask
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -96,15 +95,6 @@ def test_slerp_keeps_norm_and_angle():
 def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-
-
-@pytest.fixture(scope="module")
-def sweep_with_base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("merges")
-    paths = tinytask.save_sweep(
-        folder, [3e-3, 1e-2, 5e-3], base_steps=40, steps=40, seed0=0, save_base=True
-    )
-    return str(folder / "base.safetensors"), [str(p) for p in paths]
 
 
 @pytest.mark.parametrize("name", ["task-arithmetic", "ties", "dare"])

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-import tinytask
 import torch
 from safetensors.torch import load_file
 
@@ -21,13 +20,9 @@ def _importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("recipes")
-    paths = tinytask.save_sweep(
-        folder, [3e-3, 1e-2, 5e-3], base_steps=40, steps=40, seed0=0, save_base=True
-    )
-    return str(folder / "base.safetensors"), [str(p) for p in paths]
+@pytest.fixture
+def sweep(sweep_with_base):
+    return sweep_with_base
 
 
 def test_learned_cli(tmp_path, sweep, capsys):

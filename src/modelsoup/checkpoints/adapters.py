@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import CheckpointError, MismatchError, SoupError
 from .layout import Layout
+from .recent import RecentTensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -63,8 +63,7 @@ class LoraAdapter:
             )
         self._file = _open_file(weights[0], None)
         self._pairs, self._replaced = self._parse(self._file)
-        self._cache: dict[str, torch.Tensor] = {}  # the last few tensors (see get)
-        self._lock = threading.Lock()
+        self._recent = RecentTensors()
 
     # -- the adapter's description ------------------------------------------------------
 
@@ -173,16 +172,7 @@ class LoraAdapter:
         name = self.layout.canonical(name)
         if name not in self._pairs and name not in self._replaced:
             return self.base.get(name)
-        from ..ops.arithmetic import STREAM_WORKERS  # ops imports checkpoints: import late
-
-        with self._lock:
-            if name not in self._cache:
-                # the writer's worker threads read neighbouring tensors at once: keep a
-                # few, or they would recompute each other's tensor chunk after chunk
-                if len(self._cache) > STREAM_WORKERS:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[name] = self._compute(name)
-            return self._cache[name]
+        return self._recent.get(name, self._compute)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         name = self.layout.canonical(name)

@@ -8,7 +8,6 @@ chunks from it: memory is k + 1 copies of one tensor, never k models.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import Layout, is_float
+from ..checkpoints.recent import RecentTensors
 from ..errors import MismatchError, NonFiniteError
-from .arithmetic import STREAM_WORKERS, IntegerPolicy, all_finite
+from .arithmetic import IntegerPolicy, all_finite
 from .checks import check_compatible
 
 # fn(name, tensors of the ingredients in float32 (float64 kept)) -> the merged tensor
@@ -45,8 +45,7 @@ class Tensorwise:
         self.ingredients = list(ingredients)
         self._layout = check_compatible(self.ingredients)
         self.fn, self._source, self.integers = fn, source, integers
-        self._cache: dict[str, torch.Tensor] = {}  # the last few tensors (see get)
-        self._lock = threading.Lock()
+        self._recent = RecentTensors()
 
     @property
     def source(self) -> str:
@@ -61,15 +60,7 @@ class Tensorwise:
         return tuple(f for i in self.ingredients for f in i.files)
 
     def get(self, name: str) -> torch.Tensor:
-        name = self._layout.canonical(name)
-        with self._lock:
-            if name not in self._cache:
-                # the writer's worker threads read neighbouring tensors at once: keep a
-                # few, or they would recompute each other's tensor chunk after chunk
-                if len(self._cache) > STREAM_WORKERS:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[name] = self._compute(name)
-            return self._cache[name]
+        return self._recent.get(self._layout.canonical(name), self._compute)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         flat = self.get(name).reshape(-1)
