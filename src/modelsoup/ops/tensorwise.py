@@ -70,14 +70,20 @@ class Tensorwise:
         spec = self._layout.spec(name)
         tensors = [i.get(name) for i in self.ingredients]
         if not is_float(spec.dtype):
-            if self.integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
-                raise MismatchError(
-                    f"integer tensor {name!r} differs between the ingredients; integers are "
-                    "never merged: pass --integers first (integers='first') to take the first's"
-                )
-            return tensors[0]
+            return same_integers(name, tensors, self.integers)
         wide = torch.promote_types(spec.dtype, torch.float32)  # float32, or float64 kept
         out = self.fn(name, [t.to(wide) for t in tensors]).to(spec.dtype)
         if not all_finite(out):
             raise NonFiniteError(f"the merge of tensor {name!r} is not finite (NaN or Inf)")
         return out.reshape(spec.shape)
+
+
+def same_integers(name: str, tensors: list[torch.Tensor], integers: str) -> torch.Tensor:
+    """Integer and bool tensors are never merged: the first ingredient's, which must equal
+    every other's unless ``integers="first"``."""
+    if integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
+        raise MismatchError(
+            f"integer tensor {name!r} differs between the ingredients; integers are never "
+            "merged: pass --integers first (integers='first') to take the first's"
+        )
+    return tensors[0]

@@ -33,9 +33,9 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import is_float
-from ..errors import MismatchError, NonFiniteError, SoupError
+from ..errors import NonFiniteError, SoupError
 from ..ops.arithmetic import IntegerPolicy, all_finite
-from ..ops.tensorwise import Tensorwise
+from ..ops.tensorwise import Tensorwise, same_integers
 
 
 def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
@@ -145,7 +145,7 @@ class Ties:
         spec = self._layout.spec(name)
         stop = spec.numel if stop is None else stop
         if not is_float(spec.dtype):
-            return _same_integers(name, [i.read(name, start, stop) for i in self.ingredients],
+            return same_integers(name, [i.read(name, start, stop) for i in self.ingredients],
                                   self.integers)  # fmt: skip
         theta0 = self.base.read(name, start, stop).float()
         taus = []
@@ -160,15 +160,6 @@ class Ties:
 
     def get(self, name: str) -> torch.Tensor:
         return self.read(name).view(self._layout.spec(name).shape)
-
-
-def _same_integers(name: str, tensors: list[torch.Tensor], integers: str) -> torch.Tensor:
-    if integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
-        raise MismatchError(
-            f"integer tensor {name!r} differs between the ingredients; integers are never "
-            "merged: pass --integers first (integers='first') to take the first's"
-        )
-    return tensors[0]
 
 
 def ties(
