@@ -24,7 +24,7 @@ import modelsoup as ms
 from modelsoup.analysis import compute, figures
 from modelsoup.analysis.pipeline import run_analyses as analysis_pipeline
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.runs import LogitCache
+from modelsoup.runs import LogitCache, Stages
 
 from .config import Config
 from .tasks import Task
@@ -72,6 +72,7 @@ def run_analyses(
     grid: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    stages: Stages | None = None,
 ) -> dict[str, Any]:
     """The library's analysis pipeline on the sweep: angles, pair soups, ensemble vs
     soup, one interpolation curve and (``landscape``) the error landscape; figures under
@@ -112,6 +113,7 @@ def run_analyses(
         titles=_titles(len(fine), pair_names),
         landscape_labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
         progress=progress,
+        stages=stages,
     )
     curve = {**asdict(done.curve), "i": a, "j": b, "names": list(pair_names)}
     result: dict[str, Any] = {

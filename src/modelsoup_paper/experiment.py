@@ -30,7 +30,7 @@ from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ens
 from modelsoup.recipes.greedy import GreedyResult
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
-from modelsoup.runs import LogitCache, versions, write_json
+from modelsoup.runs import LogitCache, Stages, versions, write_json
 from modelsoup.runs.compare import tuned_merges
 
 from .analyses import run_analyses
@@ -58,11 +58,18 @@ def _key(obj: Any) -> str:
 
 
 def make_ingredients(
-    config: Config, task: Task, folder: Path, *, progress: bool, log: Callable[[str], None]
+    config: Config,
+    task: Task,
+    folder: Path,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    stages: Stages | None = None,
 ) -> tuple[list[ms.Ingredient], list[dict]]:
     """model_0 (pretrained features + linear-probe head) and the fine-tunes, each saved as
     safetensors with its hyperparameters; files already made with the same config are
-    reused."""
+    reused. Each is a stage of ``stages`` (``model_0``, ``model_1``, ...)."""
+    stages = stages if stages is not None else Stages()
     folder.mkdir(parents=True, exist_ok=True)
     data = task.data
     model = task.build()
@@ -72,8 +79,22 @@ def make_ingredients(
     path0 = folder / f"model_0-{lp_key}.safetensors"
     info: list[dict] = []
     t = time.perf_counter()
-    if path0.exists():
-        lp_file = ms.open_ingredient(path0)
+    with stages("model_0"):
+        lp_file = ms.open_ingredient(path0) if path0.exists() else None
+        if lp_file is None:
+            task.load_backbone(model)
+            lp = linear_probe(
+                model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
+            )
+            init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            hp0 = {"info": "LP initialization", **lp}
+            ms.save(
+                ms.StateDictIngredient(init),
+                path0,
+                force=True,
+                metadata={"hparams": json.dumps(hp0)},
+            )
+    if lp_file is not None:
         init = ms.materialize(lp_file)
         info.append(
             {
@@ -85,19 +106,10 @@ def make_ingredients(
             }
         )
     else:
-        task.load_backbone(model)
-        lp = linear_probe(
-            model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
-        )
-        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        hp = {"info": "LP initialization", **lp}
-        ms.save(
-            ms.StateDictIngredient(init), path0, force=True, metadata={"hparams": json.dumps(hp)}
-        )
         info.append(
             {
                 "name": "model_0",
-                "hparams": hp,
+                "hparams": hp0,
                 "path": str(path0),
                 "cached": False,
                 "seconds": time.perf_counter() - t,
@@ -122,23 +134,24 @@ def make_ingredients(
         t = time.perf_counter()
         cached = path.exists()
         if not cached:
-            state = finetune(
-                model,
-                init,
-                data.splits["train"],
-                hp,
-                seed=seed,
-                bn=config.bn,
-                batch_size=config.batch_size,
-                progress=progress,
-                desc=f"fine-tune model_{i}/{config.ingredients - 1}",
-            )
-            ms.save(
-                ms.StateDictIngredient(state),
-                path,
-                force=True,
-                metadata={"hparams": json.dumps(hp.to_json())},
-            )
+            with stages(f"model_{i}"):
+                state = finetune(
+                    model,
+                    init,
+                    data.splits["train"],
+                    hp,
+                    seed=seed,
+                    bn=config.bn,
+                    batch_size=config.batch_size,
+                    progress=progress,
+                    desc=f"fine-tune model_{i}/{config.ingredients - 1}",
+                )
+                ms.save(
+                    ms.StateDictIngredient(state),
+                    path,
+                    force=True,
+                    metadata={"hparams": json.dumps(hp.to_json())},
+                )
             log(
                 f"model_{i}: lr {hp.lr:.2e}, wd {hp.wd:.2g}, {hp.epochs} epoch(s), smoothing "
                 f"{hp.smoothing:.2f}, mixup {hp.mixup:.2f}, aug {hp.aug} "
@@ -237,6 +250,7 @@ class _Kitchen:
     score_soup: LogitScorer
     run: Path
     progress: bool
+    stages: Stages
 
     def acc(self, lg: torch.Tensor, s: str) -> float:
         return correct_count(lg, self.labels[s]) / len(self.labels[s])
@@ -252,81 +266,86 @@ def reproduce(
     progress: bool = True,
     log: Callable[[str], None] = print,
     landscape_pair: tuple[int, int] | None = None,
+    stages: Stages | None = None,
 ) -> dict[str, Any]:
     """Run the experiment; write results.md/.json/.csv, report.html, figure1.png, the
     analyses' figures (``config.analyses``) and config.json to ``out``; return the
     results dict. ``landscape_pair`` picks the fine-tunes of the landscape plane
-    (default: the two best on held-out)."""
+    (default: the two best on held-out). Each step is a stage of ``stages``."""
     from .report import write_reports
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    timing: dict[str, float] = {}
+    stages = stages if stages is not None else Stages()
+    mark = stages.mark()
     torch.manual_seed(config.seed)
     write_json(out / "config.json", {**config.to_json(), "versions": versions()})
 
-    task = load_task(config)
-    timing["data"] = time.perf_counter() - t0
-    ingredients, info = make_ingredients(
-        config, task, out / "ingredients", progress=progress, log=log
-    )
-    timing["ingredients"] = time.perf_counter() - t0 - timing["data"]
+    with stages("data"):
+        task = load_task(config)
+    with stages("ingredients"):
+        ingredients, info = make_ingredients(
+            config, task, out / "ingredients", progress=progress, log=log, stages=stages
+        )
 
-    t = time.perf_counter()
     splits = task.data.eval_splits()
     cache = LogitCache(out / "cache" / "logits")
-    evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
-    logits, labels, _ = compute_logits(
-        ingredients, evaluator, list(splits), cache, progress=progress
-    )
-    timing["evaluate ingredients"] = time.perf_counter() - t
+    with stages("evaluate ingredients"):
+        evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
+        logits, labels, _ = compute_logits(
+            ingredients, evaluator, list(splits), cache, progress=progress
+        )
 
-    t = time.perf_counter()
-    prepare, bn_id = _soup_preparation(config, task)
-    soup_evaluator = ClassificationEvaluator(
-        task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare, identity=bn_id
-    )
-    kitchen = _Kitchen(
-        config,
-        task,
-        ingredients,
-        info,
-        splits,
-        logits,
-        labels,
-        soup_evaluator,
-        LogitScorer(soup_evaluator, list(splits), cache=cache),
-        out / "run",
-        progress,
-    )
-    for i, d in enumerate(info):
-        d["scores"] = {s: kitchen.acc(logits[s][i], s) for s in splits}
-    rows, greedy = _soups(kitchen)
-    rows += _ensembles(kitchen)
-    rows += _related(kitchen, greedy, prepare, bn_id)
-    timing["soups and baselines"] = time.perf_counter() - t
-
-    analysis = None
-    if config.analyses:
-        t = time.perf_counter()
-        analysis = run_analyses(
+    with stages("soups and baselines"):
+        prepare, bn_id = _soup_preparation(config, task)
+        soup_evaluator = ClassificationEvaluator(
+            task.build(),
+            splits,
+            batch_size=config.eval_batch_size,
+            prepare=prepare,
+            identity=bn_id,
+        )
+        kitchen = _Kitchen(
             config,
             task,
             ingredients,
             info,
+            splits,
             logits,
-            cache,
-            out,
-            prepare=prepare,
-            identity=bn_id,
-            landscape=config.landscape,
-            landscape_pair=landscape_pair,
-            progress=progress,
-            log=log,
+            labels,
+            soup_evaluator,
+            LogitScorer(soup_evaluator, list(splits), cache=cache),
+            out / "run",
+            progress,
+            stages,
         )
-        timing["analyses"] = time.perf_counter() - t
-    timing["total"] = time.perf_counter() - t0
+        for i, d in enumerate(info):
+            d["scores"] = {s: kitchen.acc(logits[s][i], s) for s in splits}
+        rows, greedy = _soups(kitchen)
+        rows += _ensembles(kitchen)
+        rows += _related(kitchen, greedy, prepare, bn_id)
+
+    analysis = None
+    if config.analyses:
+        with stages("analyses"):
+            analysis = run_analyses(
+                config,
+                task,
+                ingredients,
+                info,
+                logits,
+                cache,
+                out,
+                prepare=prepare,
+                identity=bn_id,
+                landscape=config.landscape,
+                landscape_pair=landscape_pair,
+                progress=progress,
+                log=log,
+                stages=stages,
+            )
+    timing = stages.children(mark)
+    timing["total"] = sum(timing.values())
 
     results = {
         "config": config.to_json(),
@@ -339,7 +358,8 @@ def reproduce(
         "versions": versions(),
         "analysis": analysis,
     }
-    write_reports(results, out)
+    with stages("report"):
+        write_reports(results, out)
     return results
 
 
@@ -367,28 +387,33 @@ def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
         Row(label, 1, k.info[i]["scores"], detail={"ingredient": k.info[i]["name"]})
         for label, i in (("best individual", order[0]), ("second best", order[1]))
     ]
-    uniform = ms.materialize(ms.uniform_soup(k.ingredients, integers="first"))
-    rows.append(Row("uniform soup", 1, k.score_soup(uniform)))
-    greedy = ms.greedy_soup(
-        k.ingredients,
-        k.soup_evaluator,
-        scores=val_evals,
-        integers="first",
-        journal=k.run / "greedy.jsonl",
-        progress=k.progress,
-    )
-    detail = {"kept": k.names(greedy.kept), "examples_saved": greedy.examples_saved}
-    rows.append(Row("greedy soup", 1, k.score_soup(ms.materialize(greedy.soup)), detail=detail))
-    rows.append(_random_orders(k))
+    with k.stages("uniform soup"):
+        uniform = ms.materialize(ms.uniform_soup(k.ingredients, integers="first"))
+        rows.append(Row("uniform soup", 1, k.score_soup(uniform)))
+    with k.stages("greedy soup"):
+        greedy = ms.greedy_soup(
+            k.ingredients,
+            k.soup_evaluator,
+            scores=val_evals,
+            integers="first",
+            journal=k.run / "greedy.jsonl",
+            progress=k.progress,
+        )
+        detail = {"kept": k.names(greedy.kept), "examples_saved": greedy.examples_saved}
+        state = ms.materialize(greedy.soup)
+        rows.append(Row("greedy soup", 1, k.score_soup(state), detail=detail))
+    with k.stages("greedy soup, random orders"):
+        rows.append(_random_orders(k))
     learn_on = ClassificationEvaluator(
         k.task.build(), {"val": k.splits["val"]}, batch_size=k.config.learned_batch_size
     )
     for by_layer in (False, True):
         name = "learned soup by layer" if by_layer else "learned soup"
-        state, detail = _learned(
-            k.ingredients, k.info, learn_on, k.config, k.run, by_layer, k.progress
-        )
-        rows.append(Row(name, 1, k.score_soup(state), detail=detail))
+        with k.stages(name):
+            state, detail = _learned(
+                k.ingredients, k.info, learn_on, k.config, k.run, by_layer, k.progress
+            )
+            rows.append(Row(name, 1, k.score_soup(state), detail=detail))
     return rows, greedy
 
 
@@ -423,16 +448,21 @@ def _random_orders(k: _Kitchen) -> Row:
 def _ensembles(k: _Kitchen) -> list[Row]:
     """The logit ensemble of all and the greedy ensemble, from the cached logits."""
     lg = k.logits
-    kept, _ = greedy_ensemble(lg["val"], k.labels["val"])
-    return [
-        Row("ensemble", len(k.ingredients), {s: k.acc(mean_logits(lg[s]), s) for s in k.splits}),
-        Row(
-            "greedy ensemble",
-            len(kept),
-            {s: k.acc(mean_logits([lg[s][i] for i in kept]), s) for s in k.splits},
-            detail={"kept": k.names(kept)},
-        ),
-    ]
+    with k.stages("ensembles"):
+        kept, _ = greedy_ensemble(lg["val"], k.labels["val"])
+        return [
+            Row(
+                "ensemble",
+                len(k.ingredients),
+                {s: k.acc(mean_logits(lg[s]), s) for s in k.splits},
+            ),
+            Row(
+                "greedy ensemble",
+                len(kept),
+                {s: k.acc(mean_logits([lg[s][i] for i in kept]), s) for s in k.splits},
+                detail={"kept": k.names(kept)},
+            ),
+        ]
 
 
 def _related(
@@ -441,15 +471,16 @@ def _related(
     """Related recipes: Model Stock (no held-out search; theta0 = the LP initialization),
     and WiSE-FT of the greedy soup toward theta0, its alpha chosen on held-out."""
     theta0 = k.ingredients[0]
-    stock, ratios = ms.model_stock(k.ingredients[1:], theta0, integers="first")
-    rows = [
-        Row(
-            "Model Stock",
-            1,
-            k.score_soup(ms.materialize(stock)),
-            detail={"mean_ratio": statistics.fmean(ratios.values())},
-        )
-    ]
+    with k.stages("Model Stock"):
+        stock, ratios = ms.model_stock(k.ingredients[1:], theta0, integers="first")
+        rows = [
+            Row(
+                "Model Stock",
+                1,
+                k.score_soup(ms.materialize(stock)),
+                detail={"mean_ratio": statistics.fmean(ratios.values())},
+            )
+        ]
     val_only = ClassificationEvaluator(
         k.task.build(),
         {"val": k.splits["val"]},
@@ -457,28 +488,31 @@ def _related(
         prepare=prepare,
         identity=bn_id,
     )
-    scan = wiseft_scan(theta0, greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first")
-    alpha = best_alpha(scan)
-    wise = ms.materialize(ms.wise_ft(theta0, greedy.soup, alpha, integers="first"))
-    rows.append(
-        Row(
-            f"WiSE-FT of greedy soup (alpha={alpha:g})",
-            1,
-            k.score_soup(wise),
-            detail={"alpha": alpha, "scan": scan},
+    with k.stages("WiSE-FT"):
+        scan = wiseft_scan(theta0, greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first")
+        alpha = best_alpha(scan)
+        wise = ms.materialize(ms.wise_ft(theta0, greedy.soup, alpha, integers="first"))
+        rows.append(
+            Row(
+                f"WiSE-FT of greedy soup (alpha={alpha:g})",
+                1,
+                k.score_soup(wise),
+                detail={"alpha": alpha, "scan": scan},
+            )
         )
-    )
     # Task arithmetic and TIES on the fine-tunes, lambda and density chosen on held-out:
     # the same code as `modelsoup compare`.
-    for label, point, merge in tuned_merges(
-        k.ingredients[1:],
-        theta0,
-        val_only,
-        methods=("task arithmetic", "TIES"),
-        integers="first",
-        cache=k.score_soup.cache,
-    ):
-        rows.append(Row(label, 1, k.score_soup(ms.materialize(merge)), detail={"chosen": point}))
+    with k.stages("task arithmetic and TIES"):
+        for label, point, merge in tuned_merges(
+            k.ingredients[1:],
+            theta0,
+            val_only,
+            methods=("task arithmetic", "TIES"),
+            integers="first",
+            cache=k.score_soup.cache,
+        ):
+            state = ms.materialize(merge)
+            rows.append(Row(label, 1, k.score_soup(state), detail={"chosen": point}))
     return rows
 
 

@@ -9,7 +9,6 @@ writes ``analysis.json`` and a self-contained ``report.html``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..checkpoints.save import materialize
 from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate
 from ..runs.cache import LogitCache
 from ..runs.provenance import versions, write_json
+from ..runs.stages import Stages
 from . import compute, figures
 from .compute import Angles, Curve, Landscape, Logits, PairSoup, Scorer, Scores
 from .page import Figure, Section, Table, write_page
@@ -63,6 +63,7 @@ def run_analyses(
     titles: Mapping[str, str] | None = None,
     landscape_labels: Sequence[str] | None = None,
     progress: bool = False,
+    stages: Stages | None = None,
 ) -> Analyses:
     """The paper's analyses (Figures 2-4) of fine-tunes ``ingredients`` of ``base`` (θ0).
 
@@ -73,79 +74,82 @@ def run_analyses(
     ``landscape`` (a pair) and ``measure`` (a scorer), the landscape on the plane through
     ``base`` and that pair on a ``grid`` x ``grid`` grid. PNGs go to ``folder``, titled by
     ``titles`` (keys: cosine, angles, ensemble_vs_soup, interpolation, landscape).
+    Each step is a stage of ``stages`` (drawing is the stage ``figures``).
     """
     titles = dict(titles or {})
-    timing: dict[str, float] = {}
+    stages = stages if stages is not None else Stages()
+    mark = stages.mark()
     folder.mkdir(parents=True, exist_ok=True)
     png = {key: folder / f"{key}.png" for key in ("cosine", "angles", "ensemble_vs_soup")}
 
-    t = time.perf_counter()
-    geometry = compute.angles(ingredients, base, names=names, progress=progress)
-    timing["angles"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    pairs = compute.pair_soups(
-        ingredients,
-        geometry,
-        score,
-        individual,
-        logits=logits,
-        labels=labels,
-        integers=integers,
-        metric=metric,
-        progress=progress,
-    )
-    timing["pair soups"] = time.perf_counter() - t
-    r_angle = figures.angle_vs_advantage(
-        pairs, views, png["angles"], title=titles.get("angles", "")
-    )
-    figures.cosine_heatmap(geometry, png["cosine"], title=titles.get("cosine", ""))
-    drawn = {"cosine": png["cosine"], "angles": png["angles"]}
-    r_ens = None
-    if logits is not None:
-        r_ens = figures.ensemble_vs_soup(
-            pairs, views, png["ensemble_vs_soup"], title=titles.get("ensemble_vs_soup", "")
-        )
-        drawn["ensemble_vs_soup"] = png["ensemble_vs_soup"]
-
-    t = time.perf_counter()
-    a, b = curve
-    line = compute.interpolation_curve(
-        ingredients[a],
-        ingredients[b],
-        score,
-        logits=(logits[a], logits[b]) if logits is not None else None,
-        labels=labels,
-        ids=(a, b),
-        integers=integers,
-        metric=metric,
-        progress=progress,
-    )
-    timing["interpolation"] = time.perf_counter() - t
-    drawn["interpolation"] = folder / "interpolation.png"
-    figures.interpolation(
-        line,
-        views,
-        drawn["interpolation"],
-        names=(names[a], names[b]),
-        title=titles.get("interpolation", ""),
-    )
-    result = Analyses(geometry, pairs, line, r_angle, r_ens, figures=drawn, timing=timing)
-
-    if landscape is not None and measure is not None:
-        t = time.perf_counter()
-        i, j = landscape
-        where = compute.plane(base, ingredients[i], ingredients[j], progress=progress)
-        result.landscape = compute.landscape(
-            where,
-            measure,
-            n=grid,
-            labels=landscape_labels or ("θ0 (base)", f"θ1 {names[i]}", f"θ2 {names[j]}"),
+    with stages("angles"):
+        geometry = compute.angles(ingredients, base, names=names, progress=progress)
+    with stages("pair soups"):
+        pairs = compute.pair_soups(
+            ingredients,
+            geometry,
+            score,
+            individual,
+            logits=logits,
+            labels=labels,
+            integers=integers,
+            metric=metric,
             progress=progress,
         )
+    drawn = {"cosine": png["cosine"], "angles": png["angles"]}
+    r_ens = None
+    with stages("figures"):
+        r_angle = figures.angle_vs_advantage(
+            pairs, views, png["angles"], title=titles.get("angles", "")
+        )
+        figures.cosine_heatmap(geometry, png["cosine"], title=titles.get("cosine", ""))
+        if logits is not None:
+            r_ens = figures.ensemble_vs_soup(
+                pairs, views, png["ensemble_vs_soup"], title=titles.get("ensemble_vs_soup", "")
+            )
+            drawn["ensemble_vs_soup"] = png["ensemble_vs_soup"]
+
+    a, b = curve
+    with stages("interpolation"):
+        line = compute.interpolation_curve(
+            ingredients[a],
+            ingredients[b],
+            score,
+            logits=(logits[a], logits[b]) if logits is not None else None,
+            labels=labels,
+            ids=(a, b),
+            integers=integers,
+            metric=metric,
+            progress=progress,
+        )
+    drawn["interpolation"] = folder / "interpolation.png"
+    with stages("figures"):
+        figures.interpolation(
+            line,
+            views,
+            drawn["interpolation"],
+            names=(names[a], names[b]),
+            title=titles.get("interpolation", ""),
+        )
+    result = Analyses(geometry, pairs, line, r_angle, r_ens, figures=drawn)
+
+    if landscape is not None and measure is not None:
+        i, j = landscape
+        with stages("landscape"):
+            where = compute.plane(base, ingredients[i], ingredients[j], progress=progress)
+            result.landscape = compute.landscape(
+                where,
+                measure,
+                n=grid,
+                labels=landscape_labels or ("θ0 (base)", f"θ1 {names[i]}", f"θ2 {names[j]}"),
+                progress=progress,
+            )
         drawn["landscape"] = folder / "landscape.png"
-        figures.landscape(result.landscape, drawn["landscape"], title=titles.get("landscape", ""))
-        timing["landscape"] = time.perf_counter() - t
+        with stages("figures"):
+            figures.landscape(
+                result.landscape, drawn["landscape"], title=titles.get("landscape", "")
+            )
+    result.timing = stages.children(mark)
     return result
 
 

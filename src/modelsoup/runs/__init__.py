@@ -4,10 +4,13 @@ fingerprints, and the pipelines that run a recipe into a folder."""
 from .cache import LogitCache, content_hash, fingerprint
 from .journal import Journal
 from .provenance import record_run, versions, write_json
+from .stages import Stage, Stages
 
 __all__ = [
     "Journal",
     "LogitCache",
+    "Stage",
+    "Stages",
     "content_hash",
     "fingerprint",
     "record_run",
