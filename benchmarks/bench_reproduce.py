@@ -5,8 +5,9 @@ the command calls (`modelsoup_paper.experiment.reproduce`), then (``--warm``) ag
 same folder, and prints per stage (data, model_0's linear probe, each fine-tune, the
 ingredients' evaluation, each soup and baseline, each analysis, figures and the report)
 its wall time, user and system CPU time and minor page faults, then the totals of the
-process (interpreter start-up excluded). ``--json F`` saves the profile; ``--compare F``
-prints this run's ratios to a saved one (the same stages, e.g. before a change).
+process and its fine-tuning workers (interpreter start-up excluded). A fine-tune's own
+figures are its worker's. ``--json F`` saves the profile; ``--compare F`` prints this
+run's ratios to a saved one (the same stages, e.g. before a change).
 
 Usage: python benchmarks/bench_reproduce.py [--config image] [--warm] [--dir D]
                                             [--json after.json] [--compare before.json]
@@ -31,21 +32,33 @@ def profile(config_name: str, folder: Path, label: str) -> dict:
 
     config = load_config(config_name)
     stages = Stages()
-    start = resource.getrusage(resource.RUSAGE_SELF)
+    start = _usage()
     t0 = time.perf_counter()
     with stages(label):
         reproduce(config, folder, progress=False, log=lambda m: None, stages=stages)
-    end = resource.getrusage(resource.RUSAGE_SELF)
+    end = _usage()
+    peak = max(
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     return {
         "config": config_name,
         "stages": stages.to_json(),
         "total": {
             "wall": time.perf_counter() - t0,
-            "user": end.ru_utime - start.ru_utime,
-            "sys": end.ru_stime - start.ru_stime,
-            "minflt": end.ru_minflt - start.ru_minflt,
-            "peak_rss_mb": end.ru_maxrss / 1024,
+            **{k: end[k] - start[k] for k in ("user", "sys", "minflt")},
+            "peak_rss_mb": peak / 1024,  # the largest of this process and its workers
         },
+    }
+
+
+def _usage() -> dict[str, float]:
+    """CPU time and minor faults of this process and of its finished worker processes."""
+    r, c = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {
+        "user": r.ru_utime + c.ru_utime,
+        "sys": r.ru_stime + c.ru_stime,
+        "minflt": r.ru_minflt + c.ru_minflt,
     }
 
 

@@ -138,11 +138,29 @@ def test_pair_soups_advantage_and_ensemble(sweep, tmp_path):
     scorer = _scorer(tmp_path)
     logits = [scorer.logits(ms.materialize(i)) for i in ings]
     own = [analysis.accuracies(lg, scorer.labels) for lg in logits]
-    pairs = analysis.pair_soups(ings, geo, scorer, own, logits=logits, labels=scorer.labels)
+    views = [("all", ["val", "test", "shift"])]
+    pairs = analysis.pair_soups(
+        ings, geo, scorer, own, logits=logits, labels=scorer.labels, views=views
+    )
     assert [(p.i, p.j) for p in pairs] == [(0, 1), (0, 2), (1, 2)]
+    y = scorer.labels
     for p in pairs:
         soup = scorer(ms.materialize(ms.uniform_soup([ings[p.i], ings[p.j]])))
         assert p.soup == soup
+        # the paired noise, by hand: per example, soup minus the mean of its two models
+        soup_logits = scorer.logits(ms.materialize(ms.uniform_soup([ings[p.i], ings[p.j]])))
+        d = {
+            s: (soup_logits[s].argmax(1) == y[s]).double()
+            - 0.5 * sum((logits[m][s].argmax(1) == y[s]).double() for m in (p.i, p.j))
+            for s in soup
+        }
+        for s in soup:
+            got = p.noise["advantage"][s]
+            assert got["diff"] == pytest.approx(p.advantage[s], abs=1e-12)
+            assert got["se"] == pytest.approx(float(d[s].std() / len(d[s]) ** 0.5), abs=1e-12)
+        var = sum(float((d[s] / 3).var()) / len(d[s]) for s in soup)
+        assert p.noise["advantage"]["all"]["se"] == pytest.approx(var**0.5, abs=1e-12)
+        assert set(p.noise["ensemble - soup"]) == {"val", "test", "shift", "all"}
         for s in soup:
             assert p.advantage[s] == pytest.approx(soup[s] - (own[p.i][s] + own[p.j][s]) / 2)
         mixed = {s: (logits[p.i][s] + logits[p.j][s]) / 2 for s in soup}

@@ -49,6 +49,21 @@ def test_ties_by_hand():
     torch.testing.assert_close(lam["w"], want)
 
 
+def test_ties_thresholds_shared_over_a_lambda_grid_change_nothing():
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(50, 40, generator=g), "b": torch.randn(7, generator=g)}
+    fts = [S({k: v + torch.randn(v.shape, generator=g) for k, v in base.items()}) for _ in range(3)]
+    shared: dict = {}
+    for density in (0.2, 0.5):
+        for lam in (0.3, 1.0):
+            got = ms.materialize(ties(fts, S(base), density=density, lam=lam, thresholds=shared))
+            fresh = ms.materialize(ties(fts, S(base), density=density, lam=lam))
+            assert all(torch.equal(got[k], fresh[k]) for k in base)
+    # one entry per tensor and density, each with one threshold per task vector
+    assert sorted(shared) == [("b", 0.2), ("b", 0.5), ("w", 0.2), ("w", 0.5)]
+    assert all(len(v) == 3 for v in shared.values())
+
+
 def test_dare_is_task_arithmetic_in_expectation_and_seeded():
     g = torch.Generator().manual_seed(1)
     base = {"w": torch.randn(200, generator=g)}

@@ -4,6 +4,7 @@ import json
 import random
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,11 +84,93 @@ def test_reports_agree_with_the_results(fast_run):
     assert "What reproduces" in md and "Greedy soup vs best individual" in md
 
 
+def test_every_finding_carries_its_noise_and_the_se_is_the_paired_one(fast_run):
+    """Each "What reproduces" line gives a standard error (or an interval), and each
+    comparison's SE equals a direct computation on the saved predictions, which are the
+    ones behind the table."""
+    from safetensors.torch import load_file
+
+    out, res = fast_run
+    md = (out / "results.md").read_text()
+    lines = [ln for ln in md.split("## What reproduces")[1].splitlines() if ln.startswith("- ")]
+    assert len(lines) == len(res["comparisons"]) + 3  # + Figures 3, 4 and 2
+    for line in lines:
+        assert "SE " in line or "CI " in line, line
+    html = (out / "report.html").read_text()
+    assert "McNemar" in html and "within noise" in html
+    saved = load_file(str(out / "predictions.safetensors"))
+    labels = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("labels/")}
+
+    def outcomes(method):
+        runs = sorted({k.split("/")[0] for k in saved if k.startswith(f"{method}#")})
+        assert runs, method
+        return {
+            s: np.mean([(saved[f"{r}/{s}"] == y).numpy() for r in runs], axis=0)
+            for s, y in labels.items()
+        }
+
+    rows = {r["method"].split(" (")[0]: r for r in res["methods"]}
+    shifts = res["shifts"]
+    aligned = [s for s in shifts if s != "digits"]
+    assert res["aligned"] == [aligned]
+    for c in res["comparisons"]:
+        oa, ob = outcomes(c["a"]), outcomes(c["b"])
+        for s in labels:  # the predictions are the table's
+            assert oa[s].mean() == pytest.approx(rows[c["a"]]["scores"][s], abs=1e-12)
+        for view, split in (("held-out", "val"), ("ID test", "test")):
+            d = oa[split] - ob[split]
+            got = c["views"][view]
+            assert got["diff"] == pytest.approx(d.mean(), abs=1e-12)
+            assert got["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), abs=1e-12)
+            assert got["within_noise"] == bool(abs(d.mean()) < 1.96 * got["se"] or not d.any())
+        d = {s: (oa[s] - ob[s]) / len(shifts) for s in shifts}
+        var = np.sum([d[s].var(ddof=1) / len(d[s]) for s in shifts if s not in aligned])
+        joint = np.sum([d[s] for s in aligned], axis=0)
+        var += joint.var(ddof=1) / len(joint)
+        assert c["views"]["shifts"]["se"] == pytest.approx(np.sqrt(var), abs=1e-12)
+        assert c["views"]["shifts"]["diff"] == pytest.approx(
+            shift_mean(rows[c["a"]]["scores"], shifts) - shift_mean(rows[c["b"]]["scores"], shifts),
+            abs=1e-12,
+        )
+    pairs = res["analysis"]["pairs"]
+    assert all(set(p["noise"]["advantage"]) >= {"ID test", "shifts", "test"} for p in pairs)
+
+
 def test_rerun_reuses_every_ingredient_and_gives_the_same_table(fast_run):
     out, res = fast_run
     again = reproduce(load_config("fast"), out, progress=False, log=lambda m: None)
     assert all(i["cached"] for i in again["ingredients"])
     assert again["methods"] == res["methods"]
+
+
+def test_fine_tunes_are_the_same_in_worker_processes_or_here(tmp_path):
+    """One thread per fine-tune: two workers side by side write the very tensors that one
+    fine-tune after the other in this process writes."""
+    from safetensors.torch import load_file
+
+    from modelsoup_paper.experiment import make_ingredients
+    from modelsoup_paper.tasks import load_task
+
+    config = load_config("fast").with_overrides(ingredients=3)
+    task = load_task(config)
+    made = {}
+    for workers in (1, 2):
+        lines = []
+        _, info = make_ingredients(
+            config,
+            task,
+            tmp_path / str(workers),
+            progress=False,
+            log=lines.append,
+            workers=workers,
+        )
+        assert not any(i["cached"] for i in info)
+        assert sorted(line.split(":")[0] for line in lines) == ["model_0", "model_1", "model_2"]
+        made[workers] = [load_file(i["path"]) for i in info]
+    for here, there in zip(made[1], made[2]):
+        assert here.keys() == there.keys()
+        assert all(torch.equal(here[k], there[k]) for k in here)
+    assert not torch.equal(made[1][1]["features.0.0.weight"], made[1][0]["features.0.0.weight"])
 
 
 def test_cli_reproduce(tmp_path, capsys):

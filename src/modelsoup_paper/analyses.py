@@ -112,6 +112,7 @@ def run_analyses(
         integers="first",
         titles=_titles(len(fine), pair_names),
         landscape_labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
+        aligned=task.data.aligned,
         progress=progress,
         stages=stages,
     )

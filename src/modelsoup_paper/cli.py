@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip Figures 2-4 (angles, pair soups, ensembles vs soups, landscape)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="fine-tunes trained side by side, one thread each (default: one per available "
+        "CPU); the results are the same for any N",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
     if analyze_folder not in analyze.FOLDER_HANDLERS:
@@ -90,12 +97,18 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise SoupError(str(e)) from e
+    if args.workers is not None and args.workers < 1:
+        raise SoupError(f"--workers must be at least 1 (got {args.workers})")
     out = Path(args.out or f"runs/reproduce-{config.name}")
     t0 = time.perf_counter()
     options.LOCKS.enter_context(run_lock(out))  # one run at a time in a folder
     try:
         results = experiment.reproduce(
-            config, out, progress=not args.quiet, log=lambda msg: print(msg, flush=True)
+            config,
+            out,
+            progress=not args.quiet,
+            log=lambda msg: print(msg, flush=True),
+            workers=args.workers,
         )
     except data.MissingDataPackage as e:
         raise SoupError(str(e)) from e

@@ -164,6 +164,9 @@ class TaskData:
 
     splits: dict[str, Examples]
     fingerprint: str
+    # Groups of splits that hold the same examples in the same order (the corruptions of
+    # one test set): paired comparisons over them keep their correlation.
+    aligned: tuple[tuple[str, ...], ...] = ()
 
     def eval_splits(self) -> dict[str, Examples]:
         """Everything but train: val first (it drives every choice), then test and shifts."""
@@ -216,4 +219,5 @@ def load_image_data(
         if shift_size is not None:
             sx, sy = sx[:shift_size], sy[:shift_size]
         splits[kind] = Examples(_to_model_input(sx, resolution), sy)
-    return TaskData(splits, fingerprint_of(splits))
+    corruptions = tuple(kind for kind in shifts if kind != "digits")
+    return TaskData(splits, fingerprint_of(splits), (corruptions,) if corruptions else ())

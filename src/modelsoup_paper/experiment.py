@@ -21,25 +21,48 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch.optim.swa_utils import update_bn
 
 import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
+from modelsoup.analysis.paired import paired_mean
+from modelsoup.checkpoints.save import atomic_output
 from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
 from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
 from modelsoup.recipes.greedy import GreedyResult
 from modelsoup.recipes.learned import learned_mixture
 from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
-from modelsoup.runs import LogitCache, Stages, versions, write_json
+from modelsoup.runs import LogitCache, Stage, Stages, versions, write_json
+from modelsoup.runs.allocator import keep_freed_memory
 from modelsoup.runs.compare import tuned_merges
 
 from .analyses import run_analyses
 from .config import Config
 from .data import Examples
-from .sweep import finetune, linear_probe, sample_hparams
+from .sweep import linear_probe, one_thread, sample_hparams
 from .tasks import Task, load_task
+from .workers import Job, Setup, available_cpus, train_all
 
 WISEFT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+RANDOM_ORDER = "greedy soup, random order"
+# The paired comparisons of results.md's "What reproduces": (method, against).
+COMPARISONS = (
+    ("greedy soup", "best individual"),
+    ("uniform soup", "best individual"),
+    (RANDOM_ORDER, "greedy soup"),
+    ("ensemble", "greedy soup"),
+    ("greedy ensemble", "ensemble"),
+    ("learned soup", "greedy soup"),
+    ("learned soup by layer", "greedy soup"),
+    ("WiSE-FT of greedy soup", "greedy soup"),
+    ("Model Stock", "uniform soup"),
+)
+
+
+def _short(method: str) -> str:
+    """A table row's method without its parenthesis: ``"TIES (lambda=..)"`` -> ``"TIES"``."""
+    return method.split(" (")[0]
 
 
 @dataclass
@@ -65,16 +88,19 @@ def make_ingredients(
     progress: bool,
     log: Callable[[str], None],
     stages: Stages | None = None,
+    workers: int | None = None,
 ) -> tuple[list[ms.Ingredient], list[dict]]:
     """model_0 (pretrained features + linear-probe head) and the fine-tunes, each saved as
     safetensors with its hyperparameters; files already made with the same config are
-    reused. Each is a stage of ``stages`` (``model_0``, ``model_1``, ...)."""
+    reused. Everything trains with one thread, the fine-tunes ``workers`` at a time
+    (default: one per available CPU), so the result does not depend on either. Each is
+    a stage of ``stages`` (``model_0``, ``model_1``, ...)."""
     stages = stages if stages is not None else Stages()
     folder.mkdir(parents=True, exist_ok=True)
     data = task.data
     model = task.build()
-    lp_key = _key(
-        {"v": 1, "data": data.fingerprint, "weights": task.backbone_id, "l2": config.lp_l2}
+    lp_key = _key(  # v2: fit with one thread
+        {"v": 2, "data": data.fingerprint, "weights": task.backbone_id, "l2": config.lp_l2}
     )
     path0 = folder / f"model_0-{lp_key}.safetensors"
     info: list[dict] = []
@@ -83,9 +109,10 @@ def make_ingredients(
         lp_file = ms.open_ingredient(path0) if path0.exists() else None
         if lp_file is None:
             task.load_backbone(model)
-            lp = linear_probe(
-                model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
-            )
+            with one_thread():
+                lp = linear_probe(
+                    model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
+                )
             init = {k: v.detach().clone() for k, v in model.state_dict().items()}
             hp0 = {"info": "LP initialization", **lp}
             ms.save(
@@ -117,12 +144,13 @@ def make_ingredients(
         )
         log(f"model_0: linear probe (L2 {lp['l2']:g}), held-out accuracy {lp['val_accuracy']:.4f}")
     rng = random.Random(config.seed)
+    jobs: list[Job] = []
     for i in range(1, config.ingredients):
         hp = sample_hparams(rng, config.sweep)
         seed = config.seed * 1000 + i
         key = _key(
             {
-                "v": 1,
+                "v": 2,  # 2: trained with one thread (1: with torch's default threads)
                 "lp": lp_key,
                 "hp": hp.to_json(),
                 "seed": seed,
@@ -131,40 +159,37 @@ def make_ingredients(
             }
         )
         path = folder / f"model_{i}-{key}.safetensors"
-        t = time.perf_counter()
         cached = path.exists()
-        if not cached:
-            with stages(f"model_{i}"):
-                state = finetune(
-                    model,
-                    init,
-                    data.splits["train"],
-                    hp,
-                    seed=seed,
-                    bn=config.bn,
-                    batch_size=config.batch_size,
-                    progress=progress,
-                    desc=f"fine-tune model_{i}/{config.ingredients - 1}",
-                )
-                ms.save(
-                    ms.StateDictIngredient(state),
-                    path,
-                    force=True,
-                    metadata={"hparams": json.dumps(hp.to_json())},
-                )
-            log(
-                f"model_{i}: lr {hp.lr:.2e}, wd {hp.wd:.2g}, {hp.epochs} epoch(s), smoothing "
-                f"{hp.smoothing:.2f}, mixup {hp.mixup:.2f}, aug {hp.aug} "
-                f"({time.perf_counter() - t:.0f} s)"
-            )
         info.append(
             {
                 "name": f"model_{i}",
                 "hparams": hp.to_json(),
                 "path": str(path),
                 "cached": cached,
-                "seconds": time.perf_counter() - t,
+                "seconds": 0.0,
             }
+        )
+        if not cached:
+            jobs.append(Job(i, hp, seed, path, {"hparams": json.dumps(hp.to_json())}))
+
+    def done(job: Job, stage: Stage) -> None:
+        stages.add(stage)
+        info[job.index]["seconds"] = stage.wall
+        hp = job.hp
+        log(
+            f"model_{job.index}: lr {hp.lr:.2e}, wd {hp.wd:.2g}, {hp.epochs} epoch(s), "
+            f"smoothing {hp.smoothing:.2f}, mixup {hp.mixup:.2f}, aug {hp.aug} "
+            f"({stage.wall:.0f} s)"
+        )
+
+    if jobs:
+        setup = Setup(task.build, init, data.splits["train"], config.bn, config.batch_size)
+        train_all(
+            jobs,
+            setup,
+            workers=available_cpus() if workers is None else workers,
+            progress=progress,
+            done=done,
         )
     ingredients = [ms.open_ingredient(d["path"]) for d in info]
     return ingredients, info
@@ -251,9 +276,23 @@ class _Kitchen:
     run: Path
     progress: bool
     stages: Stages
+    # Per method (the table's name up to " ("), per split: the predicted classes (a list
+    # of them for a row that averages several soups). Paired comparisons use them.
+    predictions: dict[str, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     def acc(self, lg: torch.Tensor, s: str) -> float:
         return correct_count(lg, self.labels[s]) / len(self.labels[s])
+
+    def keep(self, method: str, logits: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Record a method's predictions from its logits; return its accuracy per split."""
+        self.predictions.setdefault(_short(method), []).append(
+            {s: lg.argmax(-1) for s, lg in logits.items()}
+        )
+        return {s: self.acc(lg, s) for s, lg in logits.items()}
+
+    def score(self, method: str, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """A soup's accuracy per split (logits cached), its predictions recorded."""
+        return self.keep(method, self.score_soup.logits(state))
 
     def names(self, indices: Sequence[int]) -> list[str]:
         return [self.info[i]["name"] for i in indices]
@@ -267,13 +306,17 @@ def reproduce(
     log: Callable[[str], None] = print,
     landscape_pair: tuple[int, int] | None = None,
     stages: Stages | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the experiment; write results.md/.json/.csv, report.html, figure1.png, the
     analyses' figures (``config.analyses``) and config.json to ``out``; return the
     results dict. ``landscape_pair`` picks the fine-tunes of the landscape plane
-    (default: the two best on held-out). Each step is a stage of ``stages``."""
+    (default: the two best on held-out); ``workers`` fine-tunes train side by side
+    (default: one per available CPU; the results do not depend on it). Each step is a
+    stage of ``stages``."""
     from .report import write_reports
 
+    keep_freed_memory()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages if stages is not None else Stages()
@@ -285,7 +328,13 @@ def reproduce(
         task = load_task(config)
     with stages("ingredients"):
         ingredients, info = make_ingredients(
-            config, task, out / "ingredients", progress=progress, log=log, stages=stages
+            config,
+            task,
+            out / "ingredients",
+            progress=progress,
+            log=log,
+            stages=stages,
+            workers=workers,
         )
 
     splits = task.data.eval_splits()
@@ -324,6 +373,11 @@ def reproduce(
         rows, greedy = _soups(kitchen)
         rows += _ensembles(kitchen)
         rows += _related(kitchen, greedy, prepare, bn_id)
+    with stages("paired comparisons"):
+        comparisons = comparisons_of(
+            kitchen.predictions, labels, list(config.shifts), task.data.aligned
+        )
+        save_predictions(kitchen.predictions, labels, out / "predictions.safetensors")
 
     analysis = None
     if config.analyses:
@@ -353,6 +407,8 @@ def reproduce(
         "shifts": list(config.shifts),
         "ingredients": info,
         "methods": [r.__dict__ for r in rows],
+        "comparisons": comparisons,
+        "aligned": [list(g) for g in task.data.aligned],
         "uniform_soup_bn_note": "frozen" if config.bn == "frozen" else "recomputed",
         "timing_seconds": timing,
         "versions": versions(),
@@ -384,12 +440,17 @@ def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
     val_evals = [evaluation_from_logits(lg, k.labels["val"]) for lg in k.logits["val"]]
     order = sorted(range(len(k.ingredients)), key=lambda i: -val_evals[i].correct)
     rows = [
-        Row(label, 1, k.info[i]["scores"], detail={"ingredient": k.info[i]["name"]})
+        Row(
+            label,
+            1,
+            k.keep(label, {s: k.logits[s][i] for s in k.splits}),
+            detail={"ingredient": k.info[i]["name"]},
+        )
         for label, i in (("best individual", order[0]), ("second best", order[1]))
     ]
     with k.stages("uniform soup"):
         uniform = ms.materialize(ms.uniform_soup(k.ingredients, integers="first"))
-        rows.append(Row("uniform soup", 1, k.score_soup(uniform)))
+        rows.append(Row("uniform soup", 1, k.score("uniform soup", uniform)))
     with k.stages("greedy soup"):
         greedy = ms.greedy_soup(
             k.ingredients,
@@ -401,7 +462,7 @@ def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
         )
         detail = {"kept": k.names(greedy.kept), "examples_saved": greedy.examples_saved}
         state = ms.materialize(greedy.soup)
-        rows.append(Row("greedy soup", 1, k.score_soup(state), detail=detail))
+        rows.append(Row("greedy soup", 1, k.score("greedy soup", state), detail=detail))
     with k.stages("greedy soup, random orders"):
         rows.append(_random_orders(k))
     learn_on = ClassificationEvaluator(
@@ -413,7 +474,7 @@ def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
             state, detail = _learned(
                 k.ingredients, k.info, learn_on, k.config, k.run, by_layer, k.progress
             )
-            rows.append(Row(name, 1, k.score_soup(state), detail=detail))
+            rows.append(Row(name, 1, k.score(name, state), detail=detail))
     return rows, greedy
 
 
@@ -430,14 +491,14 @@ def _random_orders(k: _Kitchen) -> Row:
             journal=k.run / f"greedy-random-{r}.jsonl",
             progress=k.progress,
         )
-        randoms.append((res, k.score_soup(ms.materialize(res.soup))))
+        randoms.append((res, k.score(RANDOM_ORDER, ms.materialize(res.soup))))
     mean = {s: statistics.fmean(sc[s] for _, sc in randoms) for s in k.splits}
     std = {
         s: statistics.stdev(sc[s] for _, sc in randoms) if len(randoms) > 1 else 0.0
         for s in k.splits
     }
     return Row(
-        f"greedy soup, random order ({k.config.random_orders} orders)",
+        f"{RANDOM_ORDER} ({k.config.random_orders} orders)",
         1,
         mean,
         std,
@@ -450,18 +511,13 @@ def _ensembles(k: _Kitchen) -> list[Row]:
     lg = k.logits
     with k.stages("ensembles"):
         kept, _ = greedy_ensemble(lg["val"], k.labels["val"])
+        every = k.keep("ensemble", {s: mean_logits(lg[s]) for s in k.splits})
+        chosen = k.keep(
+            "greedy ensemble", {s: mean_logits([lg[s][i] for i in kept]) for s in k.splits}
+        )
         return [
-            Row(
-                "ensemble",
-                len(k.ingredients),
-                {s: k.acc(mean_logits(lg[s]), s) for s in k.splits},
-            ),
-            Row(
-                "greedy ensemble",
-                len(kept),
-                {s: k.acc(mean_logits([lg[s][i] for i in kept]), s) for s in k.splits},
-                detail={"kept": k.names(kept)},
-            ),
+            Row("ensemble", len(k.ingredients), every),
+            Row("greedy ensemble", len(kept), chosen, detail={"kept": k.names(kept)}),
         ]
 
 
@@ -477,7 +533,7 @@ def _related(
             Row(
                 "Model Stock",
                 1,
-                k.score_soup(ms.materialize(stock)),
+                k.score("Model Stock", ms.materialize(stock)),
                 detail={"mean_ratio": statistics.fmean(ratios.values())},
             )
         ]
@@ -489,14 +545,21 @@ def _related(
         identity=bn_id,
     )
     with k.stages("WiSE-FT"):
-        scan = wiseft_scan(theta0, greedy.soup, val_only, alphas=WISEFT_ALPHAS, integers="first")
+        scan = wiseft_scan(
+            theta0,
+            greedy.soup,
+            val_only,
+            alphas=WISEFT_ALPHAS,
+            scores=LogitScorer(val_only, cache=k.score_soup.cache),
+            integers="first",
+        )
         alpha = best_alpha(scan)
         wise = ms.materialize(ms.wise_ft(theta0, greedy.soup, alpha, integers="first"))
         rows.append(
             Row(
                 f"WiSE-FT of greedy soup (alpha={alpha:g})",
                 1,
-                k.score_soup(wise),
+                k.score("WiSE-FT of greedy soup", wise),
                 detail={"alpha": alpha, "scan": scan},
             )
         )
@@ -512,8 +575,63 @@ def _related(
             cache=k.score_soup.cache,
         ):
             state = ms.materialize(merge)
-            rows.append(Row(label, 1, k.score_soup(state), detail={"chosen": point}))
+            rows.append(Row(label, 1, k.score(label, state), detail={"chosen": point}))
     return rows
+
+
+def outcomes(
+    predictions: Sequence[Mapping[str, torch.Tensor]], labels: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per split, per example: the fraction of a row's soups (one, or the random orders)
+    that predict the label."""
+    return {
+        s: torch.stack([(p[s] == labels[s]).double() for p in predictions]).mean(0)
+        for s in predictions[0]
+    }
+
+
+def comparisons_of(
+    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    shifts: Sequence[str],
+    aligned: Sequence[Sequence[str]] = (),
+) -> list[dict[str, Any]]:
+    """The paired differences of `COMPARISONS` on held-out, ID test and the shift mean:
+    each a `modelsoup.analysis.paired.Paired` as JSON (difference, standard error,
+    McNemar p where outcomes are 0/1, within noise or not)."""
+    views = {"held-out": ["val"], "ID test": ["test"], "shifts": list(shifts)}
+    out = []
+    for a, b in COMPARISONS:
+        if a not in predictions or b not in predictions:
+            continue
+        oa, ob = outcomes(predictions[a], labels), outcomes(predictions[b], labels)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "views": {
+                    view: paired_mean(oa, ob, splits, aligned, f"{a} vs {b}").to_json()
+                    for view, splits in views.items()
+                    if splits
+                },
+            }
+        )
+    return out
+
+
+def save_predictions(
+    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    path: Path,
+) -> None:
+    """Every method's predicted classes and the labels, per split, as safetensors:
+    ``METHOD#R/SPLIT`` (R numbers a row's soups: the random orders) and ``labels/SPLIT``."""
+    tensors = {f"labels/{s}": y.contiguous() for s, y in labels.items()}
+    for method, rows in predictions.items():
+        for r, row in enumerate(rows):
+            tensors.update({f"{method}#{r}/{s}": p.contiguous() for s, p in row.items()})
+    with atomic_output(path, force=True) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def table_rows(results: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelsoup.analysis.paired import Z95, Paired, describe
 from modelsoup.checkpoints.save import atomic_output
 
 
@@ -87,7 +89,10 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [f"# Model soups on {results['config']['name']}: results", "", _intro(results), ""]
     lines += _md_table(*method_table(results))
     lines += ["", "## Ingredients", ""] + _md_table(*ingredient_table(results))
-    lines += ["", "## What reproduces", ""] + [f"- {f}" for f in findings(results)]
+    lines += ["", "## What reproduces", ""]
+    if results.get("comparisons"):
+        lines += [NOISE_NOTE, ""]
+    lines += [f"- {f}" for f in findings(results)]
     t = results["timing_seconds"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + "."]
     return "\n".join(lines) + "\n"
@@ -97,8 +102,21 @@ def _by_method(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["method"].split(" (")[0]: r for r in results["methods"]}
 
 
+def _fields(view: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: view[k] for k in ("diff", "se", "n", "p")}
+
+
+NOISE_NOTE = (
+    "Each difference is paired: both methods on the same examples, with its standard error "
+    "(SE) and, on one split, the exact McNemar p-value; *within noise* means |difference| "
+    "< 1.96 SE. The shift mean's SE keeps the correlation of the four corruptions of the "
+    "same test images."
+)
+
+
 def findings(results: Mapping[str, Any]) -> list[str]:
-    """The paper's claims (BRIEF.md) checked on this run, with the numbers."""
+    """The paper's claims (BRIEF.md) checked on this run, with the numbers and, where the
+    run recorded them, their paired standard errors."""
     shifts = list(results["shifts"])
     m = _by_method(results)
 
@@ -108,9 +126,14 @@ def findings(results: Mapping[str, Any]) -> list[str]:
         vb = shift_mean(sb, shifts) if col == "shift mean" else sb[col]
         return 100 * (va - vb)
 
+    paired = {(c["a"], c["b"]): c["views"] for c in results.get("comparisons", [])}
+
     def cmp(a: str, b: str) -> str:
+        views = paired.get((a, b))
         return ", ".join(
-            f"{label} {pp(a, b, col):+.2f} pp"
+            f"{label} {describe(Paired(**_fields(views[label])))}"
+            if views and label in views
+            else f"{label} {pp(a, b, col):+.2f} pp"
             for col, label in (("val", "held-out"), ("test", "ID test"), ("shift mean", "shifts"))
         )
 
@@ -142,12 +165,28 @@ def findings(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _r(r: float | None) -> str:
-    return "undefined" if r is None else f"{r:+.2f}"
+def _r(r: float | None, n: int | None = None) -> str:
+    """A Pearson r, with its 95% interval (Fisher z) over ``n`` pairs when n > 3."""
+    if r is None:
+        return "undefined"
+    if n is None or n <= 3 or abs(r) >= 1:
+        return f"{r:+.2f}"
+    z, half = math.atanh(r), Z95 / math.sqrt(n - 3)
+    return f"{r:+.2f} (95% CI {math.tanh(z - half):+.2f} to {math.tanh(z + half):+.2f})"
+
+
+def _beyond(pairs: list[Mapping[str, Any]], what: str, view: str) -> str:
+    """How many pairs' ``what`` comparison on ``view`` is beyond noise ("" if unknown)."""
+    known = [p["noise"][what][view] for p in pairs if p.get("noise", {}).get(what, {}).get(view)]
+    if not known:
+        return ""
+    median_se = statistics.median(100 * v["se"] for v in known if v["se"] is not None)
+    beyond = sum(not v["within_noise"] for v in known)
+    return f" ({beyond} of {len(known)} beyond noise, median SE {median_se:.2f} pp)"
 
 
 def analysis_findings(a: Mapping[str, Any], shifts: list[str]) -> list[str]:
-    """Figures 2-4 in numbers."""
+    """Figures 2-4 in numbers, with their noise where the pairs carry it."""
     pairs = a["pairs"]
     n = len(pairs)
 
@@ -159,33 +198,44 @@ def analysis_findings(a: Mapping[str, Any], shifts: list[str]) -> list[str]:
     angles = [p["angle"] for p in pairs]
     out = [
         f"Angle vs interpolation advantage (Figure 3), {n} pairs of fine-tunes, angles "
-        f"{min(angles):.1f} to {max(angles):.1f} degrees: Pearson r {_r(r['ID test'])} on ID "
-        f"test, {_r(r['shifts'])} on shifts; median advantage "
-        f"{statistics.median(adv(p, 'id') for p in pairs):+.2f} pp ID, "
-        f"{statistics.median(adv(p, 'shift') for p in pairs):+.2f} pp shifts. Paper: larger "
-        "angle, larger advantage.",
+        f"{min(angles):.1f} to {max(angles):.1f} degrees: Pearson r {_r(r['ID test'], n)} on "
+        f"ID test, {_r(r['shifts'], n)} on shifts; median advantage "
+        f"{statistics.median(adv(p, 'id') for p in pairs):+.2f} pp ID"
+        f"{_beyond(pairs, 'advantage', 'ID test')}, "
+        f"{statistics.median(adv(p, 'shift') for p in pairs):+.2f} pp shifts"
+        f"{_beyond(pairs, 'advantage', 'shifts')}. Paper: larger angle, larger advantage.",
     ]
     ens_id = sum(p["ensemble"]["test"] > p["soup"]["test"] for p in pairs)
     ens_sh = sum(shift_mean(p["ensemble"], shifts) > shift_mean(p["soup"], shifts) for p in pairs)
     re = a["pearson_soup_ensemble"]
     out.append(
         f"2-model ensemble vs soup (Figure 4): the ensemble is better on {ens_id} of {n} pairs "
-        f"on ID test and {ens_sh} of {n} on shifts; r(soup, ensemble) {_r(re['ID test'])} ID, "
-        f"{_r(re['shifts'])} shifts. Paper: correlated; ensembles tend to win ID, soups on "
-        "shifts."
+        f"on ID test{_beyond(pairs, 'ensemble - soup', 'ID test')} and {ens_sh} of {n} on "
+        f"shifts{_beyond(pairs, 'ensemble - soup', 'shifts')}; r(soup, ensemble) "
+        f"{_r(re['ID test'], n)} ID, {_r(re['shifts'], n)} shifts. Paper: correlated; "
+        "ensembles tend to win ID, soups on shifts."
     )
     land = a.get("landscape")
     if land:
         test = [v for row in land["values"]["test error"] for v in row]
         shift = [v for row in land["values"]["shift error"] for v in row]
         models = land["at_models"]
+        m = land.get("examples", {}).get("test")
+        noise = ""
+        if m:
+            e = models[1]["test error"]
+            noise = (
+                f" The binomial SE of one test error near {100 * e:.1f}% on {m} examples is "
+                f"{100 * math.sqrt(e * (1 - e) / m):.1f} pp, and the grid's lowest of "
+                f"{len(test)} points is biased low, so differences of that size are noise."
+            )
         out.append(
             f"Error landscape (Figure 2, {len(land['xs'])}x{len(land['ys'])} grid): lowest "
             f"test error on the grid {100 * min(test):.1f}% vs {100 * models[1]['test error']:.1f}"
             f"% / {100 * models[2]['test error']:.1f}% at the two fine-tunes; lowest shift "
             f"error {100 * min(shift):.1f}% vs {100 * models[1]['shift error']:.1f}% / "
             f"{100 * models[2]['shift error']:.1f}% (same examples). Paper: the best point is "
-            "often between the solutions."
+            f"often between the solutions.{noise}"
         )
     return out
 
@@ -323,7 +373,11 @@ def write_page(results: Mapping[str, Any], out: Path) -> Path:
                 Table("Ingredients", *ingredient_table(results)),
             ],
         ),
-        Section("What reproduces", items=findings(results)),
+        Section(
+            "What reproduces",
+            [NOISE_NOTE.replace("*", "")] if results.get("comparisons") else [],
+            items=findings(results),
+        ),
         Section(
             "Figure 1: accuracy vs robustness",
             figures=[Figure("Figure 1. ID test vs mean shift accuracy.", out / "figure1.png")],

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,6 +120,25 @@ def augment(x: torch.Tensor, spec: str | None, g: torch.Generator) -> torch.Tens
 # --- training -------------------------------------------------------------------------
 
 
+def steps(hp: HParams, examples: int, batch_size: int) -> int:
+    """Optimizer steps of a fine-tune: epochs x batches per epoch."""
+    return hp.epochs * math.ceil(examples / batch_size)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch with one intra-op thread inside the block. Training results depend on
+    the thread count (the reductions of the convolutions' gradients are split by thread:
+    1 and 2 threads give different weights after 5 steps), so the sweep trains with one
+    thread everywhere, whatever the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def set_bn(model: nn.Module, mode: str) -> None:
     """``frozen``: BatchNorm layers use and keep their running statistics (the affine
     weights still train); ``train``: they update them, as in ordinary training."""
@@ -200,10 +220,12 @@ def finetune(
     warmup: float = 0.05,
     progress: bool = False,
     desc: str = "fine-tune",
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fine-tune every weight from ``init`` with AdamW (cosine schedule, linear warm-up),
     label smoothing, mixup and augmentation as ``hp`` says; returns the state dict.
-    Mixup and augmentation apply to tensor inputs (images) only."""
+    Mixup and augmentation apply to tensor inputs (images) only. ``on_step`` is called
+    after every optimizer step (progress from a worker process)."""
     from tqdm.auto import tqdm
 
     model.load_state_dict(init)
@@ -245,5 +267,7 @@ def finetune(
                 opt.step()
                 sched.step()
                 bar.update(1)
+                if on_step is not None:
+                    on_step()
     model.eval()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

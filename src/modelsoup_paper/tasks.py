@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def image_task(config: Config) -> Task:
         "image",
         10,
         data,
-        lambda: build(10),
+        partial(build, 10),  # picklable: worker processes build it too
         load_backbone,
         f"mobilenet_v2:{weights.stat().st_size}",
     )
@@ -66,7 +67,7 @@ def text_task(config: Config) -> Task:
         "text",
         len(LABELS),
         data,
-        lambda: MiniLMClassifier(len(LABELS)),
+        partial(MiniLMClassifier, len(LABELS)),
         load_minilm_backbone,
         f"all-MiniLM-L6-v2:{size}",
     )

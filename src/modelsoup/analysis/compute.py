@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,7 +31,8 @@ from ..evaluators.protocols import LogitEvaluator
 from ..ops.arithmetic import Combination, interpolate
 from ..ops.geometry import cosine_matrix, gram
 from ..recipes.ensemble import correct_count
-from ..runs.cache import LogitCache, content_hash
+from ..runs.cache import LogitCache, state_key
+from . import paired as paired_lib
 
 Scores = dict[str, float]
 Scorer = Callable[[Mapping[str, torch.Tensor]], Scores]
@@ -90,7 +91,7 @@ class LogitScorer:
     def logits(self, state: Mapping[str, torch.Tensor]) -> Logits:
         if self.cache is None:
             return self.evaluator.logits(state, self.splits)
-        key = f"soup-{content_hash(state)}"
+        key = state_key(state)
         out: Logits = {s: self.cache.get(key, self.evaluator, s) for s in self.splits}
         missing = [s for s, lg in out.items() if lg is None]
         if missing:
@@ -164,6 +165,10 @@ class PairSoup:
     second: Scores
     ensemble: Scores | None = None
     advantage: Scores = field(default_factory=dict)
+    # Paired noise of the pair's comparisons, per view (see `paired`): "advantage" (the
+    # soup against the mean of its two models) and "ensemble - soup"; each a
+    # `Paired.to_json()`. Empty unless per-example outcomes were known.
+    noise: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.advantage:
@@ -187,31 +192,93 @@ def pair_soups(
     labels: Mapping[str, torch.Tensor] | None = None,
     integers: str = "error",
     metric: str = "accuracy",
+    views: Sequence[tuple[str, Sequence[str]]] = (),
+    aligned: Sequence[Sequence[str]] = (),
     progress: bool = False,
 ) -> list[PairSoup]:
     """The 2-model soup ``½θi + ½θj`` of every pair (default: all), scored by ``score``.
 
     ``individual[i]`` are ingredient i's own scores from the same scorer (the advantage
     compares like with like); ``logits[i]`` with ``labels`` add the 2-model ensemble.
+    When ``score`` also gives logits (a `LogitSource`, such as `LogitScorer`) and the
+    metric is accuracy, each pair gets the paired standard errors of its advantage and of
+    ensemble minus soup on every split and on each of ``views`` (label, splits averaged;
+    splits of one ``aligned`` group share their examples).
     """
     pairs = list(pairs if pairs is not None else all_pairs(len(ingredients)))
+    per_example = (
+        isinstance(score, LogitSource)
+        and logits is not None
+        and labels is not None
+        and metric == "accuracy"
+    )
     out = []
     for i, j in tqdm(pairs, desc="pair soups", disable=not progress, leave=False):
         state = materialize(interpolate(ingredients[i], ingredients[j], 0.5, integers=integers))
         ens = None
         if logits is not None and labels is not None:
             ens = scores(mix_logits(logits[i], logits[j], 0.5), labels, metric)
+        noise: dict[str, dict[str, dict[str, Any]]] = {}
+        if per_example:
+            soup_logits = score.logits(state)  # type: ignore[union-attr]
+            soup_scores = scores(soup_logits, labels, metric)  # type: ignore[arg-type]
+            noise = _pair_noise(
+                soup_logits,
+                logits[i],  # type: ignore[index]
+                logits[j],  # type: ignore[index]
+                labels,  # type: ignore[arg-type]
+                views,
+                aligned,
+            )
+        else:
+            soup_scores = score(state)
         out.append(
             PairSoup(
                 i,
                 j,
                 geometry.degrees[i][j],
-                score(state),
+                soup_scores,
                 dict(individual[i]),
                 dict(individual[j]),
                 ens,
+                noise=noise,
             )
         )
+    return out
+
+
+@runtime_checkable
+class LogitSource(Protocol):
+    """A scorer that also gives the logits behind its scores (per split)."""
+
+    def logits(self, state: Mapping[str, torch.Tensor]) -> Logits: ...
+
+
+def _pair_noise(
+    soup: Logits,
+    first: Logits,
+    second: Logits,
+    labels: Mapping[str, torch.Tensor],
+    views: Sequence[tuple[str, Sequence[str]]],
+    aligned: Sequence[Sequence[str]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired noise of one pair's advantage and of ensemble minus soup, per split and
+    per view, from per-example outcomes."""
+    splits = list(soup)
+    right = paired_lib.correct
+    ensemble = mix_logits(first, second, 0.5)
+    ok_soup = {s: right(soup[s], labels[s]) for s in splits}
+    ok_mean = {s: 0.5 * (right(first[s], labels[s]) + right(second[s], labels[s])) for s in splits}
+    ok_ens = {s: right(ensemble[s], labels[s]) for s in splits}
+    groups = [(s, [s]) for s in splits] + [
+        (label, list(members)) for label, members in views if list(members) != [label]
+    ]
+    out: dict[str, dict[str, dict[str, Any]]] = {"advantage": {}, "ensemble - soup": {}}
+    for label, members in groups:
+        adv = paired_lib.paired_mean(ok_soup, ok_mean, members, aligned, "advantage")
+        ens = paired_lib.paired_mean(ok_ens, ok_soup, members, aligned, "ensemble - soup")
+        out["advantage"][label] = adv.to_json()
+        out["ensemble - soup"][label] = ens.to_json()
     return out
 
 

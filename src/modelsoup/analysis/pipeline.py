@@ -62,6 +62,7 @@ def run_analyses(
     metric: str = "accuracy",
     titles: Mapping[str, str] | None = None,
     landscape_labels: Sequence[str] | None = None,
+    aligned: Sequence[Sequence[str]] = (),
     progress: bool = False,
     stages: Stages | None = None,
 ) -> Analyses:
@@ -74,7 +75,10 @@ def run_analyses(
     ``landscape`` (a pair) and ``measure`` (a scorer), the landscape on the plane through
     ``base`` and that pair on a ``grid`` x ``grid`` grid. PNGs go to ``folder``, titled by
     ``titles`` (keys: cosine, angles, ensemble_vs_soup, interpolation, landscape).
-    Each step is a stage of ``stages`` (drawing is the stage ``figures``).
+    With per-example logits (a `compute.LogitSource` scorer and ``logits``), every pair
+    carries the paired standard errors of its comparisons (``aligned``: groups of splits
+    that share their examples, see `paired.paired_mean`). Each step is a stage of
+    ``stages`` (drawing is the stage ``figures``).
     """
     titles = dict(titles or {})
     stages = stages if stages is not None else Stages()
@@ -94,6 +98,8 @@ def run_analyses(
             labels=labels,
             integers=integers,
             metric=metric,
+            views=views,
+            aligned=aligned,
             progress=progress,
         )
     drawn = {"cosine": png["cosine"], "angles": png["angles"]}
@@ -307,6 +313,7 @@ def _tables(
     done: Analyses, short: list[str], individual: list[Scores], splits: list[str], sel: str
 ) -> list[Table]:
     ens = done.pearson_soup_ensemble is not None
+    noisy = any(p.noise for p in done.pairs)
     return [
         Table(
             "Ingredients: task-vector norm and scores",
@@ -317,17 +324,45 @@ def _tables(
             ],
         ),
         Table(
-            f"Pairs: angle, soup score and interpolation advantage on {sel!r}",
-            ["pair", "angle (deg)", "soup", "advantage", *(["ensemble"] if ens else [])],
+            f"Pairs: angle, soup score and interpolation advantage on {sel!r}"
+            + (
+                " (± paired standard error; * beyond noise, |difference| ≥ 1.96 SE)"
+                if noisy
+                else ""
+            ),
+            [
+                "pair",
+                "angle (deg)",
+                "soup",
+                "advantage",
+                *(["ensemble", "ensemble − soup"] if ens else []),
+            ],
             [
                 [
                     f"{short[p.i]} + {short[p.j]}",
                     f"{p.angle:.2f}",
                     f"{p.soup[sel]:.4f}",
-                    f"{p.advantage[sel]:+.4f}",
-                    *([f"{p.ensemble[sel]:.4f}"] if p.ensemble else []),
+                    _with_noise(p.advantage[sel], p.noise.get("advantage", {}).get(sel)),
+                    *(
+                        [
+                            f"{p.ensemble[sel]:.4f}",
+                            _with_noise(
+                                p.ensemble[sel] - p.soup[sel],
+                                p.noise.get("ensemble - soup", {}).get(sel),
+                            ),
+                        ]
+                        if p.ensemble
+                        else []
+                    ),
                 ]
                 for p in done.pairs
             ],
         ),
     ]
+
+
+def _with_noise(value: float, noise: Mapping[str, Any] | None) -> str:
+    """``+0.0120 ± 0.0050*``: a difference, its paired SE, * when beyond noise."""
+    if not noise or noise.get("se") is None:
+        return f"{value:+.4f}"
+    return f"{value:+.4f} ± {noise['se']:.4f}{'' if noise['within_noise'] else '*'}"

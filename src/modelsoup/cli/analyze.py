@@ -108,5 +108,20 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"r(angle, interpolation advantage) on {view}: " + ("n/a" if r is None else f"{r:+.3f}")
         )
+    for what, says in (
+        ("advantage", "soup vs its models' mean"),
+        ("ensemble - soup", "ensemble vs soup"),
+    ):
+        per_view: dict[str, list[dict]] = {}
+        for p in result.get("pairs", []):
+            for view, v in p.get("noise", {}).get(what, {}).items():
+                per_view.setdefault(view, []).append(v)
+        for view, found in per_view.items():
+            up = sum(not v["within_noise"] and v["diff"] > 0 for v in found)
+            down = sum(not v["within_noise"] and v["diff"] < 0 for v in found)
+            print(
+                f"{says} on {view}: higher beyond noise in {up}, lower in {down}, "
+                f"within noise in {len(found) - up - down} of {len(found)} pairs"
+            )
     print(f"wrote {out}/report.html, analysis.json and the figures")
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..errors import SoupError
 from ..recipes import RECIPES
+from ..runs.allocator import keep_freed_memory
 from . import (
     analyze,
     compare,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # 3x faster CPU evaluation: no page faults per batch
     try:
         return args.run(args)
     except SoupError as e:

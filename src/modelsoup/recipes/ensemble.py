@@ -24,7 +24,7 @@ from ..evaluators.protocols import (
     evaluation_from_logits,
     evaluator_name,
 )
-from ..runs.cache import LogitCache
+from ..runs.cache import LogitCache, state_key
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
@@ -104,11 +104,14 @@ def compute_logits(
         found = {s: cache.get(ing, evaluator, s) if cache else None for s in splits}
         missing = [s for s in splits if found[s] is None]
         if missing:
-            found.update(evaluator.logits(materialize(ing), missing))
+            state = materialize(ing)
+            found.update(evaluator.logits(state, missing))
             reads += 1
-            for s in missing:
-                if cache:
+            if cache:
+                key = state_key(state)  # a soup equal to this ingredient finds them too
+                for s in missing:
                     cache.put(ing, evaluator, s, found[s])
+                    cache.put(key, evaluator, s, found[s])
         for s in splits:
             out[s].append(found[s])
     return out, labels, reads

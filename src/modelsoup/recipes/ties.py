@@ -109,6 +109,7 @@ class Ties:
         lam: float,
         normalize: bool,
         integers: IntegerPolicy,
+        thresholds: dict[tuple[str, float], list[float]] | None = None,
     ):
         from ..ops.checks import check_compatible
 
@@ -116,7 +117,9 @@ class Ties:
         self._layout = check_compatible([*ingredients, base])
         self.density, self.weights, self.lam = density, list(weights), lam
         self.normalize, self.integers = normalize, integers
-        self._thresholds: dict[str, list[float]] = {}
+        # (tensor, density) -> each task vector's threshold; shared between merges of the
+        # same ingredients and base (a lambda grid) when the caller passes one dict.
+        self._thresholds = thresholds if thresholds is not None else {}
         self._lock = threading.Lock()
 
     source = property(lambda self: f"TIES of {len(self.ingredients)}")
@@ -124,8 +127,9 @@ class Ties:
     files = property(lambda self: tuple(f for i in [*self.ingredients, self.base] for f in i.files))
 
     def _threshold(self, name: str) -> list[float]:
+        key = (name, self.density)
         with self._lock:
-            if name not in self._thresholds:
+            if key not in self._thresholds:
                 theta0 = self.base.get(name).float().reshape(-1)
                 n = theta0.numel()
                 k = max(int(self.density * n), 1)
@@ -137,8 +141,8 @@ class Ties:
                     tau = (ing.get(name).float().reshape(-1) - theta0).abs_()
                     out.append(float(torch.kthvalue(tau, n - k + 1).values))  # k-th largest
                     del tau
-                self._thresholds[name] = out
-            return self._thresholds[name]
+                self._thresholds[key] = out
+            return self._thresholds[key]
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         name = self._layout.canonical(name)
@@ -171,13 +175,16 @@ def ties(
     lam: float = 1.0,
     normalize: bool = True,
     integers: IntegerPolicy = "error",
+    thresholds: dict[tuple[str, float], list[float]] | None = None,
 ) -> Ties:
     """TIES: top-``density`` trim, sign election, disjoint merge; lazy, streamed in chunks
-    (see `Ties`)."""
+    (see `Ties`). ``thresholds``: a dict to share the magnitude thresholds (the costly
+    part) between TIES merges of the same ingredients and base, such as a grid over
+    ``lam``; it is keyed by tensor and density."""
     w = _check(len(ingredients), weights, density)
     return Ties(
         ingredients, base, density=density, weights=w, lam=lam, normalize=normalize,
-        integers=integers,
+        integers=integers, thresholds=thresholds,
     )  # fmt: skip
 
 

@@ -8,8 +8,10 @@ scores a grid of a on the held-out split and reports every split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
@@ -29,16 +31,20 @@ def wiseft_scan(
     finetuned: Ingredient,
     evaluator: Evaluator,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
+    *,
+    scores: Callable[[Mapping[str, torch.Tensor]], dict[str, float]] | None = None,
     **options,
 ) -> list[dict[str, Any]]:
     """Score ``wise_ft(base, finetuned, a)`` for each ``a``: the held-out score, and with
-    a `LogitEvaluator` the score on every split. Returns one dict per ``a``."""
+    a `LogitEvaluator` the score on every split (through ``scores``, a state's score per
+    split, when given: e.g. a cached `analysis.compute.LogitScorer` of the evaluator).
+    Returns one dict per ``a``."""
     out = []
     for a in alphas:
         state = materialize(wise_ft(base, finetuned, a, **options))
         row: dict[str, Any] = {"alpha": a}
         if isinstance(evaluator, LogitEvaluator):
-            row.update(split_scores(evaluator, state))
+            row.update(scores(state) if scores is not None else split_scores(evaluator, state))
             row["heldout"] = row[evaluator.selection]
         else:
             row["heldout"] = evaluate(evaluator, state, what=f"WiSE-FT at alpha={a}").score

@@ -82,6 +82,13 @@ def content_hash(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:20]
 
 
+def state_key(state: Mapping[str, torch.Tensor]) -> str:
+    """The cache key of an in-memory state: ``soup-<content_hash>``. An ingredient's
+    logits are also stored under its state's key, so a soup that equals an ingredient
+    (a greedy soup that kept one model) is not evaluated again."""
+    return f"soup-{content_hash(state)}"
+
+
 class LogitCache:
     """Logits of checkpoints (or soups) on the splits of an evaluator, as safetensors.
 

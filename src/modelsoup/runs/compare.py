@@ -264,9 +264,11 @@ def tuned_merges(
     for name in methods:
         fn, params = TUNED[name]
         axes = {"lam": lambdas, "density": densities}
+        # TIES' thresholds depend on the density, not on lambda: found once per density
+        shared = {"thresholds": {}} if fn is ties else {}
 
-        def make(fn=fn, **point: float) -> Any:
-            return fn(ingredients, base, integers=integers, **point)
+        def make(fn=fn, shared=shared, **point: float) -> Any:
+            return fn(ingredients, base, integers=integers, **shared, **point)
 
         points = grid(**{k: axes[k] for k in params})
         point, _ = grid_search(make, points, evaluator, what=name, scores=scores)

@@ -3,9 +3,9 @@
 `Stages` is what ``modelsoup reproduce`` records its timings with and what
 ``benchmarks/bench_reproduce.py`` prints: ``with stages("fine-tune model_3"): ...``
 adds one `Stage`. CPU time and page faults come from ``getrusage``: every thread of this
-process, plus the child processes that ended (and were waited for) during the stage. Stages may nest; a nested
-stage is recorded with its parent's name as a prefix (``"analyses/pair soups"``), and the
-parent's figures include the child's.
+process, plus the child processes that ended (and were waited for) during the stage.
+Stages may nest; a nested stage is recorded with its parent's name as a prefix
+(``"analyses/pair soups"``), and the parent's figures include the child's.
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ class Stages:
             full = "/".join([*self._open, name])
             wall, user, sys_, flt = (b - a for a, b in zip(start, end))
             self.done.append(Stage(full, wall, user, sys_, int(flt)))
+
+    def add(self, stage: Stage) -> None:
+        """Record a stage measured elsewhere (in a worker process) under the stages open
+        now."""
+        full = "/".join([*self._open, stage.name])
+        self.done.append(Stage(full, stage.wall, stage.user, stage.sys, stage.minflt))
 
     def mark(self) -> int:
         """A position to pass to `children` later."""
