@@ -261,9 +261,22 @@ def test_cli_analyze_ingredients(sweep, tmp_path, capsys):
         "-q",
     ]
     assert main(args) == 0
-    assert "r(angle, interpolation advantage)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "r(angle, interpolation advantage)" in printed
     res = json.loads((out / "analysis.json").read_text())
     assert len(res["pairs"]) == 3
+    # every pair's comparisons carry their paired noise, and the command counts them
+    for p in res["pairs"]:
+        for what in ("advantage", "ensemble - soup"):
+            assert set(p["noise"][what]) == {"val", "test", "shift", "other splits"}
+    adv = res["pairs"][0]["noise"]["advantage"]["val"]
+    assert adv["diff"] == pytest.approx(res["pairs"][0]["advantage"]["val"])
+    line = next(
+        ln for ln in printed.splitlines() if ln.startswith("soup vs its models' mean on val")
+    )
+    counts = [int(n) for n in re.findall(r"\d+", line)]
+    assert sum(counts[:3]) == counts[3] == 3
+    assert "± " in (out / "report.html").read_text()
     deg = res["angles"]["degrees"]
     ings = [ms.open_ingredient(p) for p in paths]
     base = ms.open_ingredient(folder / "base.safetensors")

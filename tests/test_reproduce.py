@@ -290,6 +290,39 @@ def test_finetune_with_zero_lr_changes_nothing_and_frozen_bn_keeps_statistics():
     assert not torch.equal(trained[bn[0]], init[bn[0]])
 
 
+def test_finetune_of_the_top_blocks_trains_those_alone_on_cached_activations():
+    from modelsoup_paper.sweep import frozen_activations
+
+    data = load_image_data(resolution=32, train=64, val=16, test=16, shifts=())
+    model = build(10).eval()
+    x = data.splits["train"].tensors[0][:8]
+    with torch.no_grad():
+        torch.testing.assert_close(model.upper(14, model.lower(x, 14)), model(x))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    hp = HParams(1e-3, 0.1, 2, 0.1, 0.5, "rand-m5-n1")  # mixup and aug are not applied
+    top = finetune(model, init, data.splits["train"], hp, seed=0, batch_size=32, train_from=14)
+    lower = [k for k in init if k.startswith("features.") and int(k.split(".")[1]) < 14]
+    upper = [k for k in init if k not in lower and k.endswith("weight") and "bn" not in k]
+    assert lower and all(torch.equal(top[k], init[k]) for k in lower)
+    assert any(not torch.equal(top[k], init[k]) for k in upper)
+    # the same with activations computed beforehand (what the workers do)
+    model.load_state_dict(init)
+    acts = frozen_activations(model, data.splits["train"], 14)
+    again = finetune(
+        model,
+        init,
+        data.splits["train"],
+        hp,
+        seed=0,
+        batch_size=32,
+        train_from=14,
+        activations=acts,
+    )
+    assert all(torch.equal(again[k], top[k]) for k in top)
+    with pytest.raises(ValueError, match="train_from"):
+        Config(train_from=-1)
+
+
 def test_shift_mean():
     assert shift_mean({"a": 0.5, "b": 1.0, "c": 0.0}, ["a", "b"]) == 0.75
 
@@ -329,6 +362,22 @@ def test_text_task_end_to_end_tiny(tmp_path):
     assert rows["greedy soup"]["scores"]["val"] >= rows["best individual"]["scores"]["val"]
     assert all(i["hparams"].get("aug") is None for i in res["ingredients"][1:])
     assert (tmp_path / "figure1.png").stat().st_size > 10_000
+
+
+def test_minilm_in_length_groups_without_padding_is_the_padded_model():
+    from modelsoup_paper.text import MiniLMClassifier, load_text_data
+
+    data = load_text_data(train=64, val=40, test=16, shifts=(), shift_size=None)
+    model = MiniLMClassifier(3).eval()
+    x = data.splits["train"].take(slice(0, 40))
+    lengths = x["attention_mask"].sum(1)
+    assert lengths.max() - lengths.min() > 10  # a batch of mixed lengths
+    with torch.no_grad():
+        padded = model.classifier(model.embed(**x))
+        torch.testing.assert_close(model(**x), padded, atol=1e-5, rtol=1e-5)
+    # held-out splits are sorted by length (their batches carry little padding)
+    val = data.splits["val"].inputs["attention_mask"].sum(1)
+    assert torch.equal(val, val.sort().values)
 
 
 def test_analyses_figures_and_results_page(fast_run):

@@ -31,6 +31,9 @@ class Config:
     batch_size: int = 64
     eval_batch_size: int = 256
     bn: str = "frozen"  # frozen: keep BatchNorm statistics; train: update, recompute in soups
+    # 0: fine-tune every weight; n > 0: only features[n:] and the head (image task), on
+    # the frozen blocks' outputs computed once; augmentation and mixup are then off
+    train_from: int = 0
     random_orders: int = 3
     # The paper fits learned soups for 5 epochs over 2% of ImageNet train (~26K images,
     # ~500 AdamW steps of 256); over 500 held-out images, 20 epochs of 64 give 160 steps.
@@ -51,6 +54,8 @@ class Config:
             raise ValueError(f"ingredients must be at least 3 (got {self.ingredients})")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train' (got {self.bn!r})")
+        if self.train_from < 0:
+            raise ValueError(f"train_from must be 0 or more (got {self.train_from})")
         if self.landscape_grid < 2:
             raise ValueError(f"landscape_grid must be at least 2 (got {self.landscape_grid})")
 

@@ -156,6 +156,7 @@ def make_ingredients(
                 "seed": seed,
                 "bn": config.bn,
                 "batch": config.batch_size,
+                **({"train_from": config.train_from} if config.train_from else {}),
             }
         )
         path = folder / f"model_{i}-{key}.safetensors"
@@ -183,7 +184,14 @@ def make_ingredients(
         )
 
     if jobs:
-        setup = Setup(task.build, init, data.splits["train"], config.bn, config.batch_size)
+        setup = Setup(
+            task.build,
+            init,
+            data.splits["train"],
+            config.bn,
+            config.batch_size,
+            config.train_from,
+        )
         train_all(
             jobs,
             setup,

@@ -79,6 +79,18 @@ class MobileNetV2(nn.Module):
     def forward(self, x):
         return self.classifier(self.embed(x))
 
+    def lower(self, x, n: int):
+        """The output of the first ``n`` blocks of ``features`` (what ``upper`` takes)."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.features[:n](x.contiguous(memory_format=torch.channels_last))
+
+    def upper(self, n: int, h):
+        """The logits from the output ``h`` of the first ``n`` blocks:
+        ``upper(n, lower(x, n)) == forward(x)``."""
+        h = self.features[n:](h)
+        return self.classifier(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
 
 def build(num_classes: int = 10) -> MobileNetV2:
     """The experiment's model: MobileNetV2 with a ``num_classes`` head, channels-last."""

@@ -14,7 +14,8 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -120,6 +121,22 @@ def augment(x: torch.Tensor, spec: str | None, g: torch.Generator) -> torch.Tens
 # --- training -------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def frozen_activations(model: nn.Module, train: Examples, train_from: int) -> Examples:
+    """The outputs of ``model.features[:train_from]`` (eval mode) for every training
+    example: what a fine-tune of the blocks above trains on. Needs a model with
+    ``lower``/``upper`` (MobileNetV2)."""
+    if not hasattr(model, "lower"):
+        raise ValueError(
+            f"train_from needs a model split into frozen and trained blocks; "
+            f"{type(model).__name__} is not (use train_from 0)"
+        )
+    model.eval()  # the caller sets train mode (and BatchNorm's) afterwards
+    x = train.tensors[0]
+    out = torch.cat([model.lower(x[i : i + 256], train_from) for i in range(0, len(x), 256)])
+    return Examples(out, train.labels)
+
+
 def steps(hp: HParams, examples: int, batch_size: int) -> int:
     """Optimizer steps of a fine-tune: epochs x batches per epoch."""
     return hp.epochs * math.ceil(examples / batch_size)
@@ -221,14 +238,22 @@ def finetune(
     progress: bool = False,
     desc: str = "fine-tune",
     on_step: Callable[[], None] | None = None,
+    train_from: int = 0,
+    activations: Examples | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fine-tune every weight from ``init`` with AdamW (cosine schedule, linear warm-up),
     label smoothing, mixup and augmentation as ``hp`` says; returns the state dict.
     Mixup and augmentation apply to tensor inputs (images) only. ``on_step`` is called
-    after every optimizer step (progress from a worker process)."""
+    after every optimizer step (progress from a worker process).
+
+    ``train_from`` > 0 trains only ``model.features[train_from:]`` and the head, on the
+    frozen blocks' outputs (``activations``, from `frozen_activations`, computed once);
+    augmentation and mixup, which act on images, are then not applied."""
     from tqdm.auto import tqdm
 
     model.load_state_dict(init)
+    if train_from and activations is None:
+        activations = frozen_activations(model, train, train_from)
     model.train()
     set_bn(model, bn)
     g = torch.Generator().manual_seed(seed)
@@ -236,7 +261,14 @@ def finetune(
     y = train.labels
     steps_per_epoch = math.ceil(len(y) / batch_size)
     total = hp.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.wd)
+    params = list(model.parameters())
+    forward = model
+    if train_from:
+        assert activations is not None
+        train, forward = activations, partial(model.upper, train_from)
+        params = [*model.features[train_from:].parameters(), *model.classifier.parameters()]
+        hp = replace(hp, aug=None, mixup=0.0)
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.wd)
     warm = max(1, int(warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -256,12 +288,12 @@ def finetune(
                 if beta is not None and isinstance(xb, torch.Tensor):
                     lam = float(beta.sample())
                     perm = torch.randperm(len(xb), generator=g)
-                    out = model(lam * xb + (1 - lam) * xb[perm])
+                    out = forward(lam * xb + (1 - lam) * xb[perm])
                     loss = lam * F.cross_entropy(out, yb, label_smoothing=hp.smoothing) + (
                         1 - lam
                     ) * F.cross_entropy(out, yb[perm], label_smoothing=hp.smoothing)
                 else:
-                    loss = F.cross_entropy(call(model, xb), yb, label_smoothing=hp.smoothing)
+                    loss = F.cross_entropy(call(forward, xb), yb, label_smoothing=hp.smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

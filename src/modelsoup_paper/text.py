@@ -34,6 +34,7 @@ TOPICS = {
     "deflategate": r"deflate|patriots|belichick|brady",
 }
 SHIFTS = tuple(t for t in TOPICS if t != "airline")
+GROUPS = 4  # MiniLMClassifier runs a batch in groups of similar length
 
 
 def minilm_path() -> Path:
@@ -99,7 +100,14 @@ def load_text_data(
     splits, start = {}, 0
     for name, idx in parts.items():
         sl = slice(start, start + len(idx))
-        splits[name] = Examples({k: v[sl] for k, v in enc.items()}, torch.from_numpy(labels[idx]))
+        inputs, y = {k: v[sl] for k, v in enc.items()}, torch.from_numpy(labels[idx])
+        if name != "train":
+            # Evaluation batches of tweets of similar length carry little padding, which
+            # MiniLMClassifier drops: sorted by length (stable), evaluation runs about 1.5x
+            # faster. The training split keeps its order (its batches are drawn at random).
+            by_length = torch.argsort(inputs["attention_mask"].sum(1), stable=True)
+            inputs, y = {k: v[by_length] for k, v in inputs.items()}, y[by_length]
+        splits[name] = Examples(inputs, y)
         start += len(idx)
     return TaskData(splits, fingerprint_of(splits))
 
@@ -123,7 +131,21 @@ class MiniLMClassifier(nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(input_ids, attention_mask))
+        """The logits of each tweet, computed in up to ``GROUPS`` groups of similar length,
+        each without the padding columns past its longest tweet. Padding is on the right
+        and masked, so every tweet's logits are the same function of it (up to rounding)
+        as on the whole padded batch, at a fraction of the cost: fine-tuning batches of 32
+        random tweets (29 tokens on average, padded to 48) took 0.75x the time."""
+        lengths = attention_mask.sum(1)
+        if len(lengths) < 2 * GROUPS:
+            return self._unpadded(input_ids, attention_mask)
+        order = torch.argsort(lengths, stable=True)
+        parts = [self._unpadded(input_ids[i], attention_mask[i]) for i in order.chunk(GROUPS)]
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        n = max(int(attention_mask.sum(1).max()), 1)
+        return self.classifier(self.embed(input_ids[:, :n], attention_mask[:, :n]))
 
 
 def load_minilm_backbone(model: MiniLMClassifier) -> None:

@@ -32,7 +32,7 @@ from modelsoup.runs import Stage
 from modelsoup.runs.allocator import keep_freed_memory
 
 from .data import Examples
-from .sweep import HParams, finetune, one_thread, steps
+from .sweep import HParams, finetune, frozen_activations, one_thread, steps
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Setup:
     train: Examples
     bn: str
     batch_size: int
+    train_from: int = 0  # > 0: only features[train_from:] and the head train
 
 
 def available_cpus() -> int:
@@ -71,10 +72,20 @@ def _usage() -> tuple[float, float, float, int]:
     return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
 
 
-def _train(model: nn.Module, setup: Setup, job: Job, on_step: Callable[[], None] | None) -> Stage:
-    """Fine-tune ``job`` with one thread, save it atomically; its cost as a `Stage`."""
+def _train(
+    model: nn.Module,
+    setup: Setup,
+    job: Job,
+    on_step: Callable[[], None] | None,
+    memo: dict[str, Any],
+) -> Stage:
+    """Fine-tune ``job`` with one thread, save it atomically; its cost as a `Stage`.
+    ``memo`` keeps the frozen blocks' activations between jobs (``train_from``)."""
     start = _usage()
     with one_thread():
+        if setup.train_from and "activations" not in memo:
+            model.load_state_dict(setup.init)
+            memo["activations"] = frozen_activations(model, setup.train, setup.train_from)
         state = finetune(
             model,
             setup.init,
@@ -84,6 +95,8 @@ def _train(model: nn.Module, setup: Setup, job: Job, on_step: Callable[[], None]
             bn=setup.bn,
             batch_size=setup.batch_size,
             on_step=on_step,
+            train_from=setup.train_from,
+            activations=memo.get("activations"),
         )
     ms.save(ms.StateDictIngredient(state), job.path, force=True, metadata=dict(job.metadata))
     wall, user, sys_, flt = (b - a for a, b in zip(start, _usage()))
@@ -96,12 +109,12 @@ _WORKER: dict[str, Any] = {}
 def _start_worker(setup: Setup, queue: Any) -> None:
     keep_freed_memory()
     torch.set_num_threads(1)
-    _WORKER.update(setup=setup, queue=queue, model=setup.build())
+    _WORKER.update(setup=setup, queue=queue, model=setup.build(), memo={})
 
 
 def _run(job: Job) -> Stage:
     queue = _WORKER["queue"]
-    return _train(_WORKER["model"], _WORKER["setup"], job, lambda: queue.put(1))
+    return _train(_WORKER["model"], _WORKER["setup"], job, lambda: queue.put(1), _WORKER["memo"])
 
 
 def train_all(
@@ -123,9 +136,9 @@ def train_all(
     workers = max(1, min(workers, len(jobs)))
     with tqdm(total=total, desc="fine-tunes", disable=not progress, delay=0.5) as bar:
         if workers == 1:
-            model = setup.build()
+            model, memo = setup.build(), {}
             for job in order:
-                done(job, _train(model, setup, job, lambda: bar.update(1)))
+                done(job, _train(model, setup, job, lambda: bar.update(1), memo))
             return
         ctx = torch.multiprocessing.get_context("spawn")
         queue = ctx.Queue()
