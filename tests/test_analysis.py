@@ -298,7 +298,8 @@ def test_cli_analyze_ingredients(sweep, tmp_path, capsys):
         assert 'data-images="5/5"' in _render_in_chromium(out / "report.html")
 
 
-def test_cli_analyze_angles_only_and_errors(sweep, tmp_path, capsys):
+def test_cli_analyze_angles_only_and_errors(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a command without -o writes to ./analysis
     folder, paths = sweep
     out = tmp_path / "a"
     base = str(folder / "base.safetensors")
