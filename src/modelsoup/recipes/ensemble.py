@@ -111,7 +111,7 @@ def compute_logits(
                 key = state_key(state)  # a soup equal to this ingredient finds them too
                 for s in missing:
                     cache.put(ing, evaluator, s, found[s])
-                    cache.put(key, evaluator, s, found[s])
+                    cache.alias(ing, key, evaluator, s)
         for s in splits:
             out[s].append(found[s])
     return out, labels, reads

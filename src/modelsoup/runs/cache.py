@@ -10,8 +10,10 @@ that states no identity is not cached at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,8 +86,8 @@ def content_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 def state_key(state: Mapping[str, torch.Tensor]) -> str:
     """The cache key of an in-memory state: ``soup-<content_hash>``. An ingredient's
-    logits are also stored under its state's key, so a soup that equals an ingredient
-    (a greedy soup that kept one model) is not evaluated again."""
+    entries are also linked under its state's key (`LogitCache.alias`), so a soup that
+    equals an ingredient (a greedy soup that kept one model) is not evaluated again."""
     return f"soup-{content_hash(state)}"
 
 
@@ -136,6 +138,16 @@ class LogitCache:
             force=True,
             metadata={"identity": json.dumps(ident, sort_keys=True), "source": source},
         )
+
+    def alias(self, item: Ingredient | str, key: str, evaluator: Any, split: str) -> None:
+        """Make ``item``'s entry findable under ``key`` too (e.g. its `state_key`), as a
+        hard link: no second copy on disk. Where links are not possible, nothing is done
+        and a lookup under ``key`` recomputes."""
+        src, dst = self.path(item, evaluator, split), self.path(key, evaluator, split)
+        if src is None or dst is None or world()[0] != 0 or not src.exists() or dst.exists():
+            return
+        with contextlib.suppress(OSError):
+            os.link(src, dst)
 
 
 def _load(path: Path) -> torch.Tensor | None:
