@@ -349,8 +349,8 @@ def reproduce(
     cache = LogitCache(out / "cache" / "logits")
     with stages("evaluate ingredients"):
         evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
-        logits, labels, _ = compute_logits(
-            ingredients, evaluator, list(splits), cache, progress=progress
+        logits, labels, _ = compute_logits(  # alias: greedy soups of one model are cached
+            ingredients, evaluator, list(splits), cache, alias=True, progress=progress
         )
 
     with stages("soups and baselines"):

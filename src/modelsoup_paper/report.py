@@ -102,10 +102,6 @@ def _by_method(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["method"].split(" (")[0]: r for r in results["methods"]}
 
 
-def _fields(view: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: view[k] for k in ("diff", "se", "n", "p")}
-
-
 NOISE_NOTE = (
     "Each difference is paired: both methods on the same examples, with its standard error "
     "(SE) and, on one split, the exact McNemar p-value; *within noise* means |difference| "
@@ -131,7 +127,7 @@ def findings(results: Mapping[str, Any]) -> list[str]:
     def cmp(a: str, b: str) -> str:
         views = paired.get((a, b))
         return ", ".join(
-            f"{label} {describe(Paired(**_fields(views[label])))}"
+            f"{label} {describe(Paired.from_json(views[label]))}"
             if views and label in views
             else f"{label} {pp(a, b, col):+.2f} pp"
             for col, label in (("val", "held-out"), ("test", "ID test"), ("shift mean", "shifts"))

@@ -215,17 +215,18 @@ def pair_soups(
     out = []
     for i, j in tqdm(pairs, desc="pair soups", disable=not progress, leave=False):
         state = materialize(interpolate(ingredients[i], ingredients[j], 0.5, integers=integers))
-        ens = None
+        ens, mixed = None, None
         if logits is not None and labels is not None:
-            ens = scores(mix_logits(logits[i], logits[j], 0.5), labels, metric)
+            mixed = mix_logits(logits[i], logits[j], 0.5)
+            ens = scores(mixed, labels, metric)
         noise: dict[str, dict[str, dict[str, Any]]] = {}
         if per_example:
             soup_logits = score.logits(state)  # type: ignore[union-attr]
             soup_scores = scores(soup_logits, labels, metric)  # type: ignore[arg-type]
             noise = _pair_noise(
                 soup_logits,
-                logits[i],  # type: ignore[index]
-                logits[j],  # type: ignore[index]
+                (logits[i], logits[j]),  # type: ignore[index]
+                mixed,  # type: ignore[arg-type]
                 labels,  # type: ignore[arg-type]
                 views,
                 aligned,
@@ -256,17 +257,17 @@ class LogitSource(Protocol):
 
 def _pair_noise(
     soup: Logits,
-    first: Logits,
-    second: Logits,
+    pair: tuple[Logits, Logits],
+    ensemble: Logits,
     labels: Mapping[str, torch.Tensor],
     views: Sequence[tuple[str, Sequence[str]]],
     aligned: Sequence[Sequence[str]],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Paired noise of one pair's advantage and of ensemble minus soup, per split and
-    per view, from per-example outcomes."""
+    per view, from per-example outcomes (the two models' logits and their ensemble's)."""
     splits = list(soup)
     right = paired_lib.correct
-    ensemble = mix_logits(first, second, 0.5)
+    first, second = pair
     ok_soup = {s: right(soup[s], labels[s]) for s in splits}
     ok_mean = {s: 0.5 * (right(first[s], labels[s]) + right(second[s], labels[s])) for s in splits}
     ok_ens = {s: right(ensemble[s], labels[s]) for s in splits}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -46,6 +47,11 @@ class Paired:
 
     def to_json(self) -> dict[str, float | int | bool | None]:
         return {**asdict(self), "within_noise": self.within_noise}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Paired:
+        """The inverse of `to_json` (``within_noise`` is derived, not read)."""
+        return cls(data["diff"], data["se"], data["n"], data.get("p"))
 
 
 def mcnemar_exact(b: int, c: int) -> float:

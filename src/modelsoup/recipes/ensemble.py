@@ -87,10 +87,14 @@ def compute_logits(
     splits: Sequence[str],
     cache: LogitCache | None,
     *,
+    alias: bool = False,
     progress: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], int]:
     """Every ingredient's logits on every split (from the cache where possible; entries
-    are keyed by the ingredient's fingerprint and the evaluator's identity).
+    are keyed by the ingredient's fingerprint and the evaluator's identity). With
+    ``alias``, each computed entry is also linked under the ingredient's `state_key`, so
+    a soup equal to an ingredient (a greedy soup that kept one model) scored through the
+    cache is not evaluated again; that costs a hash of every ingredient's bytes.
 
     Returns ``(logits[split][i], labels[split], reads)`` where ``reads`` counts the
     checkpoints that had to be read (cache misses).
@@ -108,10 +112,11 @@ def compute_logits(
             found.update(evaluator.logits(state, missing))
             reads += 1
             if cache:
-                key = state_key(state)  # a soup equal to this ingredient finds them too
+                key = state_key(state) if alias else None
                 for s in missing:
                     cache.put(ing, evaluator, s, found[s])
-                    cache.alias(ing, key, evaluator, s)
+                    if key is not None:
+                        cache.alias(ing, key, evaluator, s)
         for s in splits:
             out[s].append(found[s])
     return out, labels, reads

@@ -57,14 +57,12 @@ class Stages:
             yield
         finally:
             self._open.pop()
-            end = _usage()
-            full = "/".join([*self._open, name])
-            wall, user, sys_, flt = (b - a for a, b in zip(start, end))
-            self.done.append(Stage(full, wall, user, sys_, int(flt)))
+            wall, user, sys_, flt = (b - a for a, b in zip(start, _usage()))
+            self.add(Stage(name, wall, user, sys_, int(flt)))
 
     def add(self, stage: Stage) -> None:
-        """Record a stage measured elsewhere (in a worker process) under the stages open
-        now."""
+        """Record a finished stage (measured here, or in a worker process) under the
+        stages open now."""
         full = "/".join([*self._open, stage.name])
         self.done.append(Stage(full, stage.wall, stage.user, stage.sys, stage.minflt))
 
