@@ -242,3 +242,114 @@ def test_wiseft_and_analyze_score_a_language_model_by_its_loss(gpt2, tmp_path, c
     assert set(a["landscape"]["values"]) == {"val loss"}
     pair = a["pairs"][0]
     assert pair["soup"]["val"] < 0 and pair["ensemble"]["val"] < 0  # minus losses
+
+
+# --- issue 20: memory bounded by one batch ------------------------------------------------
+
+
+def _dir_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def test_a_greedy_run_folder_grows_by_bytes_per_token_not_by_the_vocabulary(gpt2, tmp_path):
+    """The run folder keeps each token's loss (4 bytes), never its logits (vocabulary x 4
+    bytes): doubling the held-out set grows it by a few bytes per token per ingredient."""
+    folders, _, _ = gpt2
+    sizes, tokens = [], []
+    for n in (40, 160):
+        val = tmp_path / f"val{n}.txt"
+        val.write_text("\n".join(_sentences(n, 11)) + "\n")
+        out = tmp_path / f"soup{n}"
+        argv = ["greedy", *map(str, folders), "-o", str(out), "--task", "causal-lm"]
+        assert main([*argv, "--data", str(val), "--batch-size", "4", "-q"]) == 0
+        sizes.append(_dir_bytes(tmp_path / f"soup{n}.run"))
+        tokens.append(json.loads((tmp_path / f"soup{n}.run" / "result.json").read_text())[
+            "heldout"]["total"])  # fmt: skip
+    vocab = transformers.AutoConfig.from_pretrained(folders[0]).vocab_size
+    per_token = (sizes[1] - sizes[0]) / ((tokens[1] - tokens[0]) * len(folders))
+    assert per_token <= 6, (per_token, sizes, tokens)
+    assert per_token < vocab * 4 / 2  # what logits would take
+
+
+def _reference_greedy(ev, ings, compare="ge"):
+    """Recipe 1 as the library did it before per-token losses: each model's full logits,
+    the loss in float64 from them, the soup a running mean of the kept models."""
+
+    def loss(state):
+        lg = ev.logits(state, ["val"])["val"]
+        return float(torch.nn.functional.cross_entropy(lg.double(), ev.labels("val"),
+                                                       reduction="sum"))  # fmt: skip
+
+    own = [loss(ms.materialize(i)) for i in ings]
+    order = sorted(range(len(ings)), key=lambda i: own[i])
+    kept, best, decisions = [order[0]], loss(ms.materialize(ings[order[0]])), []
+    for i in order[1:]:
+        cand = loss(ms.materialize(ms.uniform_soup([ings[j] for j in kept + [i]])))
+        ok = cand <= best if compare == "ge" else cand < best
+        decisions.append(ok)
+        if ok:
+            kept.append(i)
+            best = cand
+    return kept, decisions, order
+
+
+def test_greedy_decisions_and_soup_are_those_of_full_logits(gpt2, tmp_path):
+    folders, val, _ = gpt2
+    ings = [ms.open_ingredient(f) for f in folders]
+    ev = causal_lm_evaluator(ings[0], str(val), batch_size=4)
+    kept, decisions, order = _reference_greedy(ev, ings)
+    soup, result = ms.greedy_run(ings, ev, tmp_path / "run")
+    assert soup.order == order and soup.kept == kept
+    assert [d.accepted for d in soup.decisions] == decisions
+    # scores from the cache (per-token losses) and from a batch-wise evaluation are one sum
+    best = ms.materialize(ings[order[0]])
+    assert soup.scores[order[0]].loss_sum == ev.evaluate(best).loss_sum
+    # the soup: the running mean of the kept models in joining order, bit for bit
+    want = ms.RunningMean(ings[kept[0]])
+    for i in kept[1:]:
+        want.propose(ings[i])
+        want.commit()
+    got = ms.materialize(soup.soup)
+    assert all(torch.equal(got[k], v) for k, v in want.state().items())
+
+
+def test_lm_ensembles_equal_full_logits_with_one_batch_of_logits_at_a_time(gpt2):
+    from modelsoup.recipes.ensemble import ensemble_baselines, greedy_ensemble, mean_logits
+
+    folders, val, _ = gpt2
+    ings = [ms.open_ingredient(f) for f in folders]
+    ev = causal_lm_evaluator(ings[0], str(val), batch_size=4)
+    y = ev.labels("val")
+    full = [ev.logits(ms.materialize(i), ["val"])["val"] for i in ings]
+    want_ens = -float(torch.nn.functional.cross_entropy(mean_logits(full).double(), y))
+    want_kept, _ = greedy_ensemble(full, y, metric="loss")
+    # a budget that holds one batch of every member's logits: many chunks
+    budget = ev.largest_batch("val") * (len(ings) + 1) * ev.vocab * 4
+    assert len(ev.chunks("val", budget // ((len(ings) + 1) * ev.vocab * 4))) > 3
+    got = ensemble_baselines(ings, ev, budget=budget)
+    assert got["ensemble"]["val"] == pytest.approx(want_ens, abs=1e-6)
+    assert got["greedy_ensemble"]["kept"] == want_kept
+    want_greedy = mean_logits([full[i] for i in want_kept]).double()
+    want_g = -float(torch.nn.functional.cross_entropy(want_greedy, y))
+    assert got["greedy_ensemble"]["val"] == pytest.approx(want_g, abs=1e-6)
+    for i, row in enumerate(got["individual"]):
+        ce = torch.nn.functional.cross_entropy(full[i].double(), y)
+        assert row["val"] == pytest.approx(-float(ce), abs=1e-6)
+    # every greedy-ensemble decision path, taken a few at a time, agrees with the original
+    for compare in ("ge", "gt"):
+        from modelsoup.evaluators.protocols import loss_units
+        from modelsoup.recipes.ensemble import lm_greedy_ensemble
+
+        merits = [-float(loss_units(torch.nn.functional.cross_entropy(
+            f, y, reduction="none"))) for f in full]  # fmt: skip
+        kept, _ = lm_greedy_ensemble(ings, ev, merits, "val", compare=compare, budget=budget)
+        assert kept == greedy_ensemble(full, y, metric="loss", compare=compare)[0]
+
+
+def test_an_ensemble_over_the_budget_is_refused_with_the_fix(gpt2, tmp_path, capsys):
+    folders, val, _ = gpt2
+    argv = ["ensemble", *map(str, folders), "--run-dir", str(tmp_path / "e"), "--task"]
+    argv += ["causal-lm", "--data", str(val), "--batch-size", "4", "-q", "--cache-budget", "1KB"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--cache-budget" in err and "--batch-size" in err and "GiB" in err

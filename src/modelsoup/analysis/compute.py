@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluators.protocols import LogitEvaluator
+from ..evaluators.protocols import LogitEvaluator, outputs
 from ..ops.arithmetic import Combination, interpolate
 from ..ops.geometry import cosine_matrix, gram
 from ..recipes.ensemble import correct_count
@@ -37,6 +37,9 @@ from . import paired as paired_lib
 Scores = dict[str, float]
 Scorer = Callable[[Mapping[str, torch.Tensor]], Scores]
 Logits = dict[str, torch.Tensor]
+# Scores of the logit mixtures (1 - a) f(x; θi) + a f(x; θj) of ingredients i and j, one
+# per a: how models whose logits are not kept (language models) get their ensembles.
+Mixer = Callable[[int, int, Sequence[float]], list[Scores]]
 
 
 # --- scoring classifiers from logits -------------------------------------------------
@@ -46,11 +49,14 @@ def scores(
     logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor], metric: str
 ) -> Scores:
     """Per split, the evaluator's score from logits: accuracy, or minus the mean
-    cross-entropy for ``metric="loss"`` (a causal LM's tokens: labels of -100 ignored)."""
-    if metric == "accuracy":
+    cross-entropy for ``metric="loss"`` (a causal LM's tokens: labels of -100 ignored);
+    one-dimensional ``logits`` are per-token losses (minus their mean)."""
+    if metric == "accuracy" and all(lg.ndim > 1 for lg in logits.values()):
         return accuracies(logits, labels)
     return {
-        s: -float(torch.nn.functional.cross_entropy(lg.double(), labels[s]))
+        s: -float(lg.double().mean())
+        if lg.ndim == 1
+        else -float(torch.nn.functional.cross_entropy(lg.double(), labels[s]))
         for s, lg in logits.items()
     }
 
@@ -67,7 +73,8 @@ def mix_logits(a: Logits, b: Logits, alpha: float) -> Logits:
 
 
 class LogitScorer:
-    """Logits and accuracies of a state on some splits of a `LogitEvaluator`.
+    """Logits and accuracies of a state on some splits of a `LogitEvaluator` (a
+    `LossEvaluator`'s per-token losses and minus their mean instead, see `outputs`).
 
     ``cache`` (a `LogitCache`) keeps the logits of every state scored, keyed by the
     state's content hash and the evaluator's identity on each split (its model, its data
@@ -90,12 +97,12 @@ class LogitScorer:
 
     def logits(self, state: Mapping[str, torch.Tensor]) -> Logits:
         if self.cache is None:
-            return self.evaluator.logits(state, self.splits)
+            return outputs(self.evaluator, state, self.splits)
         key = state_key(state)
         out: Logits = {s: self.cache.get(key, self.evaluator, s) for s in self.splits}
         missing = [s for s, lg in out.items() if lg is None]
         if missing:
-            out.update(self.evaluator.logits(state, missing))
+            out.update(outputs(self.evaluator, state, missing))
             for s in missing:
                 self.cache.put(key, self.evaluator, s, out[s])
         return out
@@ -190,6 +197,7 @@ def pair_soups(
     pairs: Sequence[tuple[int, int]] | None = None,
     logits: Sequence[Logits] | None = None,
     labels: Mapping[str, torch.Tensor] | None = None,
+    mix: Mixer | None = None,
     integers: str = "error",
     metric: str = "accuracy",
     views: Sequence[tuple[str, Sequence[str]]] = (),
@@ -199,7 +207,8 @@ def pair_soups(
     """The 2-model soup ``½θi + ½θj`` of every pair (default: all), scored by ``score``.
 
     ``individual[i]`` are ingredient i's own scores from the same scorer (the advantage
-    compares like with like); ``logits[i]`` with ``labels`` add the 2-model ensemble.
+    compares like with like); ``logits[i]`` with ``labels`` add the 2-model ensemble, as
+    does ``mix`` (see `Mixer`) without logits.
     When ``score`` also gives logits (a `LogitSource`, such as `LogitScorer`) and the
     metric is accuracy, each pair gets the paired standard errors of its advantage and of
     ensemble minus soup on every split and on each of ``views`` (label, splits averaged;
@@ -219,6 +228,8 @@ def pair_soups(
         if logits is not None and labels is not None:
             mixed = mix_logits(logits[i], logits[j], 0.5)
             ens = scores(mixed, labels, metric)
+        elif mix is not None:
+            ens = mix(i, j, [0.5])[0]
         noise: dict[str, dict[str, dict[str, Any]]] = {}
         if per_example:
             soup_logits = score.logits(state)  # type: ignore[union-attr]
@@ -302,13 +313,15 @@ def interpolation_curve(
     *,
     logits: tuple[Logits, Logits] | None = None,
     labels: Mapping[str, torch.Tensor] | None = None,
+    mix: Mixer | None = None,
     ids: tuple[int, int] = (0, 1),
     integers: str = "error",
     metric: str = "accuracy",
     progress: bool = False,
 ) -> Curve:
     """Scores of ``(1-α)a + αb`` for each α (α = 0 is ``a`` bit for bit, α = 1 is ``b``)
-    and, given both models' ``logits`` and ``labels``, of ``(1-α)f(x;a) + αf(x;b)``."""
+    and, given both models' ``logits`` and ``labels`` (or ``mix``), of
+    ``(1-α)f(x;a) + αf(x;b)``."""
     alphas = [float(x) for x in alphas]
     weights = [
         score(materialize(interpolate(a, b, x, integers=integers)))
@@ -317,6 +330,8 @@ def interpolation_curve(
     mixed = None
     if logits is not None and labels is not None:
         mixed = [scores(mix_logits(logits[0], logits[1], x), labels, metric) for x in alphas]
+    elif mix is not None:
+        mixed = mix(ids[0], ids[1], alphas)
     return Curve(ids[0], ids[1], alphas, weights, mixed)
 
 

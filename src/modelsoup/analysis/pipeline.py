@@ -18,12 +18,12 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
-from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate
+from ..evaluators.protocols import Evaluator, LogitEvaluator, LossEvaluator, evaluate
 from ..runs.cache import LogitCache
 from ..runs.provenance import versions, write_json
 from ..runs.stages import Stages
 from . import compute, figures
-from .compute import Angles, Curve, Landscape, Logits, PairSoup, Scorer, Scores
+from .compute import Angles, Curve, Landscape, Logits, Mixer, PairSoup, Scorer, Scores
 from .page import Figure, Section, Table, write_page
 
 View = tuple[str, list[str]]  # a figure panel: its label and the splits it averages
@@ -55,6 +55,7 @@ def run_analyses(
     folder: Path,
     logits: Sequence[Logits] | None = None,
     labels: Mapping[str, torch.Tensor] | None = None,
+    mix: Mixer | None = None,
     landscape: tuple[int, int] | None = None,
     measure: Scorer | None = None,
     grid: int = 9,
@@ -70,7 +71,8 @@ def run_analyses(
 
     ``score`` maps a state to scores per split, ``individual[i]`` are ingredient i's own
     (so advantages compare like with like); ``logits[i]`` with ``labels`` add 2-model
-    ensembles, scored with ``metric`` (accuracy, or minus the loss). ``curve`` is the
+    ensembles, scored with ``metric`` (accuracy, or minus the loss), as does ``mix``
+    without logits (a language model's, chunk by chunk). ``curve`` is the
     (0-based) pair of the interpolation curve; with
     ``landscape`` (a pair) and ``measure`` (a scorer), the landscape on the plane through
     ``base`` and that pair on a ``grid`` x ``grid`` grid. PNGs go to ``folder``, titled by
@@ -96,6 +98,7 @@ def run_analyses(
             individual,
             logits=logits,
             labels=labels,
+            mix=mix,
             integers=integers,
             metric=metric,
             views=views,
@@ -109,7 +112,7 @@ def run_analyses(
             pairs, views, png["angles"], title=titles.get("angles", "")
         )
         figures.cosine_heatmap(geometry, png["cosine"], title=titles.get("cosine", ""))
-        if logits is not None:
+        if logits is not None or mix is not None:
             r_ens = figures.ensemble_vs_soup(
                 pairs, views, png["ensemble_vs_soup"], title=titles.get("ensemble_vs_soup", "")
             )
@@ -123,6 +126,7 @@ def run_analyses(
             score,
             logits=(logits[a], logits[b]) if logits is not None else None,
             labels=labels,
+            mix=mix,
             ids=(a, b),
             integers=integers,
             metric=metric,
@@ -162,13 +166,35 @@ def run_analyses(
 # --- modelsoup analyze -------------------------------------------------------------------
 
 
+@dataclass
+class Scoring:
+    """How `analyze_sweep` scores: ``score`` (a state's scores per split), each
+    ingredient's own (``individual``), their logits and ``labels`` (classifiers) or a
+    ``mix`` of two models' logits (language models), the landscape's ``measure``, the
+    ``selection`` split and the ``metric``."""
+
+    score: Scorer
+    individual: list[Scores]
+    measure: Scorer
+    selection: str
+    metric: str
+    logits: list[Logits] | None = None
+    labels: dict | None = None
+    mix: Mixer | None = None
+
+
 def _scorers(
-    ingredients: Sequence[Ingredient], evaluator: Evaluator, out: Path, progress: bool
-) -> tuple[Scorer, list[Scores], list[Logits] | None, dict | None, Scorer, str, str]:
-    """``(score, individual, logits, labels, measure, selection, metric)`` for an
-    evaluator: with a `LogitEvaluator`, its metric per split from (cached) logits,
-    ensembles, and a landscape of the selection loss and every split's error (a language
-    model: every split's loss); else its score alone."""
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    out: Path,
+    progress: bool,
+    budget: int | None = None,
+) -> Scoring:
+    """The `Scoring` of an evaluator: with a `LogitEvaluator`, its metric per split from
+    (cached) logits, ensembles, and a landscape of the selection loss and every split's
+    error; a language model (a `LossEvaluator`): per-token losses cached, ensembles chunk
+    by chunk within ``budget`` bytes, a landscape of every split's loss; else its score
+    alone."""
     if isinstance(evaluator, LogitEvaluator):
         from ..recipes.ensemble import compute_logits
 
@@ -183,13 +209,22 @@ def _scorers(
 
         def measure(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
             lg = scorer.logits(state)
-            loss = torch.nn.functional.cross_entropy(lg[sel], labels[sel])
             if scorer.metric == "loss":  # a language model: its loss on every split
                 return {f"{s} loss": -v for s, v in compute.scores(lg, labels, "loss").items()}
+            loss = torch.nn.functional.cross_entropy(lg[sel], labels[sel])
             acc = compute.accuracies(lg, labels)
             return {f"{sel} loss": float(loss), **{f"{s} error": 1 - acc[s] for s in acc}}
 
-        return scorer, individual, logits, labels, measure, sel, scorer.metric
+        if isinstance(evaluator, LossEvaluator):  # logits too large to keep: mixed by chunks
+            return Scoring(
+                scorer,
+                individual,
+                measure,
+                sel,
+                "loss",
+                mix=_lm_mixer(ingredients, evaluator, scorer.splits, budget, labels),
+            )
+        return Scoring(scorer, individual, measure, sel, scorer.metric, logits, labels)
 
     def score(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         value = evaluate(evaluator, state, what="a soup of the analysis").score
@@ -197,7 +232,26 @@ def _scorers(
         return {"score": value}
 
     individual = [score(materialize(ing)) for ing in ingredients]
-    return score, individual, None, None, score, "score", "accuracy"
+    return Scoring(score, individual, score, "score", "accuracy")
+
+
+def _lm_mixer(
+    ingredients: Sequence[Ingredient],
+    evaluator: Any,
+    splits: Sequence[str],
+    budget: int | None,
+    labels: Mapping[str, torch.Tensor],
+) -> Mixer:
+    """Logit mixtures of two language models, scored chunk by chunk (`mixture_losses`)."""
+    from ..recipes.ensemble import mixture_losses
+
+    def mix(i: int, j: int, alphas: Sequence[float]) -> list[Scores]:
+        pair = [ingredients[i], ingredients[j]]
+        mixtures = [{0: 1 - a, 1: a} for a in alphas]
+        per = {s: mixture_losses(evaluator, pair, mixtures, s, budget=budget) for s in splits}
+        return [{s: -float(per[s][n].double().mean()) for s in splits} for n in range(len(alphas))]
+
+    return mix
 
 
 def analyze_sweep(
@@ -210,6 +264,7 @@ def analyze_sweep(
     landscape: tuple[int, int] | None = None,
     grid: int = 9,
     integers: str = "error",
+    budget: int | None = None,
     args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -219,7 +274,8 @@ def analyze_sweep(
     and interpolation advantage, one interpolation curve (``curve``, 0-based; default the
     two best on the selection split) and, with ``landscape`` (0-based pair), the landscape
     on the plane through base and that pair. A `LogitEvaluator` gives accuracy on each of
-    its splits, logit ensembles and losses; any other evaluator gives its score.
+    its splits, logit ensembles and losses; any other evaluator gives its score. A
+    language model's 2-model ensembles hold at most ``budget`` bytes of logits.
     """
     from ..runs.provenance import record_run
 
@@ -236,9 +292,8 @@ def analyze_sweep(
         result["angles"] = geometry.to_json()
         result["note"] = "no evaluator: angles only (pass --model and --data, or --evaluator)"
     else:
-        score, individual, logits, labels, measure, sel, metric = _scorers(
-            ingredients, evaluator, out, progress
-        )
+        scoring = _scorers(ingredients, evaluator, out, progress, budget)
+        score, individual, sel = scoring.score, scoring.individual, scoring.selection
         splits = list(individual[0])
         others = [s for s in splits if s != sel]
         pair = curve or tuple(
@@ -253,13 +308,14 @@ def analyze_sweep(
             views=[(sel, [sel])] + ([("other splits", others)] if others else []),
             curve=pair,  # type: ignore[arg-type]
             folder=out,
-            logits=logits,
-            labels=labels,
+            logits=scoring.logits,
+            labels=scoring.labels,
+            mix=scoring.mix,
             landscape=landscape,
-            measure=measure,
+            measure=scoring.measure,
             grid=grid,
             integers=integers,
-            metric=metric,
+            metric=scoring.metric,
             titles={
                 "angles": "Angle vs interpolation advantage",
                 "ensemble_vs_soup": "2-model ensemble vs soup",

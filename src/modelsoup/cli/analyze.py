@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         landscape=pair(args.landscape, k, "--landscape"),
         grid=args.grid or 9,
         integers=args.integers,
+        budget=o.cache_budget(args),
         args=o.resolved(args),
         progress=not args.quiet,
     )

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         integers=args.integers,
         lambdas=args.lambdas,
         densities=args.densities,
+        budget=o.cache_budget(args),
         progress=not args.quiet,
     )
     if not o.is_rank0():

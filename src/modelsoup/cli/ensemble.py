@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         evaluator,
         args.run_dir,
         compare=args.compare,
+        budget=o.cache_budget(args),
         args=o.resolved(args),
         progress=not args.quiet,
     )

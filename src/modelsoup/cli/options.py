@@ -138,20 +138,22 @@ EVAL.add_argument(
 EVAL.add_argument(
     "--evaluator",
     default="accuracy",
-    metavar="accuracy|loss|MODULE:FUNCTION",
-    help="'accuracy' (default) or 'loss' on --data, or your function: called with the "
-    "model (state loaded) if --model is given, else with the state dict; returns a "
-    "float, higher is better",
+    metavar="accuracy|loss|acc_norm|MODULE:FUNCTION",
+    help="'accuracy' (default) or 'loss' on --data ('acc_norm' with --task "
+    "multiple-choice), or your function: called with the model (state loaded) if --model "
+    "is given, else with the state dict; returns a float, higher is better",
 )
 EVAL.add_argument(
     "--split", default="val", help="the held-out split that drives every choice (default: val)"
 )
 EVAL.add_argument(
     "--task",
-    choices=["text-classification", "image-classification", "causal-lm"],
+    choices=["text-classification", "image-classification", "causal-lm", "multiple-choice"],
     help="built-in Hugging Face evaluator: AutoModelFor... from the first ingredient's "
     "config.json, scored on the table --data (CSV/TSV/JSON lines/Parquet; causal-lm also "
-    "reads a .txt file, one example per line, and scores the token-weighted loss)",
+    "reads a .txt file, one example per line, and scores the token-weighted loss; "
+    "multiple-choice reads JSON lines {context, choices, gold} and scores lm-eval's acc, "
+    "or acc_norm with --evaluator acc_norm)",
 )
 EVAL.add_argument(
     "--eval-dtype",
@@ -172,6 +174,15 @@ EVAL.add_argument(
     "--batch-size",
     type=int,
     help="evaluation batch size (default: 256 examples; 8 for --task causal-lm)",
+)
+EVAL.add_argument(
+    "--cache-budget",
+    default="2GiB",
+    type=_size,
+    metavar="SIZE",
+    help="--task causal-lm: the most logits an ensemble holds at once (default 2GiB). An "
+    "ensemble's held-out set is run in chunks that fit it; a batch that alone needs "
+    "more is refused. Nothing else keeps logits: scores keep each token's loss",
 )
 EVAL.add_argument(
     "--device",
@@ -208,7 +219,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
     the torchrun process group when there is one)."""
     device = resolve_device(args.device)
     init_distributed(device)
-    batch_size = args.batch_size or (8 if args.task == "causal-lm" else 256)
+    batch_size = args.batch_size or (8 if args.task in ("causal-lm", "multiple-choice") else 256)
     if args.task:
         from ..evaluators.hf import hf_evaluator
 
@@ -218,8 +229,14 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
             )
         if not args.data:
             raise SoupError(f"--task {args.task} needs --data: a CSV, JSON lines or Parquet file")
-        if args.evaluator not in ("accuracy", "loss"):
-            raise SoupError("--task uses the built-in accuracy or loss; drop --evaluator")
+        allowed = (
+            ("accuracy", "acc_norm") if args.task == "multiple-choice" else ("accuracy", "loss")
+        )
+        if args.evaluator not in allowed:
+            raise SoupError(
+                f"--task {args.task} scores {' or '.join(allowed)}; drop --evaluator "
+                f"{args.evaluator} or give one of those"
+            )
         assert first is not None
         return hf_evaluator(
             args.task,
@@ -245,6 +262,11 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
         batch_size=batch_size,
         device=device,
     )
+
+
+def cache_budget(args: argparse.Namespace) -> int:
+    """``--cache-budget`` in bytes."""
+    return parse_size(args.cache_budget)
 
 
 def resolved(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,12 +6,14 @@ from .classification import ClassificationEvaluator, forward, load_state, model_
 from .distributed import world
 from .functions import FunctionEvaluator, build_evaluator, load_callable
 from .protocols import (
+    ChunkedLogits,
     Compare,
     CountingEvaluator,
     Evaluation,
     Evaluator,
     Identified,
     LogitEvaluator,
+    LossEvaluator,
     Metric,
     TrainableEvaluator,
     beats,
@@ -19,10 +21,12 @@ from .protocols import (
     evaluation_from_logits,
     identity_key,
     identity_of,
+    outputs,
     split_scores,
 )
 
 __all__ = [
+    "ChunkedLogits",
     "ClassificationEvaluator",
     "Compare",
     "CountingEvaluator",
@@ -31,6 +35,7 @@ __all__ = [
     "FunctionEvaluator",
     "Identified",
     "LogitEvaluator",
+    "LossEvaluator",
     "Metric",
     "TrainableEvaluator",
     "beats",
@@ -43,6 +48,7 @@ __all__ = [
     "load_callable",
     "load_state",
     "model_identity",
+    "outputs",
     "split_scores",
     "world",
 ]

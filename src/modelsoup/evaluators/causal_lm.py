@@ -9,7 +9,9 @@ exponential.
 **Exact early rejection.** Token losses are non-negative, so a candidate whose running
 sum already exceeds the current soup's total (the same tokens) cannot win, whatever the
 rest; evaluation stops there. Decisions compare loss sums, so they are the ones a full
-evaluation makes.
+evaluation makes. Sums are exact integers of `LOSS_QUANTUM` (2^-32 nats), so they do not
+depend on batching, ranks or order: a model scored from its cached per-token losses and
+the same model evaluated batch by batch give the same sum, bit for bit.
 
 Examples are sorted by length (longest first) and batched, so little padding is
 computed; logits are taken in float32 whatever ``eval_dtype`` the model runs in.
@@ -28,7 +30,7 @@ from torch import nn
 from ..errors import SoupError
 from .classification import load_state, model_identity, output_logits
 from .distributed import all_reduce, gather_rows, world
-from .protocols import Evaluation, State
+from .protocols import LOSS_QUANTUM, Evaluation, State, loss_units
 
 IGNORE = -100  # label of a position that predicts nothing (padding, an example's end)
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
@@ -43,10 +45,12 @@ class CausalLMEvaluator:
     passes one that renames and re-ties). ``identity`` adds what the caller knows (task,
     files, flags) to the model's architecture and a hash of the token ids.
 
-    Implements `CountingEvaluator` (exact loss early rejection), `LogitEvaluator` (logits
-    and labels of every predicted token, flattened in dataset order), `Identified` and
-    `TrainableEvaluator` (batches whose labels are aligned with the logits, IGNORE where
-    nothing is predicted).
+    Implements `CountingEvaluator` (exact loss early rejection), `LossEvaluator` (each
+    predicted token's loss, flattened in dataset order: what scores and caches use),
+    `ChunkedLogits` (logits a chunk of batches at a time: what ensembles use),
+    `LogitEvaluator` (every predicted token's logits at once; memory tokens x vocabulary),
+    `Identified` and `TrainableEvaluator` (batches whose labels are aligned with the
+    logits, IGNORE where nothing is predicted).
     """
 
     metric = "loss"
@@ -76,6 +80,8 @@ class CausalLMEvaluator:
         self.name = f"token loss on {selection!r}"
         self._declared = dict(identity or {})
         self._cache: dict[str, list[Batch]] = {}
+        self._starts_cache: dict[str, list[int]] = {}
+        self._data_hash: dict[str, str] = {}
 
     @property
     def splits(self) -> list[str]:
@@ -87,15 +93,20 @@ class CausalLMEvaluator:
         return score
 
     def identity(self, split: str) -> dict[str, Any]:
-        h = hashlib.sha256()
-        for x in self.examples[split]:  # the token ids, example by example
-            h.update(len(x).to_bytes(8, "little"))
-            h.update(array("q", x).tobytes())
+        """The caller's declared identity, the architecture, the split, a hash of its
+        token ids and what the cached outputs are (per-token losses, not logits)."""
+        if split not in self._data_hash:
+            h = hashlib.sha256()
+            for x in self.examples[split]:  # the token ids, example by example
+                h.update(len(x).to_bytes(8, "little"))
+                h.update(array("q", x).tobytes())
+            self._data_hash[split] = h.hexdigest()[:16]
         return {
             **self._declared,
             "model": model_identity(self.model),
             "split": split,
-            "data": h.hexdigest()[:16],
+            "data": self._data_hash[split],
+            "outputs": "token losses",
         }
 
     # -- data ---------------------------------------------------------------------------
@@ -170,25 +181,22 @@ class CausalLMEvaluator:
             )
         self.load(state)
         limit = None if bar is None or bar.loss_sum is None else bar.loss_sum
-        loss_sum, seen = 0.0, 0
+        units, seen = 0, 0
         for batch in self._all_ranks(split):
-            s, n = 0.0, 0
+            u, n = 0, 0
             if batch is not None:
                 _, x, y = batch
-                logits = self._logits(x)
                 y = y.to(self.device)
-                s = float(
-                    nn.functional.cross_entropy(
-                        logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
-                    ).double()
-                )
-                n = int((y != IGNORE).sum())
-            if world()[1] > 1:
-                s, n = all_reduce([s, n], self.device)
-            loss_sum += s
-            seen += int(n)
+                losses = _token_cross_entropy(self._logits(x).flatten(0, 1), y.flatten())
+                u, n = loss_units(losses), int((y != IGNORE).sum())
+            if world()[1] > 1:  # a batch's units are < 2^53: exact in float64
+                u, n = (int(v) for v in all_reduce([u, n], self.device))
+            units += u
+            seen += n
+            loss_sum = units * LOSS_QUANTUM
             if limit is not None and (loss_sum >= limit if strict else loss_sum > limit):
                 return Evaluation(None, None, total, seen, loss_sum=loss_sum)
+        loss_sum = units * LOSS_QUANTUM
         return Evaluation(-loss_sum / total, None, total, seen, loss_sum=loss_sum)
 
     def _all_ranks(self, split: str) -> Iterator[Batch | None]:
@@ -200,23 +208,123 @@ class CausalLMEvaluator:
             longest = int(all_reduce([len(mine)], self.device, "max")[0])
             yield from [None] * (longest - len(mine))
 
-    def logits(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{split: [predicted tokens, vocab] float32}``, in `labels`' order."""
+    # -- per-token outputs ---------------------------------------------------------------
+
+    def _starts(self, split: str) -> list[int]:
+        """``starts[i]``: where example i's predicted tokens begin in `labels`' order."""
+        starts = [0]
+        for x in self.examples[split]:
+            starts.append(starts[-1] + max(len(x) - 1, 0))
+        return starts
+
+    def _rows(
+        self, split: str, batch: Batch, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch's predicted tokens as flat rows: ``(logits [n, vocab], labels [n],
+        positions [n] in labels' order)``; padding and each example's last token dropped."""
+        idx, _, y = batch
+        starts = self._starts_memo(split)
+        rows, labels, where = [], [], []
+        for b, i in enumerate(idx.tolist()):
+            n = starts[i + 1] - starts[i]
+            rows.append(logits[b, :n])
+            labels.append(y[b, :n])
+            where.append(torch.arange(starts[i], starts[i] + n))
+        return torch.cat(rows), torch.cat(labels).to(logits.device), torch.cat(where)
+
+    def _starts_memo(self, split: str) -> list[int]:
+        if split not in self._starts_cache:
+            self._starts_cache[split] = self._starts(split)
+        return self._starts_cache[split]
+
+    def _per_token(
+        self, split: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``fn(logits [n, vocab], labels [n])`` of every predicted token of ``split``,
+        assembled in `labels`' order from every rank; one batch of logits at a time."""
+        parts, where = [], []
+        for batch in self.batches(split):
+            lg, y, pos = self._rows(split, batch, self._logits(batch[1]))
+            parts.append(fn(lg, y).cpu())
+            where.append(pos)
+        total = self._starts_memo(split)[-1]
+        probe = parts[0] if parts else None
+        tail = () if probe is None else tuple(probe.shape[1:])
+        if world()[1] > 1:  # every rank must agree on the row shape before gathering
+            width = int(all_reduce([tail[0] if tail else 0], self.device, "max")[0])
+            tail = (width,) if width else ()
+        local = torch.cat(parts) if parts else torch.empty((0, *tail))
+        index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+        return gather_rows(local, index, total, self.device)
+
+    def losses(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{split: [predicted tokens] float32}``: each predicted token's cross-entropy,
+        in `labels`' order. What scores, sorting, caches and paired errors need: 4 bytes a
+        token, where logits take 4 x vocabulary. The score is minus their mean."""
         self.load(state)
-        out = {}
-        for split in splits:
-            starts = [0]
-            for x in self.examples[split]:
-                starts.append(starts[-1] + max(len(x) - 1, 0))
-            rows, where = [], []
-            for idx, x, _ in self.batches(split):
-                lg = self._logits(x)
-                for b, i in enumerate(idx.tolist()):
-                    n = starts[i + 1] - starts[i]
-                    rows.append(lg[b, :n].cpu())
-                    where.append(torch.arange(starts[i], starts[i] + n))
-            vocab = int(all_reduce([rows[0].shape[1] if rows else 0], self.device, "max")[0])
-            local = torch.cat(rows) if rows else torch.empty(0, vocab)
-            index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
-            out[split] = gather_rows(local, index, starts[-1], self.device)
-        return out
+        return {s: self._per_token(s, _token_cross_entropy) for s in splits}
+
+    def logits(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{split: [predicted tokens, vocab] float32}``, in `labels`' order. Memory:
+        tokens x vocabulary x 4 bytes per split (8,000 tokens of GPT-2: 1.6 GB); the
+        library's own paths use `losses`, and ensembles `chunks` and `chunk_logits`."""
+        self.load(state)
+        return {s: self._per_token(s, lambda lg, y: lg) for s in splits}
+
+    # -- chunks, for ensembles ------------------------------------------------------------
+
+    @property
+    def vocab(self) -> int:
+        """Columns of the model's logits (the output embedding's rows)."""
+        head = (
+            self.model.get_output_embeddings()
+            if hasattr(self.model, "get_output_embeddings")
+            else None
+        )
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+        config = getattr(self.model, "config", None)
+        if getattr(config, "vocab_size", None):
+            return int(config.vocab_size)
+        batch = next(iter(self.batches(self.selection)))
+        return int(self._logits(batch[1]).shape[-1])
+
+    def chunks(self, split: str, tokens: int) -> list[list[Batch]]:
+        """This rank's batches of ``split`` in groups of at most ``tokens`` predicted
+        tokens (a batch larger than that is a group of its own)."""
+        groups: list[list[Batch]] = [[]]
+        size = 0
+        for batch in self.batches(split):
+            n = int((batch[2] != IGNORE).sum())
+            if groups[-1] and size + n > tokens:
+                groups.append([])
+                size = 0
+            groups[-1].append(batch)
+            size += n
+        return [g for g in groups if g]
+
+    def largest_batch(self, split: str) -> int:
+        """Predicted tokens of this rank's largest batch of ``split``."""
+        return max((int((b[2] != IGNORE).sum()) for b in self.batches(split)), default=0)
+
+    def chunk_logits(
+        self, state: State, split: str, chunk: Sequence[Batch]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``state``'s logits on a chunk of batches: ``(logits [n, vocab] float32 on the
+        device, labels [n], positions [n] in labels' order)``, in the same row order for
+        every state."""
+        self.load(state)
+        rows, labels, where = [], [], []
+        for batch in chunk:
+            lg, y, pos = self._rows(split, batch, self._logits(batch[1]))
+            rows.append(lg)
+            labels.append(y)
+            where.append(pos)
+        return torch.cat(rows), torch.cat(labels), torch.cat(where)
+
+
+def _token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's cross-entropy, float32 (IGNORE rows give 0)."""
+    return nn.functional.cross_entropy(
+        logits, labels, ignore_index=IGNORE, reduction="none"
+    ).float()

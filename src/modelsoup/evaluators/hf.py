@@ -25,7 +25,7 @@ from ..errors import SoupError
 from .classification import ClassificationEvaluator, load_state
 from .protocols import Metric
 
-HF_TASKS = ("text-classification", "image-classification", "causal-lm")
+HF_TASKS = ("text-classification", "image-classification", "causal-lm", "multiple-choice")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -202,6 +202,7 @@ def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
             "text-classification": transformers.AutoModelForSequenceClassification,
             "image-classification": transformers.AutoModelForImageClassification,
             "causal-lm": transformers.AutoModelForCausalLM,
+            "multiple-choice": transformers.AutoModelForCausalLM,
         }[task]
         model = auto.from_config(config)
     except (OSError, ValueError, KeyError) as e:
@@ -240,6 +241,15 @@ def hf_evaluator(
 
     if task not in HF_TASKS:
         raise SoupError(f"--task must be one of {HF_TASKS}, got {task!r}")
+    if task == "multiple-choice":  # acc, or acc_norm with metric="acc_norm"
+        return multiple_choice_evaluator(
+            first,
+            data,
+            normalize=metric == "acc_norm",
+            batch_size=batch_size,
+            device=device,
+            eval_dtype=eval_dtype,
+        )
     if task == "causal-lm":  # scored by its token loss, whatever ``metric`` says
         return causal_lm_evaluator(
             first,
@@ -359,6 +369,59 @@ def causal_lm_evaluator(
         device=device,
         eval_dtype=eval_dtype,
         pad_id=int(pad or 0),
+        loader=HFLoader(),
+        identity=identity,
+    )
+
+
+def context_length(config: Any, tokenizer: Any) -> int:
+    """The longest sequence the model takes, found as lm-eval finds it: the config's
+    ``n_positions``, ``max_position_embeddings`` or ``n_ctx``, else the tokenizer's
+    ``model_max_length`` (when set), else 2048."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit and limit < 10**12 else 2048
+
+
+def multiple_choice_evaluator(
+    first: Ingredient,
+    data: str,
+    *,
+    normalize: bool = False,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    eval_dtype: torch.dtype | None = None,
+) -> Any:
+    """``--task multiple-choice``: AutoModelForCausalLM from the first ingredient's
+    config, its folder's tokenizer, the examples of the JSON-lines file ``data``
+    (context, choices, gold), scored as lm-eval scores a multiple-choice task."""
+    import transformers
+
+    from .multiple_choice import MultipleChoiceEvaluator, read_examples
+
+    folder = model_folder(first)
+    model, config = _build_model("multiple-choice", folder)
+    tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    identity = {
+        "task": "multiple-choice",
+        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "data_file": str(Path(data).resolve()),
+        "eval_dtype": str(eval_dtype) if eval_dtype else None,
+    }
+    return MultipleChoiceEvaluator(
+        model,
+        tok,
+        read_examples(data),
+        normalize=normalize,
+        batch_size=batch_size,
+        device=device,
+        eval_dtype=eval_dtype,
+        pad_id=int(pad or 0),
+        max_length=context_length(config, tok),
         loader=HFLoader(),
         identity=identity,
     )

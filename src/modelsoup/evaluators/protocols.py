@@ -10,6 +10,11 @@ matching method, subclassing nothing of ours:
   early rejection in greedy soups.
 - `LogitEvaluator`: ``selection``, ``splits``, ``metric``, ``labels(split)`` and
   ``logits(state, splits)``. Ensembles, per-split scores, scoring ingredients from logits.
+- `LossEvaluator`: ``losses(state, splits)``, each unit's loss (a causal LM: each
+  predicted token's). Taken instead of logits for scores, sorting and caches: a few bytes
+  a token where logits take the vocabulary's width.
+- `ChunkedLogits`: ``chunks``, ``chunk_logits``, ``largest_batch`` and ``vocab``.
+  Ensembles of a `LossEvaluator`, one chunk of logits at a time.
 - `Identified`: ``identity(split) -> dict``. Logit caches, journals and ``scores.json``
   keyed by what the evaluator computes with; without it nothing is cached.
 - `TrainableEvaluator`: ``model``, ``device``, ``selection``, ``batches(split)`` and
@@ -119,6 +124,46 @@ class LogitEvaluator(Protocol):
 
 
 @runtime_checkable
+class LossEvaluator(Protocol):
+    """Gives each unit's loss (a causal LM: each predicted token's cross-entropy):
+    ``losses(state, splits)`` returns ``{split: [N] float32}`` in `labels`' order. Its
+    score on a split is minus their mean, and scores, sorting, caches and paired errors
+    take these instead of logits."""
+
+    def losses(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class ChunkedLogits(Protocol):
+    """Logits a chunk at a time, for ensembles whose logits do not fit in memory at once.
+
+    ``chunks(split, tokens)`` groups this process's batches into chunks of at most
+    ``tokens`` rows (a larger batch alone); ``chunk_logits(state, split, chunk)`` returns
+    ``(logits [n, vocab] float32, labels [n], positions [n])``, rows in the same order
+    for every state; ``largest_batch(split)`` is the rows of the largest batch and
+    ``vocab`` the logits' width."""
+
+    @property
+    def vocab(self) -> int: ...
+
+    def chunks(self, split: str, tokens: int) -> list[Any]: ...
+
+    def largest_batch(self, split: str) -> int: ...
+
+    def chunk_logits(
+        self, state: State, split: str, chunk: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def outputs(evaluator: Any, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
+    """What scores and caches are made of: a `LossEvaluator`'s per-unit losses ([N]),
+    else a `LogitEvaluator`'s logits ([N, classes])."""
+    if isinstance(evaluator, LossEvaluator):
+        return evaluator.losses(state, splits)
+    return evaluator.logits(state, splits)
+
+
+@runtime_checkable
 class Identified(Protocol):
     """States what it computes with: ``identity(split)`` is a JSON-able description of
     everything that determines its outputs on ``split`` (model, data, options)."""
@@ -199,12 +244,30 @@ def evaluate(
     return result
 
 
+# Per-unit losses are summed as integers of LOSS_QUANTUM (2^-32 nats; float32 losses are
+# rounded to it, at most 1.2e-10 each). Integer sums do not depend on the order of the
+# terms, so a soup scored batch by batch (early rejection, several ranks) and the same
+# model scored from its cached losses give the same sum, bit for bit, and a tie is a tie.
+LOSS_QUANTUM = 2.0**-32
+
+
+def loss_units(losses: torch.Tensor) -> int:
+    """The exact sum of per-unit losses, in units of `LOSS_QUANTUM`."""
+    if losses.numel() == 0:
+        return 0
+    return int(torch.round(losses.double() / LOSS_QUANTUM).long().sum())
+
+
 def evaluation_from_logits(
     logits: torch.Tensor, labels: torch.Tensor, metric: str = "accuracy"
 ) -> Evaluation:
     """The `Evaluation` these logits give: accuracy with exact counts, or minus the mean
-    cross-entropy for ``metric="loss"``."""
+    cross-entropy for ``metric="loss"``. One-dimensional ``logits`` are per-unit losses
+    (see `outputs`): minus their mean, with their sum as ``loss_sum``."""
     n = labels.numel()
+    if logits.ndim == 1:
+        total = loss_units(logits) * LOSS_QUANTUM
+        return Evaluation(-total / max(1, n), None, n, n, loss_sum=total)
     if metric == "accuracy":
         c = int((logits.argmax(-1) == labels).sum())
         return Evaluation(c / max(1, n), c, n, n)
@@ -217,7 +280,7 @@ def split_scores(
 ) -> dict[str, float]:
     """The evaluator's score of ``state`` on each split (one `logits` call)."""
     names = list(splits if splits is not None else evaluator.splits)
-    logits = evaluator.logits(state, names)
+    logits = outputs(evaluator, state, names)
     out = {}
     for s in names:
         score = evaluation_from_logits(logits[s], evaluator.labels(s), evaluator.metric).score

@@ -6,11 +6,17 @@ inference cost) and *greedy ensemble* (Recipe 1 applied to logit ensembles: sort
 held-out accuracy, a model joins if the held-out accuracy of the mean logits does not
 drop). Each ingredient's logits on each split are computed once and cached in the run
 folder; every baseline is then tensor arithmetic on the cache, with no forward pass.
+
+A language model's logits (tokens x vocabulary) do not fit that plan: its cache holds each
+predicted token's loss, and its ensembles are computed chunk by chunk over the examples
+(`mixture_losses`), each member's logits for one chunk in memory at a time, never on
+disk. The chunk is as large as ``budget`` bytes allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,11 +24,17 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
 from ..errors import SoupError
+from ..evaluators.distributed import gather_rows
 from ..evaluators.protocols import (
+    LOSS_QUANTUM,
+    ChunkedLogits,
     Compare,
     LogitEvaluator,
+    LossEvaluator,
     evaluation_from_logits,
     evaluator_name,
+    loss_units,
+    outputs,
 )
 from ..runs.cache import LogitCache, state_key
 
@@ -39,7 +51,10 @@ def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _merit(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> float:
     """What selection compares: the correct count (accuracy, exact) or minus the summed
-    cross-entropy (loss; labels of -100 predict nothing)."""
+    cross-entropy (loss; labels of -100 predict nothing; 1-D ``logits`` are per-unit
+    losses already)."""
+    if logits.ndim == 1:
+        return -float(loss_units(logits))
     if metric == "accuracy":
         return correct_count(logits, labels)
     ce = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="sum")
@@ -91,7 +106,8 @@ def compute_logits(
     progress: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], int]:
     """Every ingredient's logits on every split (from the cache where possible; entries
-    are keyed by the ingredient's fingerprint and the evaluator's identity). With
+    are keyed by the ingredient's fingerprint and the evaluator's identity); a
+    `LossEvaluator`'s per-unit losses instead (see `outputs`). With
     ``alias``, each computed entry is also linked under the ingredient's `state_key`, so
     a soup equal to an ingredient (a greedy soup that kept one model) scored through the
     cache is not evaluated again; that costs a hash of every ingredient's bytes.
@@ -109,7 +125,7 @@ def compute_logits(
         missing = [s for s in splits if found[s] is None]
         if missing:
             state = materialize(ing)
-            found.update(evaluator.logits(state, missing))
+            found.update(outputs(evaluator, state, missing))
             reads += 1
             if cache:
                 key = state_key(state) if alias else None
@@ -129,11 +145,13 @@ def ensemble_baselines(
     cache: LogitCache | None = None,
     splits: Sequence[str] | None = None,
     compare: Compare = "ge",
+    budget: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Best-on-val, the uniform logit ensemble and the greedy ensemble, selected on the
     evaluator's held-out split and reported on every split with the evaluator's metric
-    (accuracy, or minus the mean loss)."""
+    (accuracy, or minus the mean loss). A `LossEvaluator` with `ChunkedLogits` (a causal
+    LM) gets its ensembles chunk by chunk within ``budget`` bytes (`lm_ensembles`)."""
     if not isinstance(evaluator, LogitEvaluator):
         raise SoupError(
             f"ensemble baselines need logits; {evaluator_name(evaluator)} gives none: use the "
@@ -147,6 +165,18 @@ def ensemble_baselines(
     logits, labels, reads = compute_logits(ingredients, evaluator, splits, cache, progress=progress)
 
     metric = getattr(evaluator, "metric", "accuracy")
+    if isinstance(evaluator, LossEvaluator):
+        return lm_ensembles(
+            ingredients,
+            evaluator,
+            logits,
+            labels,
+            splits,
+            compare=compare,
+            budget=budget,
+            reads=reads,
+            progress=progress,
+        )
 
     def acc(lg: torch.Tensor, s: str) -> float:  # the evaluator's score: accuracy or -loss
         score = evaluation_from_logits(lg, labels[s], metric).score
@@ -177,5 +207,217 @@ def ensemble_baselines(
             "models": len(kept),
             **{s: acc(mean_logits([logits[s][i] for i in kept]), s) for s in splits},
         },
+        "reads": reads,
+    }
+
+
+# --- ensembles of language models, chunk by chunk --------------------------------------
+
+DEFAULT_BUDGET = 2 << 30  # bytes of logits an ensemble holds at once: 2 GiB
+SPECULATE = 4  # greedy-ensemble decisions taken per pass over the held-out chunks
+
+Mixture = Mapping[int, float]  # member index -> weight of its logits
+
+
+def mixture_losses(
+    evaluator: ChunkedLogits,
+    members: Sequence[Ingredient],
+    mixtures: Sequence[Mixture],
+    split: str,
+    *,
+    budget: int | None = None,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Per-token losses ([N] float64, in `labels`' order) of logit mixtures of
+    ``members``: mixture ``{i: w}`` is scored by the cross-entropy of ``sum w * logits_i``.
+    A uniform mixture is a logit ensemble; ``{i: 1 - a, j: a}`` a point of the logit
+    interpolation.
+
+    Computed chunk by chunk over the examples: each member is read, loaded and run on
+    one chunk at a time, so memory is (members + 1) x chunk tokens x vocabulary x 4
+    bytes, at most ``budget`` (default `DEFAULT_BUDGET`), and nothing is written. Cost:
+    each member is read once per chunk; one chunk (and so one read per member) when
+    members x tokens x vocabulary x 4 bytes fit the budget.
+    """
+    budget = DEFAULT_BUDGET if budget is None else budget
+    per_token = (len(members) + 1) * evaluator.vocab * 4
+    largest = evaluator.largest_batch(split)
+    if largest * per_token > budget:
+        raise SoupError(
+            f"an ensemble of {len(members)} models holds {len(members) + 1} x "
+            f"{evaluator.vocab} logits x 4 bytes = {per_token / 2**20:.1f} MiB per token, and "
+            f"one batch of {largest} tokens needs {largest * per_token / 2**30:.2f} GiB, over "
+            f"the budget of {budget / 2**30:.2f} GiB: raise --cache-budget (e.g. "
+            f"--cache-budget {_ceil_gb(largest * per_token)}GB) or lower --batch-size"
+        )
+    chunks = evaluator.chunks(split, max(1, budget // per_token))
+    from tqdm.auto import tqdm
+
+    losses: list[list[torch.Tensor]] = [[] for _ in mixtures]
+    where: list[torch.Tensor] = []
+    for chunk in tqdm(chunks, desc="ensemble chunks", disable=not progress, delay=0.5):
+        rows, y, pos = [], None, None
+        for ing in members:
+            rows_i, y, pos = evaluator.chunk_logits(materialize(ing), split, chunk)
+            rows.append(rows_i)
+        assert y is not None and pos is not None
+        for m, mix in enumerate(mixtures):
+            losses[m].append(_mixed_loss(rows, mix, y))
+        where.append(pos.cpu())
+        del rows
+    index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+    device = getattr(evaluator, "device", torch.device("cpu"))
+    total = int(evaluator.labels(split).numel())
+    out = []
+    for parts in losses:
+        local = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+        out.append(gather_rows(local, index, total, device))
+    return out
+
+
+def _mixed_loss(rows: Sequence[torch.Tensor], mix: Mixture, y: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy (float64, on the CPU) of ``sum w * rows[i]``; uniform weights
+    are summed then divided, as the mean of `mean_logits`. Taken in float64 by blocks of
+    rows, so the float64 copy stays small."""
+    members = sorted(mix)
+    weights = {mix[i] for i in members}
+    uniform = len(weights) == 1 and abs(next(iter(weights)) * len(members) - 1) < 1e-12
+    mixed = rows[members[0]].clone()
+    if not uniform:
+        mixed.mul_(mix[members[0]])
+    for i in members[1:]:
+        if uniform:
+            mixed.add_(rows[i])
+        else:
+            mixed.add_(rows[i], alpha=mix[i])
+    if uniform:
+        mixed.div_(len(members))
+    block = max(1, (64 << 20) // (8 * mixed.shape[1]))
+    return torch.cat(
+        [
+            torch.nn.functional.cross_entropy(
+                mixed[r : r + block].double(), y[r : r + block], reduction="none"
+            ).cpu()
+            for r in range(0, mixed.shape[0], block)
+        ]
+    )
+
+
+def _ceil_gb(n: int) -> int:
+    return -(-n // 10**9)
+
+
+def lm_greedy_ensemble(
+    ingredients: Sequence[Ingredient],
+    evaluator: ChunkedLogits,
+    merits: Sequence[float],
+    split: str,
+    *,
+    compare: Compare = "ge",
+    budget: int | None = None,
+    progress: bool = False,
+) -> tuple[list[int], float]:
+    """`greedy_ensemble` for models whose logits do not fit in memory: the same
+    decisions (sorted by ``merits``, minus each model's summed loss in `loss_units`; a
+    candidate joins
+    when minus the ensemble's summed loss does not drop), each ensemble scored by
+    `mixture_losses`. Decisions are taken `SPECULATE` at a time: one pass over the
+    chunks scores every ensemble the next ones may need (2^d - 1 of them), so a pass
+    runs the kept models and the next d candidates."""
+    order = sorted(range(len(merits)), key=lambda i: -merits[i])
+    kept, best = [order[0]], merits[order[0]]
+    rest = order[1:]
+    while rest:
+        cand, rest = rest[:SPECULATE], rest[SPECULATE:]
+        members = kept + cand
+        nodes = [
+            (t, bits)
+            for t in range(len(cand))
+            for bits in itertools.product((False, True), repeat=t)
+        ]
+        mixtures = []
+        for t, bits in nodes:
+            chosen = kept + [c for c, b in zip(cand[:t], bits) if b] + [cand[t]]
+            mixtures.append({members.index(i): 1 / len(chosen) for i in chosen})
+        found = mixture_losses(
+            evaluator,
+            [ingredients[i] for i in members],
+            mixtures,
+            split,
+            budget=budget,
+            progress=progress,
+        )
+        merit = {node: -float(loss_units(loss)) for node, loss in zip(nodes, found)}
+        bits: tuple[bool, ...] = ()
+        for t, c in enumerate(cand):
+            m = merit[(t, bits)]
+            accept = m >= best if compare == "ge" else m > best
+            if accept:
+                kept.append(c)
+                best = m
+            bits = (*bits, accept)
+    return kept, best
+
+
+def lm_ensembles(
+    ingredients: Sequence[Ingredient],
+    evaluator: Any,
+    losses: Mapping[str, Sequence[torch.Tensor]],
+    labels: Mapping[str, torch.Tensor],
+    splits: Sequence[str],
+    *,
+    compare: Compare = "ge",
+    budget: int | None = None,
+    reads: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`ensemble_baselines` of a language model: best on val from the cached per-token
+    losses; the logit ensemble and the greedy ensemble chunk by chunk (`mixture_losses`),
+    with today's definitions (the per-token mean of the members' logits, scored by the
+    same token-weighted loss)."""
+    if not isinstance(evaluator, ChunkedLogits):
+        raise SoupError(
+            f"ensembles of {evaluator_name(evaluator)} need its logits a chunk at a time; "
+            "implement modelsoup.evaluators.ChunkedLogits (chunks, chunk_logits, "
+            "largest_batch, vocab)"
+        )
+    sel = evaluator.selection if hasattr(evaluator, "selection") else splits[0]
+
+    def score(loss: torch.Tensor, s: str) -> float:
+        return -loss_units(loss) * LOSS_QUANTUM / max(1, labels[s].numel())
+
+    k = len(ingredients)
+    merits = [-float(loss_units(loss)) for loss in losses[sel]]
+    best = max(range(k), key=lambda i: merits[i])
+    kept, _ = lm_greedy_ensemble(
+        ingredients, evaluator, merits, sel, compare=compare, budget=budget, progress=progress
+    )
+    everyone = {i: 1 / k for i in range(k)}
+    greedy = {i: 1 / len(kept) for i in range(len(kept))}
+    ens, gre = {}, {}
+    for s in splits:
+        ens[s] = score(mixture_losses(evaluator, ingredients, [everyone], s, budget=budget)[0], s)
+        if len(kept) == 1:
+            gre[s] = score(losses[s][kept[0]], s)
+        elif sorted(kept) == list(range(k)):
+            gre[s] = ens[s]
+        else:
+            members = [ingredients[i] for i in kept]
+            gre[s] = score(mixture_losses(evaluator, members, [greedy], s, budget=budget)[0], s)
+    return {
+        "selection": sel,
+        "metric": "loss",
+        "splits": list(splits),
+        "individual": [
+            {"source": ing.source, **{s: score(losses[s][i], s) for s in splits}}
+            for i, ing in enumerate(ingredients)
+        ],
+        "best_on_val": {
+            "index": best,
+            "source": ingredients[best].source,
+            **{s: score(losses[s][best], s) for s in splits},
+        },
+        "ensemble": {"models": k, **ens},
+        "greedy_ensemble": {"kept": kept, "models": len(kept), **gre},
         "reads": reads,
     }

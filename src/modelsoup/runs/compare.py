@@ -100,13 +100,15 @@ def compare(
     integers: str = "error",
     lambdas: Sequence[float] = LAMBDAS,
     densities: Sequence[float] = DENSITIES,
+    budget: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Cook and score every recipe that applies; return the results (also written to
     ``out/results.json``). Recipes needing a base (Model Stock, WiSE-FT, task arithmetic,
     TIES, DARE) run when ``base`` is given; logit ensembles with a `LogitEvaluator`;
-    learned soups with a `TrainableEvaluator`."""
+    learned soups with a `TrainableEvaluator`. A language model's ensembles hold at most
+    ``budget`` bytes of logits at once."""
     logit = isinstance(evaluator, LogitEvaluator)
     sel = evaluator.selection if logit else "heldout"
     cache = LogitCache(out / "logits")
@@ -133,7 +135,9 @@ def compare(
     if logit:
         m: dict[str, float | None] = {}
         with _measured(m):
-            table = ensemble_baselines(ingredients, evaluator, cache=cache, progress=progress)
+            table = ensemble_baselines(
+                ingredients, evaluator, cache=cache, budget=budget, progress=progress
+            )
         best = table["best_on_val"]
         rows.append(
             Row("best individual", 1, _splits(best, table), detail={"ingredient": best["source"]})

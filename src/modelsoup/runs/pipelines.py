@@ -240,10 +240,12 @@ def ensemble_run(
     run_dir: str | Path,
     *,
     compare: Compare = "ge",
+    budget: int | None = None,
     args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The ensemble baselines from (cached) logits, recorded in ``run_dir/ensemble.json``."""
+    """The ensemble baselines from (cached) logits, recorded in ``run_dir/ensemble.json``
+    (a language model's: at most ``budget`` bytes of logits at once)."""
     run_dir = Path(run_dir)
     record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
     result = ensemble_baselines(
@@ -251,6 +253,7 @@ def ensemble_run(
         evaluator,
         cache=LogitCache(run_dir / "logits"),
         compare=compare,
+        budget=budget,
         progress=progress,
     )
     write_json(run_dir / "ensemble.json", result)

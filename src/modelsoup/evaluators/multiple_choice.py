@@ -1,0 +1,264 @@
+"""Multiple-choice accuracy of a causal LM, with lm-evaluation-harness's semantics.
+
+Each example is a context, its choices and the gold choice's index. Every choice is
+scored by the summed log-probability of its continuation tokens given the context, as
+lm-eval's ``loglikelihood`` does for a ``multiple_choice`` task with the default
+``target_delimiter`` (" "):
+
+- the continuation is ``" " + choice``; trailing spaces of the context move to the
+  continuation; the continuation's tokens are those of ``tokenize(context +
+  continuation)`` after ``tokenize(context)`` (the tokenizer's own special tokens, as
+  lm-eval 0.4 encodes them); an empty context is the BOS token (EOS without one);
+- sequences longer than the model's context keep their last tokens.
+
+``acc`` is 1 when the highest log-likelihood is the gold choice's (first among ties);
+``acc_norm`` divides each by the choice's length in characters first. Both are exact
+counts, so greedy soups reject early exactly as for classifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SoupError
+from .classification import load_state, model_identity, output_logits
+from .distributed import all_reduce, gather_rows, world
+from .protocols import Evaluation, State
+
+Request = tuple[int, int, list[int], int]  # (example, choice, tokens, continuation length)
+
+
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, prefix: int
+) -> tuple[list[int], list[int]]:
+    """``(context tokens, continuation tokens)`` as lm-eval's ``loglikelihood`` makes them."""
+    if context == "":
+        cont = tokenizer.encode(continuation, add_special_tokens=False)
+        return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx) :]
+
+
+class MultipleChoiceEvaluator:
+    """Accuracy (``acc``, or ``acc_norm`` with ``normalize``) of a causal LM on examples
+    ``{"context", "choices", "gold"}``, tokenized by ``tokenizer``.
+
+    Implements `CountingEvaluator` (exact early rejection on correct counts),
+    `LogitEvaluator` (per example, each choice's log-likelihood, divided by its length
+    with ``normalize``; -inf past an example's last choice; the labels are the gold
+    indices) and `Identified`.
+    """
+
+    metric = "accuracy"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        normalize: bool = False,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        eval_dtype: torch.dtype | None = None,
+        pad_id: int = 0,
+        max_length: int | None = None,
+        loader: Callable[[nn.Module, State], None] | None = None,
+        identity: Mapping[str, Any] | None = None,
+    ):
+        if not examples:
+            raise SoupError("the multiple-choice data has no examples")
+        self.device = torch.device(device)
+        self.model = model.to(self.device, dtype=eval_dtype).eval()
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.loader = loader or load_state
+        self.selection = "val"
+        self.name = f"{'acc_norm' if normalize else 'acc'} on 'val'"
+        self.gold = torch.tensor([int(e["gold"]) for e in examples], dtype=torch.long)
+        self.choices = [list(map(str, e["choices"])) for e in examples]
+        prefix = tokenizer.bos_token_id
+        prefix = tokenizer.eos_token_id if prefix is None else prefix
+        limit = max_length or 2048
+        self.requests: list[Request] = []
+        for n, e in enumerate(examples):
+            for c, choice in enumerate(self.choices[n]):
+                ctx, cont = encode_pair(tokenizer, str(e["context"]), " " + choice, prefix)
+                if not cont:
+                    raise SoupError(f"example {n}, choice {c} ({choice!r}) has no tokens")
+                tokens = (ctx + cont)[-(limit + 1) :][:-1]
+                self.requests.append((n, c, tokens + cont[-1:], len(cont)))
+        text = json.dumps([self.requests, self.gold.tolist()])
+        self._declared = {
+            **dict(identity or {}),
+            "data": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "normalize": normalize,
+        }
+        self._model_id: dict[str, Any] | None = None
+
+    @property
+    def splits(self) -> list[str]:
+        return ["val"]
+
+    def size(self, split: str = "val") -> int:
+        return len(self.choices)
+
+    def identity(self, split: str) -> dict[str, Any]:
+        if self._model_id is None:
+            self._model_id = model_identity(self.model)
+        return {**self._declared, "model": self._model_id, "split": split}
+
+    def labels(self, split: str) -> torch.Tensor:
+        self._check(split)
+        return self.gold
+
+    def _check(self, split: str) -> None:
+        if split != "val":
+            raise SoupError(f"no split {split!r}; the multiple-choice data is the split 'val'")
+
+    def __call__(self, state: State) -> float:
+        score = self.evaluate(state).score
+        assert score is not None
+        return score
+
+    def load(self, state: State) -> None:
+        self.loader(self.model, state)
+        self.model.eval()
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _groups(self) -> Iterator[list[int]]:
+        """This rank's examples, ``batch_size`` at a time (all their choices together)."""
+        rank, size = world()
+        mine = list(range(rank, len(self.choices), size))
+        for i in range(0, len(mine), self.batch_size):
+            yield mine[i : i + self.batch_size]
+
+    @torch.inference_mode()
+    def _loglikelihoods(self, examples: list[int]) -> torch.Tensor:
+        """[len(examples), most choices] summed continuation log-probabilities (divided
+        by the choice's length with ``normalize``), -inf where there is no choice."""
+        wanted = set(examples)
+        reqs = [r for r in self.requests if r[0] in wanted]
+        width = max(len(r[2]) - 1 for r in reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for b, (_, _, tokens, _) in enumerate(reqs):
+            ids[b, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+            mask[b, : len(tokens) - 1] = 1
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        logprobs = torch.log_softmax(output_logits(out).float(), dim=-1).cpu()
+        most = max(len(self.choices[n]) for n in examples)
+        table = torch.full((len(examples), most), float("-inf"))
+        row = {n: i for i, n in enumerate(examples)}
+        for b, (n, c, tokens, k) in enumerate(reqs):
+            end = len(tokens) - 1
+            cont = torch.tensor(tokens[-k:])
+            ll = logprobs[b, end - k : end].gather(1, cont[:, None]).sum()
+            table[row[n], c] = ll / len(self.choices[n][c]) if self.normalize else ll
+        return table
+
+    def evaluate(
+        self,
+        state: State,
+        split: str | None = None,
+        *,
+        bar: Evaluation | None = None,
+        strict: bool = False,
+    ) -> Evaluation:
+        """Exact correct count on the examples; with ``bar``, stops once the examples
+        left cannot bring the count to the bar's (``strict``: past it)."""
+        self._check(split or "val")
+        self.load(state)
+        total = len(self.choices)
+        groups = list(self._groups())
+        steps = len(groups)
+        if world()[1] > 1:
+            steps = int(all_reduce([steps], self.device, "max")[0])
+        correct, seen = 0, 0
+        for i in range(steps):
+            c, n = 0, 0
+            if i < len(groups):
+                table = self._loglikelihoods(groups[i])
+                c = int((table.argmax(-1) == self.gold[groups[i]]).sum())
+                n = len(groups[i])
+            if world()[1] > 1:
+                c, n = (int(v) for v in all_reduce([c, n], self.device))
+            correct += c
+            seen += n
+            if bar is not None and bar.correct is not None:
+                best = correct + total - seen
+                if best < bar.correct or (strict and best == bar.correct):
+                    return Evaluation(None, correct, total, seen)
+        return Evaluation(correct / total, correct, total, seen)
+
+    def logits(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"val": [examples, most choices]}``: each choice's log-likelihood (per
+        character with ``normalize``); the argmax is the prediction."""
+        for s in splits:
+            self._check(s)
+        self.load(state)
+        most = max(len(c) for c in self.choices)
+        rows, where = [], []
+        for group in self._groups():
+            table = self._loglikelihoods(group)
+            pad = torch.full((len(group), most), float("-inf"))
+            pad[:, : table.shape[1]] = table
+            rows.append(pad)
+            where.append(torch.tensor(group))
+        local = torch.cat(rows) if rows else torch.empty(0, most)
+        index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+        return {"val": gather_rows(local, index, len(self.choices), self.device)}
+
+
+def read_examples(path: str) -> list[dict[str, Any]]:
+    """Examples of a multiple-choice task: a JSON-lines (or JSON array) file whose
+    objects have ``context`` (text), ``choices`` (a list of texts) and ``gold`` (the
+    index of the right choice)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SoupError(f"{p}: cannot read the multiple-choice file ({e})") from e
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise SoupError(f"{p}: not JSON lines ({e})") from e
+    if not rows:
+        raise SoupError(f"{p}: no examples")
+    for n, row in enumerate(rows):
+        missing = [k for k in ("context", "choices", "gold") if k not in row]
+        if missing:
+            raise SoupError(
+                f"{p}: example {n} has no {missing[0]!r}; each line is an object "
+                '{"context": "...", "choices": ["...", "..."], "gold": 0}'
+            )
+        ch = row["choices"]
+        if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+            raise SoupError(f"{p}: example {n}: 'choices' must be a list of at least 2 texts")
+        g = row["gold"]
+        if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < len(ch):
+            raise SoupError(
+                f"{p}: example {n}: 'gold' must be the index of the right choice, "
+                f"0..{len(ch) - 1}; got {g!r}"
+            )
+        if any(c == "" for c in ch):
+            raise SoupError(f"{p}: example {n} has an empty choice (acc_norm divides by length)")
+    return rows
