@@ -132,3 +132,80 @@ def test_greedy_on_multiple_choice_from_the_command_line(sweep, tmp_path, capsys
     argv = ["greedy", *map(str, folders), "-o", str(tmp_path / "s2"), "--task"]
     assert main([*argv, "multiple-choice", "--data", str(bad), "-q"]) == 2
     assert "gold" in capsys.readouterr().err
+
+
+GEN_YAML = """task: tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["[PAD]"]
+  max_gen_toks: 2
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _simple_evaluate(folder: Path, tasks: Path, name: str) -> dict:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=8, device="cpu")
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=[name], task_manager=TaskManager(include_path=str(tasks))
+    )
+    return out["results"][name]
+
+
+@pytest.mark.parametrize("sweep", ["gpt2"], indirect=True)  # lm-eval runs are slow on CPU
+def test_lm_eval_option_scores_soups_as_simple_evaluate_does(sweep, tmp_path):
+    """--lm-eval on local tasks (multiple choice, and generation with exact match): the
+    held-out score recorded for the written soup is lm-eval's on that saved soup."""
+    pytest.importorskip("lm_eval")
+    import shutil
+
+    originals, data = sweep
+    folders = []  # copies whose tokenizer has an end-of-text token, as generation needs
+    for f in originals[:2]:
+        shutil.copytree(f, tmp_path / f.name)
+        tok = transformers.AutoTokenizer.from_pretrained(f)
+        tok.eos_token = "[BOS]"
+        tok.save_pretrained(tmp_path / f.name)
+        folders.append(tmp_path / f.name)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(TASK_YAML.format(name="tiny_mc", data=data))
+    gen = tmp_path / "gen.jsonl"
+    rows = [{"context": s, "answer": " the"} for s in _sentences(12, 3)]
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "tiny_gen.yaml").write_text(GEN_YAML.format(data=gen))
+    for name, metric in (("tiny_mc", "acc"), ("tiny_gen", "exact_match")):
+        out = tmp_path / f"soup-{name}"
+        argv = ["greedy", *map(str, folders), "-o", str(out), "-q"]
+        argv += ["--lm-eval", str(tasks / f"{name}.yaml"), "--lm-eval-metric", metric]
+        assert main(argv) == 0
+        result = json.loads((tmp_path / f"soup-{name}.run" / "result.json").read_text())
+        want = _simple_evaluate(out, tasks, name)[f"{metric},none"]
+        assert result["heldout"]["score"] == pytest.approx(want, abs=1e-9), name
+
+
+@pytest.mark.parametrize("sweep", ["gpt2"], indirect=True)
+def test_lm_eval_option_refuses_an_unknown_metric_and_mixed_options(sweep, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    folders, data = sweep
+    (tmp_path / "t.yaml").write_text(TASK_YAML.format(name="tiny_mc2", data=data))
+    argv = ["greedy", *map(str, folders), "-o", str(tmp_path / "s"), "-q"]
+    argv += ["--lm-eval", str(tmp_path / "t.yaml")]
+    assert main([*argv, "--lm-eval-metric", "bleu"]) == 2
+    assert "bleu" in capsys.readouterr().err
+    assert main([*argv, "--task", "causal-lm", "--force"]) == 2
+    assert "drop --task" in capsys.readouterr().err

@@ -156,6 +156,25 @@ EVAL.add_argument(
     "or acc_norm with --evaluator acc_norm)",
 )
 EVAL.add_argument(
+    "--lm-eval",
+    metavar="TASK",
+    help="score each soup with lm-evaluation-harness on TASK (a task name lm-eval knows, or "
+    "a local task YAML): the model from the first ingredient's config.json, wrapped in "
+    "lm-eval's HF class. Any task (generation, exact match); no early rejection",
+)
+EVAL.add_argument(
+    "--lm-eval-metric",
+    metavar="NAME",
+    help="--lm-eval: the metric to select on (default: the task's first); negated when "
+    "lm-eval says lower is better",
+)
+EVAL.add_argument(
+    "--lm-eval-limit",
+    type=int,
+    metavar="N",
+    help="--lm-eval: score the first N examples only (lm-eval's --limit)",
+)
+EVAL.add_argument(
     "--eval-dtype",
     choices=["float32", "bfloat16", "float16"],
     help="--task: the dtype the model is evaluated in (default: float32; on GPUs bfloat16 "
@@ -211,7 +230,13 @@ def open_all(
 
 def wants_evaluator(args: argparse.Namespace) -> bool:
     """Whether the command line describes an evaluator (the default needs --model)."""
-    return bool(args.model or args.data or args.task or args.evaluator != "accuracy")
+    return bool(
+        args.model
+        or args.data
+        or args.task
+        or getattr(args, "lm_eval", None)
+        or args.evaluator != "accuracy"
+    )
 
 
 def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) -> Any:
@@ -220,6 +245,23 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
     device = resolve_device(args.device)
     init_distributed(device)
     batch_size = args.batch_size or (8 if args.task in ("causal-lm", "multiple-choice") else 256)
+    if getattr(args, "lm_eval", None):
+        from ..evaluators.hf import lm_eval_evaluator
+
+        if args.task or args.model or args.data:
+            raise SoupError(
+                "--lm-eval scores the task lm-eval reads; drop --task, --model and --data"
+            )
+        assert first is not None
+        return lm_eval_evaluator(
+            first,
+            args.lm_eval,
+            metric=args.lm_eval_metric,
+            batch_size=args.batch_size or 8,
+            device=device,
+            eval_dtype=parse_dtype(args.eval_dtype) if args.eval_dtype else None,
+            limit=args.lm_eval_limit,
+        )
     if args.task:
         from ..evaluators.hf import hf_evaluator
 

@@ -425,3 +425,41 @@ def multiple_choice_evaluator(
         loader=HFLoader(),
         identity=identity,
     )
+
+
+def lm_eval_evaluator(
+    first: Ingredient,
+    task: str,
+    *,
+    metric: str | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    eval_dtype: torch.dtype | None = None,
+    limit: int | None = None,
+) -> Any:
+    """``--lm-eval TASK``: AutoModelForCausalLM from the first ingredient's config and its
+    folder's tokenizer, each soup scored by lm-eval on ``task`` (see `LMEvalEvaluator`)."""
+    import transformers
+
+    from .lm_eval import LMEvalEvaluator
+
+    folder = model_folder(first)
+    model, _ = _build_model("causal-lm", folder)
+    if eval_dtype is not None:
+        model = model.to(eval_dtype)
+    tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
+    identity = {
+        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "eval_dtype": str(eval_dtype) if eval_dtype else None,
+    }
+    return LMEvalEvaluator(
+        model,
+        tok,
+        task,
+        metric=metric,
+        batch_size=batch_size,
+        device=str(device),
+        limit=limit,
+        loader=HFLoader(),
+        identity=identity,
+    )
