@@ -196,10 +196,10 @@ EVAL.add_argument(
 )
 EVAL.add_argument(
     "--cache-budget",
-    default="2GiB",
+    default="1GiB",
     type=_size,
     metavar="SIZE",
-    help="--task causal-lm: the most logits an ensemble holds at once (default 2GiB). An "
+    help="--task causal-lm: the most logits an ensemble holds at once (default 1GiB). An "
     "ensemble's held-out set is run in chunks that fit it; a batch that alone needs "
     "more is refused. Nothing else keeps logits: scores keep each token's loss",
 )

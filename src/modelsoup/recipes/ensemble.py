@@ -213,7 +213,7 @@ def ensemble_baselines(
 
 # --- ensembles of language models, chunk by chunk --------------------------------------
 
-DEFAULT_BUDGET = 2 << 30  # bytes of logits an ensemble holds at once: 2 GiB
+DEFAULT_BUDGET = 1 << 30  # bytes of logits an ensemble holds at once: 1 GiB
 SPECULATE = 4  # greedy-ensemble decisions taken per pass over the held-out chunks
 
 Mixture = Mapping[int, float]  # member index -> weight of its logits
@@ -234,21 +234,23 @@ def mixture_losses(
     interpolation.
 
     Computed chunk by chunk over the examples: each member is read, loaded and run on
-    one chunk at a time, so memory is (members + 1) x chunk tokens x vocabulary x 4
-    bytes, at most ``budget`` (default `DEFAULT_BUDGET`), and nothing is written. Cost:
-    each member is read once per chunk; one chunk (and so one read per member) when
-    members x tokens x vocabulary x 4 bytes fit the budget.
+    one chunk at a time, and either every member's logits of the chunk are held or one
+    running sum per mixture, whichever is fewer: memory is (min(members, mixtures) + 1)
+    x chunk tokens x vocabulary x 4 bytes, at most ``budget`` (default
+    `DEFAULT_BUDGET`), and nothing is written. Cost: each member is read once per chunk;
+    one chunk (one read per member) when the whole split fits the budget.
     """
     budget = DEFAULT_BUDGET if budget is None else budget
-    per_token = (len(members) + 1) * evaluator.vocab * 4
+    held = min(len(members), len(mixtures))
+    per_token = (held + 1) * evaluator.vocab * 4
     largest = evaluator.largest_batch(split)
     if largest * per_token > budget:
         raise SoupError(
-            f"an ensemble of {len(members)} models holds {len(members) + 1} x "
-            f"{evaluator.vocab} logits x 4 bytes = {per_token / 2**20:.1f} MiB per token, and "
-            f"one batch of {largest} tokens needs {largest * per_token / 2**30:.2f} GiB, over "
-            f"the budget of {budget / 2**30:.2f} GiB: raise --cache-budget (e.g. "
-            f"--cache-budget {_ceil_gb(largest * per_token)}GB) or lower --batch-size"
+            f"an ensemble of {len(members)} models holds {held + 1} x {evaluator.vocab} "
+            f"logits x 4 bytes = {per_token / 2**20:.1f} MiB per token, and one batch of "
+            f"{largest} tokens needs {largest * per_token / 2**30:.2f} GiB, over the budget "
+            f"of {budget / 2**30:.2f} GiB: raise --cache-budget (e.g. --cache-budget "
+            f"{_ceil_gb(largest * per_token)}GB) or lower --batch-size"
         )
     chunks = evaluator.chunks(split, max(1, budget // per_token))
     from tqdm.auto import tqdm
@@ -256,15 +258,28 @@ def mixture_losses(
     losses: list[list[torch.Tensor]] = [[] for _ in mixtures]
     where: list[torch.Tensor] = []
     for chunk in tqdm(chunks, desc="ensemble chunks", disable=not progress, delay=0.5):
-        rows, y, pos = [], None, None
-        for ing in members:
-            rows_i, y, pos = evaluator.chunk_logits(materialize(ing), split, chunk)
-            rows.append(rows_i)
-        assert y is not None and pos is not None
-        for m, mix in enumerate(mixtures):
-            losses[m].append(_mixed_loss(rows, mix, y))
+        if held == len(mixtures):  # one running sum per mixture
+            sums: list[torch.Tensor | None] = [None] * len(mixtures)
+            for i, ing in enumerate(members):
+                z, y, pos = evaluator.chunk_logits(materialize(ing), split, chunk)
+                for m, mix in enumerate(mixtures):
+                    if i in mix:
+                        sums[m] = _accumulate(sums[m], z, mix, i)
+                del z
+            for m, mix in enumerate(mixtures):
+                losses[m].append(_cross_entropy(_finish(sums[m], mix), y))
+        else:  # every member's logits, each mixture made from them
+            rows = []
+            for ing in members:
+                z, y, pos = evaluator.chunk_logits(materialize(ing), split, chunk)
+                rows.append(z)
+            for m, mix in enumerate(mixtures):
+                mixed = None
+                for i in sorted(mix):
+                    mixed = _accumulate(mixed, rows[i], mix, i)
+                losses[m].append(_cross_entropy(_finish(mixed, mix), y))
+            del rows
         where.append(pos.cpu())
-        del rows
     index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
     device = getattr(evaluator, "device", torch.device("cpu"))
     total = int(evaluator.labels(split).numel())
@@ -275,23 +290,30 @@ def mixture_losses(
     return out
 
 
-def _mixed_loss(rows: Sequence[torch.Tensor], mix: Mixture, y: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy (float64, on the CPU) of ``sum w * rows[i]``; uniform weights
-    are summed then divided, as the mean of `mean_logits`. Taken in float64 by blocks of
-    rows, so the float64 copy stays small."""
-    members = sorted(mix)
-    weights = {mix[i] for i in members}
-    uniform = len(weights) == 1 and abs(next(iter(weights)) * len(members) - 1) < 1e-12
-    mixed = rows[members[0]].clone()
-    if not uniform:
-        mixed.mul_(mix[members[0]])
-    for i in members[1:]:
-        if uniform:
-            mixed.add_(rows[i])
-        else:
-            mixed.add_(rows[i], alpha=mix[i])
-    if uniform:
-        mixed.div_(len(members))
+def _uniform(mix: Mixture) -> bool:
+    weights = set(mix.values())
+    return len(weights) == 1 and abs(next(iter(weights)) * len(mix) - 1) < 1e-12
+
+
+def _accumulate(
+    total: torch.Tensor | None, z: torch.Tensor, mix: Mixture, i: int
+) -> torch.Tensor:
+    """``total + w_i z`` (a uniform mixture adds ``z`` and divides at the end, as the mean
+    of `mean_logits`); the first member starts the sum (a copy)."""
+    w = 1.0 if _uniform(mix) else mix[i]
+    if total is None:
+        return z.clone() if w == 1.0 else z * w
+    return total.add_(z, alpha=w)
+
+
+def _finish(total: torch.Tensor | None, mix: Mixture) -> torch.Tensor:
+    assert total is not None
+    return total.div_(len(mix)) if _uniform(mix) else total
+
+
+def _cross_entropy(mixed: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy (float64, on the CPU), in float64 by blocks of rows so the
+    float64 copy stays small."""
     block = max(1, (64 << 20) // (8 * mixed.shape[1]))
     return torch.cat(
         [
