@@ -200,9 +200,7 @@ def main() -> None:
                     "wall_s": round(r["wall_s"], 1),
                     "peak_mb": round(r["peak_mb"]),
                     "run_folder_mb": round(size_mb(written), 3),
-                    "mb_per_10k_tokens_per_model": round(
-                        size_mb(written) / (n / 1e4) / args.k, 4
-                    ),
+                    "mb_per_10k_tokens_per_model": round(size_mb(written) / (n / 1e4) / args.k, 4),
                     "tokens_per_s": round(n * args.k / r["wall_s"]),
                     "rc": r["rc"],
                 }
@@ -211,7 +209,9 @@ def main() -> None:
                 for f in root.glob(f"{tag}*"):  # free the disk for the next size
                     subprocess.run(["rm", "-rf", str(f)], check=False)
     print()
-    print("| command | code | k | tokens | wall s | peak RSS MB | run folder MB | MB/10k tok/model |")
+    print(
+        "| command | code | k | tokens | wall s | peak RSS MB | run folder MB | MB/10k tok/model |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['command']} | {r['code']} | {r['k']} | {r['tokens']} | {r['wall_s']} | "

@@ -295,9 +295,7 @@ def _uniform(mix: Mixture) -> bool:
     return len(weights) == 1 and abs(next(iter(weights)) * len(mix) - 1) < 1e-12
 
 
-def _accumulate(
-    total: torch.Tensor | None, z: torch.Tensor, mix: Mixture, i: int
-) -> torch.Tensor:
+def _accumulate(total: torch.Tensor | None, z: torch.Tensor, mix: Mixture, i: int) -> torch.Tensor:
     """``total + w_i z`` (a uniform mixture adds ``z`` and divides at the end, as the mean
     of `mean_logits`); the first member starts the sum (a copy)."""
     w = 1.0 if _uniform(mix) else mix[i]
