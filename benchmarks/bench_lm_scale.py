@@ -214,8 +214,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['command']} | {r['code']} | {r['k']} | {r['tokens']} | {r['wall_s']} | "
-              f"{r['peak_mb']} | {r['run_folder_mb']} | {r['mb_per_10k_tokens_per_model']} |")  # fmt: skip
+        cells = [r["command"], r["code"], r["k"], r["tokens"], r["wall_s"], r["peak_mb"]]
+        cells += [r["run_folder_mb"], r["mb_per_10k_tokens_per_model"]]
+        print("| " + " | ".join(map(str, cells)) + " |")
     for command in args.commands:
         mine = [r for r in rows if r["command"] == command and r["code"] == "now"]
         if len(mine) > 1:
