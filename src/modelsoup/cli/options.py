@@ -372,7 +372,7 @@ def save_soup(
     if getattr(args, "adapter_rank", None) is not None:
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
     layout = getattr(soup, "layout", None)
-    nbytes = layout.nbytes() if layout is not None else 0
+    nbytes = layout.nbytes if layout is not None else 0
     if nbytes > 10**9 and is_rank0():  # say so before a long write starts
         print(f"writing {nbytes / 1e9:.1f} GB to {args.output}", file=sys.stderr, flush=True)
     provenance = {
