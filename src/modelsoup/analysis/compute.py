@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluators.protocols import LogitEvaluator, outputs
+from ..evaluators.protocols import LogitEvaluator, evaluation_from_logits, outputs
 from ..ops.arithmetic import Combination, interpolate
 from ..ops.geometry import cosine_matrix, gram
 from ..recipes.ensemble import correct_count
@@ -54,11 +54,18 @@ def scores(
     if metric == "accuracy" and all(lg.ndim > 1 for lg in logits.values()):
         return accuracies(logits, labels)
     return {
-        s: -float(lg.double().mean())
+        s: _loss_score(lg, labels[s])
         if lg.ndim == 1
         else -float(torch.nn.functional.cross_entropy(lg.double(), labels[s]))
         for s, lg in logits.items()
     }
+
+
+def _loss_score(losses: torch.Tensor, labels: torch.Tensor) -> float:
+    """Minus the mean of per-token losses, summed as every recipe sums them."""
+    score = evaluation_from_logits(losses, labels).score
+    assert score is not None
+    return score
 
 
 def accuracies(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> Scores:

@@ -249,7 +249,10 @@ def _lm_mixer(
         pair = [ingredients[i], ingredients[j]]
         mixtures = [{0: 1 - a, 1: a} for a in alphas]
         per = {s: mixture_losses(evaluator, pair, mixtures, s, budget=budget) for s in splits}
-        return [{s: -float(per[s][n].double().mean()) for s in splits} for n in range(len(alphas))]
+        return [
+            compute.scores({s: per[s][n] for s in splits}, labels, "loss")
+            for n in range(len(alphas))
+        ]
 
     return mix
 

@@ -332,6 +332,9 @@ def input_paths(inputs: Sequence[Ingredient]) -> tuple[Path, ...]:
     return tuple(f for i in inputs for f in i.files)
 
 
+# A soup larger than this is announced (its size and path) before it is written.
+ANNOUNCE_BYTES = 10**9
+
 # Locks held until the command ends (`main` closes it): one run per run folder.
 LOCKS = contextlib.ExitStack()
 
@@ -373,7 +376,7 @@ def save_soup(
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
     layout = getattr(soup, "layout", None)
     nbytes = layout.nbytes if layout is not None else 0
-    if nbytes > 10**9 and is_rank0():  # say so before a long write starts
+    if nbytes > ANNOUNCE_BYTES and is_rank0():  # say so before a long write starts
         print(f"writing {nbytes / 1e9:.1f} GB to {args.output}", file=sys.stderr, flush=True)
     provenance = {
         "recipe": recipe,

@@ -181,7 +181,7 @@ class CausalLMEvaluator:
             )
         self.load(state)
         limit = None if bar is None or bar.loss_sum is None else bar.loss_sum
-        units, seen = 0, 0
+        units, seen, loss_sum = 0, 0, 0.0
         for batch in self._all_ranks(split):
             u, n = 0, 0
             if batch is not None:
@@ -196,7 +196,6 @@ class CausalLMEvaluator:
             loss_sum = units * LOSS_QUANTUM
             if limit is not None and (loss_sum >= limit if strict else loss_sum > limit):
                 return Evaluation(None, None, total, seen, loss_sum=loss_sum)
-        loss_sum = units * LOSS_QUANTUM
         return Evaluation(-loss_sum / total, None, total, seen, loss_sum=loss_sum)
 
     def _all_ranks(self, split: str) -> Iterator[Batch | None]:
@@ -211,11 +210,14 @@ class CausalLMEvaluator:
     # -- per-token outputs ---------------------------------------------------------------
 
     def _starts(self, split: str) -> list[int]:
-        """``starts[i]``: where example i's predicted tokens begin in `labels`' order."""
-        starts = [0]
-        for x in self.examples[split]:
-            starts.append(starts[-1] + max(len(x) - 1, 0))
-        return starts
+        """``starts[i]``: where example i's predicted tokens begin in `labels`' order
+        (``starts[-1]``: all of them); computed once per split."""
+        if split not in self._starts_cache:
+            starts = [0]
+            for x in self.examples[split]:
+                starts.append(starts[-1] + max(len(x) - 1, 0))
+            self._starts_cache[split] = starts
+        return self._starts_cache[split]
 
     def _rows(
         self, split: str, batch: Batch, logits: torch.Tensor
@@ -223,7 +225,7 @@ class CausalLMEvaluator:
         """A batch's predicted tokens as flat rows: ``(logits [n, vocab], labels [n],
         positions [n] in labels' order)``; padding and each example's last token dropped."""
         idx, _, y = batch
-        starts = self._starts_memo(split)
+        starts = self._starts(split)
         rows, labels, where = [], [], []
         for b, i in enumerate(idx.tolist()):
             n = starts[i + 1] - starts[i]
@@ -231,11 +233,6 @@ class CausalLMEvaluator:
             labels.append(y[b, :n])
             where.append(torch.arange(starts[i], starts[i] + n))
         return torch.cat(rows), torch.cat(labels).to(logits.device), torch.cat(where)
-
-    def _starts_memo(self, split: str) -> list[int]:
-        if split not in self._starts_cache:
-            self._starts_cache[split] = self._starts(split)
-        return self._starts_cache[split]
 
     def _per_token(
         self, split: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -247,7 +244,7 @@ class CausalLMEvaluator:
             lg, y, pos = self._rows(split, batch, self._logits(batch[1]))
             parts.append(fn(lg, y).cpu())
             where.append(pos)
-        total = self._starts_memo(split)[-1]
+        total = self._starts(split)[-1]
         probe = parts[0] if parts else None
         tail = () if probe is None else tuple(probe.shape[1:])
         if world()[1] > 1:  # every rank must agree on the row shape before gathering

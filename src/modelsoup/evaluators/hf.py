@@ -210,6 +210,18 @@ def _build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
     return model, config
 
 
+def config_hash(folder: Path) -> str:
+    """A hash of the folder's config.json (part of every --task evaluator's identity)."""
+    return hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the pad token, else end-of-text, else 0."""
+    pad = tokenizer.pad_token_id
+    pad = tokenizer.eos_token_id if pad is None else pad
+    return int(pad or 0)
+
+
 def _from_folder(auto: Any, folder: Path, what: str) -> Any:
     """``auto.from_pretrained(folder)`` offline, or an error that says how to fix it."""
     try:
@@ -296,7 +308,7 @@ def hf_evaluator(
         inputs = {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
     identity = {
         "task": task,
-        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "config": config_hash(folder),
         "data_file": str(Path(data).resolve()),
         "columns": {
             "text": text_column,
@@ -353,10 +365,10 @@ def causal_lm_evaluator(
     if not texts:
         raise SoupError(f"{data}: no examples (empty lines are skipped)")
     ids = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     identity = {
         "task": "causal-lm",
-        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "config": config_hash(folder),
         "data_file": str(Path(data).resolve()),
         "text_column": None if Path(data).suffix.lower() == ".txt" else text_column,
         "max_length": max_length,
@@ -368,7 +380,7 @@ def causal_lm_evaluator(
         batch_size=batch_size,
         device=device,
         eval_dtype=eval_dtype,
-        pad_id=int(pad or 0),
+        pad_id=pad,
         loader=HFLoader(),
         identity=identity,
     )
@@ -405,10 +417,10 @@ def multiple_choice_evaluator(
     folder = model_folder(first)
     model, config = _build_model("multiple-choice", folder)
     tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     identity = {
         "task": "multiple-choice",
-        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "config": config_hash(folder),
         "data_file": str(Path(data).resolve()),
         "eval_dtype": str(eval_dtype) if eval_dtype else None,
     }
@@ -420,7 +432,7 @@ def multiple_choice_evaluator(
         batch_size=batch_size,
         device=device,
         eval_dtype=eval_dtype,
-        pad_id=int(pad or 0),
+        pad_id=pad,
         max_length=context_length(config, tok),
         loader=HFLoader(),
         identity=identity,
@@ -449,7 +461,7 @@ def lm_eval_evaluator(
         model = model.to(eval_dtype)
     tok = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
     identity = {
-        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "config": config_hash(folder),
         "eval_dtype": str(eval_dtype) if eval_dtype else None,
     }
     return LMEvalEvaluator(

@@ -31,7 +31,7 @@ from .classification import load_state, model_identity, output_logits
 from .distributed import all_reduce, gather_rows, world
 from .protocols import Evaluation, State
 
-Request = tuple[int, int, list[int], int]  # (example, choice, tokens, continuation length)
+Request = tuple[list[int], int]  # (one choice's tokens, context then continuation; its length)
 
 
 def encode_pair(
@@ -92,15 +92,17 @@ class MultipleChoiceEvaluator:
         prefix = tokenizer.bos_token_id
         prefix = tokenizer.eos_token_id if prefix is None else prefix
         limit = max_length or 2048
-        self.requests: list[Request] = []
+        self.requests: list[list[Request]] = []  # per example, one per choice
         for n, e in enumerate(examples):
+            self.requests.append([])
             for c, choice in enumerate(self.choices[n]):
                 ctx, cont = encode_pair(tokenizer, str(e["context"]), " " + choice, prefix)
                 if not cont:
                     raise SoupError(f"example {n}, choice {c} ({choice!r}) has no tokens")
-                tokens = (ctx + cont)[-(limit + 1) :][:-1]
-                self.requests.append((n, c, tokens + cont[-1:], len(cont)))
-        text = json.dumps([self.requests, self.gold.tolist()])
+                # longer than the model's context: the last limit + 1 tokens (lm-eval's)
+                self.requests[n].append(((ctx + cont)[-(limit + 1) :], len(cont)))
+        # the tokens, the gold indices and the choices' lengths (acc_norm's divisors)
+        text = json.dumps([self.requests, self.gold.tolist(), self.choices])
         self._declared = {
             **dict(identity or {}),
             "data": hashlib.sha256(text.encode()).hexdigest()[:16],
@@ -150,24 +152,27 @@ class MultipleChoiceEvaluator:
     def _loglikelihoods(self, examples: list[int]) -> torch.Tensor:
         """[len(examples), most choices] summed continuation log-probabilities (divided
         by the choice's length with ``normalize``), -inf where there is no choice."""
-        wanted = set(examples)
-        reqs = [r for r in self.requests if r[0] in wanted]
-        width = max(len(r[2]) - 1 for r in reqs)
+        reqs = [
+            (row, c, r) for row, n in enumerate(examples) for c, r in enumerate(self.requests[n])
+        ]
+        width = max(len(tokens) - 1 for _, _, (tokens, _) in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for b, (_, _, tokens, _) in enumerate(reqs):
+        for b, (_, _, (tokens, _)) in enumerate(reqs):
             ids[b, : len(tokens) - 1] = torch.tensor(tokens[:-1])
             mask[b, : len(tokens) - 1] = 1
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-        logprobs = torch.log_softmax(output_logits(out).float(), dim=-1).cpu()
+        logits = output_logits(out)
         most = max(len(self.choices[n]) for n in examples)
         table = torch.full((len(examples), most), float("-inf"))
-        row = {n: i for i, n in enumerate(examples)}
-        for b, (n, c, tokens, k) in enumerate(reqs):
-            end = len(tokens) - 1
-            cont = torch.tensor(tokens[-k:])
-            ll = logprobs[b, end - k : end].gather(1, cont[:, None]).sum()
-            table[row[n], c] = ll / len(self.choices[n][c]) if self.normalize else ll
+        for b, (row, c, (tokens, k)) in enumerate(reqs):
+            end = len(tokens) - 1  # position end - 1 predicts the last token
+            # only the continuation's rows: a batch's full log-softmax is vocabulary-wide
+            logprobs = torch.log_softmax(logits[b, end - k : end].float(), dim=-1)
+            cont = torch.tensor(tokens[-k:], device=logprobs.device)
+            ll = float(logprobs.gather(1, cont[:, None]).sum())
+            n = examples[row]
+            table[row, c] = ll / len(self.choices[n][c]) if self.normalize else ll
         return table
 
     def evaluate(

@@ -26,7 +26,6 @@ from ..checkpoints.save import materialize
 from ..errors import SoupError
 from ..evaluators.distributed import gather_rows
 from ..evaluators.protocols import (
-    LOSS_QUANTUM,
     ChunkedLogits,
     Compare,
     LogitEvaluator,
@@ -165,18 +164,6 @@ def ensemble_baselines(
     logits, labels, reads = compute_logits(ingredients, evaluator, splits, cache, progress=progress)
 
     metric = getattr(evaluator, "metric", "accuracy")
-    if isinstance(evaluator, LossEvaluator):
-        return lm_ensembles(
-            ingredients,
-            evaluator,
-            logits,
-            labels,
-            splits,
-            compare=compare,
-            budget=budget,
-            reads=reads,
-            progress=progress,
-        )
 
     def acc(lg: torch.Tensor, s: str) -> float:  # the evaluator's score: accuracy or -loss
         score = evaluation_from_logits(lg, labels[s], metric).score
@@ -184,7 +171,15 @@ def ensemble_baselines(
         return score
 
     best = best_on_val(logits[sel], labels[sel], metric)
-    kept, _ = greedy_ensemble(logits[sel], labels[sel], compare=compare, metric=metric)
+    if isinstance(evaluator, LossEvaluator):  # per-token losses: ensembles by chunks
+        kept, ens, gre = lm_ensembles(
+            ingredients, evaluator, logits, labels, compare=compare, budget=budget,
+            progress=progress,
+        )  # fmt: skip
+    else:
+        kept, _ = greedy_ensemble(logits[sel], labels[sel], compare=compare, metric=metric)
+        ens = {s: acc(mean_logits(logits[s]), s) for s in splits}
+        gre = {s: acc(mean_logits([logits[s][i] for i in kept]), s) for s in splits}
     return {
         "selection": sel,
         "metric": metric,
@@ -198,15 +193,8 @@ def ensemble_baselines(
             "source": ingredients[best].source,
             **{s: acc(logits[s][best], s) for s in splits},
         },
-        "ensemble": {
-            "models": len(ingredients),
-            **{s: acc(mean_logits(logits[s]), s) for s in splits},
-        },
-        "greedy_ensemble": {
-            "kept": kept,
-            "models": len(kept),
-            **{s: acc(mean_logits([logits[s][i] for i in kept]), s) for s in splits},
-        },
+        "ensemble": {"models": len(ingredients), **ens},
+        "greedy_ensemble": {"kept": kept, "models": len(kept), **gre},
         "reads": reads,
     }
 
@@ -384,38 +372,39 @@ def lm_ensembles(
     evaluator: Any,
     losses: Mapping[str, Sequence[torch.Tensor]],
     labels: Mapping[str, torch.Tensor],
-    splits: Sequence[str],
     *,
     compare: Compare = "ge",
     budget: int | None = None,
-    reads: int = 0,
     progress: bool = False,
-) -> dict[str, Any]:
-    """`ensemble_baselines` of a language model: best on val from the cached per-token
-    losses; the logit ensemble and the greedy ensemble chunk by chunk (`mixture_losses`),
-    with today's definitions (the per-token mean of the members' logits, scored by the
-    same token-weighted loss)."""
+) -> tuple[list[int], dict[str, float], dict[str, float]]:
+    """The logit ensemble and the greedy ensemble of a language model, chunk by chunk
+    (`mixture_losses`), with the definitions of `ensemble_baselines` (the per-token mean
+    of the members' logits, scored by the same token-weighted loss). ``losses`` are
+    each model's cached per-token losses per split (the greedy ensemble's order comes
+    from them), ``labels`` each split's tokens. Returns the greedy ensemble's members and
+    both ensembles' scores on every split of ``losses``."""
     if not isinstance(evaluator, ChunkedLogits):
         raise SoupError(
             f"ensembles of {evaluator_name(evaluator)} need its logits a chunk at a time; "
             "implement modelsoup.evaluators.ChunkedLogits (chunks, chunk_logits, "
             "largest_batch, vocab)"
         )
-    sel = evaluator.selection if hasattr(evaluator, "selection") else splits[0]
+    sel = evaluator.selection
 
     def score(loss: torch.Tensor, s: str) -> float:
-        return -loss_units(loss) * LOSS_QUANTUM / max(1, labels[s].numel())
+        value = evaluation_from_logits(loss, labels[s]).score
+        assert value is not None
+        return value
 
     k = len(ingredients)
-    merits = [-float(loss_units(loss)) for loss in losses[sel]]
-    best = max(range(k), key=lambda i: merits[i])
+    merits = [_merit(loss, labels[sel], "loss") for loss in losses[sel]]
     kept, _ = lm_greedy_ensemble(
         ingredients, evaluator, merits, sel, compare=compare, budget=budget, progress=progress
     )
     everyone = {i: 1 / k for i in range(k)}
     greedy = {i: 1 / len(kept) for i in range(len(kept))}
     ens, gre = {}, {}
-    for s in splits:
+    for s in losses:
         ens[s] = score(mixture_losses(evaluator, ingredients, [everyone], s, budget=budget)[0], s)
         if len(kept) == 1:
             gre[s] = score(losses[s][kept[0]], s)
@@ -424,20 +413,4 @@ def lm_ensembles(
         else:
             members = [ingredients[i] for i in kept]
             gre[s] = score(mixture_losses(evaluator, members, [greedy], s, budget=budget)[0], s)
-    return {
-        "selection": sel,
-        "metric": "loss",
-        "splits": list(splits),
-        "individual": [
-            {"source": ing.source, **{s: score(losses[s][i], s) for s in splits}}
-            for i, ing in enumerate(ingredients)
-        ],
-        "best_on_val": {
-            "index": best,
-            "source": ingredients[best].source,
-            **{s: score(losses[s][best], s) for s in splits},
-        },
-        "ensemble": {"models": k, **ens},
-        "greedy_ensemble": {"kept": kept, "models": len(kept), **gre},
-        "reads": reads,
-    }
+    return kept, ens, gre
