@@ -239,20 +239,27 @@ class CausalLMEvaluator:
     ) -> torch.Tensor:
         """``fn(logits [n, vocab], labels [n])`` of every predicted token of ``split``,
         assembled in `labels`' order from every rank; one batch of logits at a time."""
-        parts, where = [], []
+        # Rows go into buffers sized up front: small tensors kept per batch would pin the
+        # heap between the freed batches' logits and grow RSS with the held-out size.
+        mine = sum(int((b[2] != IGNORE).sum()) for b in self.batches(split))
+        local: torch.Tensor | None = None
+        index = torch.empty(mine, dtype=torch.long)
+        at = 0
         for batch in self.batches(split):
             lg, y, pos = self._rows(split, batch, self._logits(batch[1]))
-            parts.append(fn(lg, y).cpu())
-            where.append(pos)
-        total = self._starts(split)[-1]
-        probe = parts[0] if parts else None
-        tail = () if probe is None else tuple(probe.shape[1:])
+            rows = fn(lg, y)
+            if local is None:
+                local = torch.empty((mine, *rows.shape[1:]), dtype=rows.dtype)
+            local[at : at + len(pos)] = rows.cpu()
+            index[at : at + len(pos)] = pos
+            at += len(pos)
+        tail = tuple(local.shape[1:]) if local is not None else ()
         if world()[1] > 1:  # every rank must agree on the row shape before gathering
             width = int(all_reduce([tail[0] if tail else 0], self.device, "max")[0])
             tail = (width,) if width else ()
-        local = torch.cat(parts) if parts else torch.empty((0, *tail))
-        index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
-        return gather_rows(local, index, total, self.device)
+        if local is None:
+            local = torch.empty((0, *tail))
+        return gather_rows(local, index, self._starts(split)[-1], self.device)
 
     def losses(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{split: [predicted tokens] float32}``: each predicted token's cross-entropy,

@@ -24,7 +24,7 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
 from ..errors import SoupError
-from ..evaluators.distributed import gather_rows
+from ..evaluators.distributed import gather_rows, world
 from ..evaluators.protocols import (
     ChunkedLogits,
     Compare,
@@ -243,8 +243,11 @@ def mixture_losses(
     chunks = evaluator.chunks(split, max(1, budget // per_token))
     from tqdm.auto import tqdm
 
-    losses: list[list[torch.Tensor]] = [[] for _ in mixtures]
-    where: list[torch.Tensor] = []
+    # Losses go into buffers sized up front, before any chunk's logits: small tensors
+    # kept per chunk would pin the heap between freed logits and grow RSS with N.
+    total = int(evaluator.labels(split).numel())
+    found = torch.empty((len(mixtures), total), dtype=torch.float64)
+    mine = torch.zeros(total, dtype=torch.bool)  # this process's tokens (torchrun)
     for chunk in tqdm(chunks, desc="ensemble chunks", disable=not progress, delay=0.5):
         if held == len(mixtures):  # one running sum per mixture
             sums: list[torch.Tensor | None] = [None] * len(mixtures)
@@ -254,28 +257,29 @@ def mixture_losses(
                     if i in mix:
                         sums[m] = _accumulate(sums[m], z, mix, i)
                 del z
+            pos = pos.cpu()
             for m, mix in enumerate(mixtures):
-                losses[m].append(_cross_entropy(_finish(sums[m], mix), y))
-        else:  # every member's logits, each mixture made from them
+                found[m, pos] = _cross_entropy(_finish(sums[m], mix), y)
+            del sums
+        else:  # every member's logits, each mixture made from them in turn
             rows = []
             for ing in members:
                 z, y, pos = evaluator.chunk_logits(materialize(ing), split, chunk)
                 rows.append(z)
+            pos = pos.cpu()
             for m, mix in enumerate(mixtures):
-                mixed = None
+                acc = None
                 for i in sorted(mix):
-                    mixed = _accumulate(mixed, rows[i], mix, i)
-                losses[m].append(_cross_entropy(_finish(mixed, mix), y))
+                    acc = _accumulate(acc, rows[i], mix, i)
+                found[m, pos] = _cross_entropy(_finish(acc, mix), y)
+                del acc
             del rows
-        where.append(pos.cpu())
-    index = torch.cat(where) if where else torch.empty(0, dtype=torch.long)
+        mine[pos] = True
+    if world()[1] == 1:
+        return list(found)
+    index = mine.nonzero().squeeze(1)
     device = getattr(evaluator, "device", torch.device("cpu"))
-    total = int(evaluator.labels(split).numel())
-    out = []
-    for parts in losses:
-        local = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
-        out.append(gather_rows(local, index, total, device))
-    return out
+    return [gather_rows(row[index], index, total, device) for row in found]
 
 
 def _uniform(mix: Mixture) -> bool:
