@@ -13,6 +13,7 @@ RSS (the child's own, from wait4) and the size of what it wrote:
 
 ``--baseline-src`` runs the same greedy command with another checkout's ``src`` first
 on PYTHONPATH (the code before per-token losses), for a before/after in one command.
+Peak RSS is each command's own, read by a small launcher process (see `LAUNCHER`).
 The throughput line compares, in this process, today's scoring (`losses`) with the
 previous one (every token's logits, then the cross-entropy) on the first held-out set.
 """
@@ -89,26 +90,36 @@ def held_out(path: Path, tokens: int, vocab: int) -> int:
     return lines * (WORDS_PER_LINE - 1)
 
 
+# Runs a command and reports its own peak RSS. The command is started from this small
+# launcher, not from the benchmark: Linux carries the peak RSS of the process that
+# forked (or vforked) a child into the child's ru_maxrss, so a child of the benchmark,
+# which by then holds gigabytes, would report at least the benchmark's own peak.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "peak_kb": usage.ru_maxrss,
+               "wall_s": time.perf_counter() - t}, f)
+"""
+
+
 def run(argv: list[str], src: str | None = None) -> dict:
     """One command in a fresh process: wall seconds, peak RSS (MB), exit code."""
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    t = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelsoup", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    out, err = proc.stdout.read(), proc.stderr.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print(err[-2000:], file=sys.stderr)
-    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "rc": code, "out": out}
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        proc = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, report.name, sys.executable, "-m", "modelsoup",
+             *argv],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        got = json.loads(Path(report.name).read_text())
+    if got["rc"] != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+    return {"wall_s": got["wall_s"], "peak_mb": got["peak_kb"] / 1024, "rc": got["rc"]}
 
 
 def size_mb(path: Path) -> float:
