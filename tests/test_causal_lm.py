@@ -242,6 +242,12 @@ def test_wiseft_and_analyze_score_a_language_model_by_its_loss(gpt2, tmp_path, c
     assert set(a["landscape"]["values"]) == {"val loss"}
     pair = a["pairs"][0]
     assert pair["soup"]["val"] < 0 and pair["ensemble"]["val"] < 0  # minus losses
+    # paired errors from per-token losses, examples as the unit
+    adv, ens = pair["noise"]["advantage"]["val"], pair["noise"]["ensemble - soup"]["val"]
+    assert adv["diff"] == pytest.approx(pair["advantage"]["val"], abs=1e-6)
+    assert ens["diff"] == pytest.approx(pair["ensemble"]["val"] - pair["soup"]["val"], abs=1e-6)
+    assert adv["n"] == ens["n"] == sum(len(t.split()) > 1 for t in texts)
+    assert adv["se"] > 0 and ens["se"] > 0
 
 
 # --- issue 20: memory bounded by one batch ------------------------------------------------

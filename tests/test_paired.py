@@ -9,7 +9,13 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from modelsoup.analysis.paired import describe, mcnemar_exact, paired, paired_mean
+from modelsoup.analysis.paired import (
+    describe,
+    mcnemar_exact,
+    paired,
+    paired_mean,
+    paired_tokens,
+)
 from modelsoup.errors import SoupError
 
 
@@ -90,3 +96,43 @@ def test_degenerate_input_is_the_projects_error():
         )
     with pytest.raises(SoupError, match="no splits"):
         paired_mean({}, {}, [])
+
+
+# --- language models: token-weighted means, examples as the unit -------------------------
+
+
+def test_paired_tokens_with_equal_examples_is_the_paired_error_of_example_means():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(40, generator=g), torch.rand(40, generator=g)
+    example_of = torch.arange(10).repeat_interleave(4)
+    p = paired_tokens(a, b, example_of)
+    by_example = paired(a.view(10, 4).mean(1), b.view(10, 4).mean(1))
+    assert p.diff == pytest.approx(by_example.diff)
+    assert p.se == pytest.approx(by_example.se)
+    assert p.n == 10 and p.p is None
+
+
+def test_paired_tokens_error_matches_the_spread_of_resampled_held_out_sets():
+    """Tokens of one example share an effect, so a token-level error is too small; the
+    example-level error matches the spread of the difference over fresh held-out sets."""
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.randint(1, 30, (60,), generator=g)
+    example_of = torch.repeat_interleave(torch.arange(60), sizes)
+    diffs, ses, naive = [], [], []
+    for _ in range(1500):
+        shared = torch.randn(60, generator=g)[example_of]  # an effect per example
+        d = shared + 0.3 * torch.randn(len(example_of), generator=g)
+        p = paired_tokens(d, torch.zeros_like(d), example_of)
+        diffs.append(p.diff)
+        ses.append(p.se)
+        naive.append(float(d.std()) / math.sqrt(len(d)))
+    spread = float(np.std(diffs))
+    assert float(np.mean(ses)) == pytest.approx(spread, rel=0.12)
+    assert float(np.mean(naive)) < 0.5 * spread  # what counting tokens would claim
+
+
+def test_paired_tokens_degenerate_input():
+    one = paired_tokens(torch.ones(5), torch.zeros(5), torch.zeros(5, dtype=torch.long))
+    assert one.se is None and one.n == 1 and one.diff == 1
+    with pytest.raises(SoupError, match="example indices"):
+        paired_tokens(torch.ones(3), torch.zeros(3), torch.zeros(2, dtype=torch.long))

@@ -42,6 +42,21 @@ Logits = dict[str, torch.Tensor]
 Mixer = Callable[[int, int, Sequence[float]], list[Scores]]
 
 
+@runtime_checkable
+class LossMixer(Protocol):
+    """A `Mixer` that also gives the per-token losses behind its scores (a language
+    model's): ``losses(i, j, alphas)`` one ``{split: [N]}`` per a, ``score(losses)`` their
+    scores, ``example_of[split]`` each token's example (for paired standard errors)."""
+
+    example_of: Mapping[str, torch.Tensor]
+
+    def __call__(self, i: int, j: int, alphas: Sequence[float]) -> list[Scores]: ...
+
+    def losses(self, i: int, j: int, alphas: Sequence[float]) -> list[Logits]: ...
+
+    def score(self, losses: Logits) -> Scores: ...
+
+
 # --- scoring classifiers from logits -------------------------------------------------
 
 
@@ -219,7 +234,9 @@ def pair_soups(
     When ``score`` also gives logits (a `LogitSource`, such as `LogitScorer`) and the
     metric is accuracy, each pair gets the paired standard errors of its advantage and of
     ensemble minus soup on every split and on each of ``views`` (label, splits averaged;
-    splits of one ``aligned`` group share their examples).
+    splits of one ``aligned`` group share their examples). A language model's pairs
+    (a `LogitSource` of per-token losses and a `LossMixer`) get them on every split,
+    from per-token losses with examples as the unit (`paired.paired_tokens`).
     """
     pairs = list(pairs if pairs is not None else all_pairs(len(ingredients)))
     per_example = (
@@ -235,10 +252,21 @@ def pair_soups(
         if logits is not None and labels is not None:
             mixed = mix_logits(logits[i], logits[j], 0.5)
             ens = scores(mixed, labels, metric)
+        elif isinstance(mix, LossMixer) and isinstance(score, LogitSource):
+            mixed = mix.losses(i, j, [0.5])[0]
+            ens = mix.score(mixed)
         elif mix is not None:
             ens = mix(i, j, [0.5])[0]
         noise: dict[str, dict[str, dict[str, Any]]] = {}
-        if per_example:
+        if isinstance(mix, LossMixer) and isinstance(score, LogitSource) and logits is None:
+            soup_losses = score.logits(state)
+            soup_scores = mix.score(soup_losses)
+            pair = (
+                score.logits(materialize(ingredients[i])),
+                score.logits(materialize(ingredients[j])),
+            )
+            noise = _token_noise(soup_losses, pair, mixed, mix.example_of)  # type: ignore[arg-type]
+        elif per_example:
             soup_logits = score.logits(state)  # type: ignore[union-attr]
             soup_scores = scores(soup_logits, labels, metric)  # type: ignore[arg-type]
             noise = _pair_noise(
@@ -298,6 +326,28 @@ def _pair_noise(
         ens = paired_lib.paired_mean(ok_ens, ok_soup, members, aligned, "ensemble - soup")
         out["advantage"][label] = adv.to_json()
         out["ensemble - soup"][label] = ens.to_json()
+    return out
+
+
+def _token_noise(
+    soup: Logits,
+    pair: tuple[Logits, Logits],
+    ensemble: Logits,
+    example_of: Mapping[str, torch.Tensor],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired noise of a language-model pair's advantage and of ensemble minus soup, per
+    split, from per-token losses (outcome: minus the loss, so higher is better as for
+    scores), with each example as one observation."""
+    first, second = pair
+    out: dict[str, dict[str, dict[str, Any]]] = {"advantage": {}, "ensemble - soup": {}}
+    for s in soup:
+        mean = 0.5 * (first[s].double() + second[s].double())
+        adv = paired_lib.paired_tokens(-soup[s], -mean, example_of[s], f"advantage on {s}")
+        ens = paired_lib.paired_tokens(
+            -ensemble[s], -soup[s], example_of[s], f"ensemble - soup on {s}"
+        )
+        out["advantage"][s] = adv.to_json()
+        out["ensemble - soup"][s] = ens.to_json()
     return out
 
 

@@ -8,6 +8,9 @@ two-sided p-value from the discordant examples alone. A difference is *within no
 when ``|d̄| < 1.96 SE`` (a 95% interval that contains 0), or when the two methods made
 the same predictions.
 
+A language model's score is a mean over tokens, and tokens of one example are not
+independent: `paired_tokens` takes each example's summed difference as one observation.
+
 A mean over several splits (the paper's shift mean) has a standard error from each
 split's; splits in one *aligned* group hold the same examples in the same order (the
 corruptions of one test set), so their per-example differences are added before the
@@ -86,6 +89,33 @@ def paired(a: torch.Tensor, b: torch.Tensor, what: str = "comparison") -> Paired
     if binary:
         p = mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum()))
     return Paired(float(d.mean()), se, n, p)
+
+
+def paired_tokens(
+    a: torch.Tensor, b: torch.Tensor, example_of: torch.Tensor, what: str = "comparison"
+) -> Paired:
+    """The paired difference of two language models' token-weighted means of per-token
+    outcomes ``a`` and ``b`` (minus each token's loss), with the standard error of
+    examples, not tokens: tokens of one example are not independent draws, so each
+    example's residual ``sum_t d_t - n_e d̄`` is one observation (the cluster-robust
+    error of a ratio mean, with the ``E / (E - 1)`` correction for E examples).
+    ``example_of[t]`` is the example token t belongs to; ``n`` counts examples."""
+    a, b = _check(a, b, what)
+    if example_of.shape != a.shape:
+        raise SoupError(f"{what}: {len(a)} token outcomes but {len(example_of)} example indices")
+    d = a - b
+    diff = float(d.mean())
+    groups = int(example_of.max()) + 1
+    sums = torch.zeros(groups, dtype=torch.float64).index_add_(0, example_of, d)
+    sizes = torch.zeros(groups, dtype=torch.float64).index_add_(0, example_of, torch.ones_like(d))
+    used = sizes > 0
+    sums, sizes = sums[used], sizes[used]
+    n = len(sums)
+    if n < 2:
+        return Paired(diff, None, n)
+    resid = sums - sizes * diff
+    var = float((resid**2).sum()) / len(d) ** 2 * n / (n - 1)
+    return Paired(diff, math.sqrt(var), n)
 
 
 def paired_mean(

@@ -18,7 +18,13 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import materialize
-from ..evaluators.protocols import Evaluator, LogitEvaluator, LossEvaluator, evaluate
+from ..evaluators.protocols import (
+    Evaluator,
+    LogitEvaluator,
+    LossEvaluator,
+    TokenExamples,
+    evaluate,
+)
 from ..runs.cache import LogitCache
 from ..runs.provenance import versions, write_json
 from ..runs.stages import Stages
@@ -216,14 +222,10 @@ def _scorers(
             return {f"{sel} loss": float(loss), **{f"{s} error": 1 - acc[s] for s in acc}}
 
         if isinstance(evaluator, LossEvaluator):  # logits too large to keep: mixed by chunks
-            return Scoring(
-                scorer,
-                individual,
-                measure,
-                sel,
-                "loss",
-                mix=_lm_mixer(ingredients, evaluator, scorer.splits, budget, labels),
-            )
+            mixer = LMMixer(ingredients, evaluator, scorer.splits, budget, labels)
+            # Paired errors need each token's example; without it, scores only.
+            mix = mixer if isinstance(evaluator, TokenExamples) else mixer.__call__
+            return Scoring(scorer, individual, measure, sel, "loss", mix=mix)
         return Scoring(scorer, individual, measure, sel, scorer.metric, logits, labels)
 
     def score(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -235,26 +237,45 @@ def _scorers(
     return Scoring(score, individual, score, "score", "accuracy")
 
 
-def _lm_mixer(
-    ingredients: Sequence[Ingredient],
-    evaluator: Any,
-    splits: Sequence[str],
-    budget: int | None,
-    labels: Mapping[str, torch.Tensor],
-) -> Mixer:
-    """Logit mixtures of two language models, scored chunk by chunk (`mixture_losses`)."""
-    from ..recipes.ensemble import mixture_losses
+class LMMixer:
+    """Logit mixtures of two language models, scored chunk by chunk (`mixture_losses`):
+    a `compute.LossMixer`, so pairs get paired standard errors from per-token losses."""
 
-    def mix(i: int, j: int, alphas: Sequence[float]) -> list[Scores]:
-        pair = [ingredients[i], ingredients[j]]
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        evaluator: Any,
+        splits: Sequence[str],
+        budget: int | None,
+        labels: Mapping[str, torch.Tensor],
+    ):
+        self.ingredients = ingredients
+        self.evaluator = evaluator
+        self.splits = list(splits)
+        self.budget = budget
+        self.labels = labels
+        self.example_of = (
+            {s: evaluator.example_of(s) for s in self.splits}
+            if isinstance(evaluator, TokenExamples)
+            else {}
+        )
+
+    def losses(self, i: int, j: int, alphas: Sequence[float]) -> list[Logits]:
+        from ..recipes.ensemble import mixture_losses
+
+        pair = [self.ingredients[i], self.ingredients[j]]
         mixtures = [{0: 1 - a, 1: a} for a in alphas]
-        per = {s: mixture_losses(evaluator, pair, mixtures, s, budget=budget) for s in splits}
-        return [
-            compute.scores({s: per[s][n] for s in splits}, labels, "loss")
-            for n in range(len(alphas))
-        ]
+        per = {
+            s: mixture_losses(self.evaluator, pair, mixtures, s, budget=self.budget)
+            for s in self.splits
+        }
+        return [{s: per[s][n] for s in self.splits} for n in range(len(alphas))]
 
-    return mix
+    def score(self, losses: Logits) -> Scores:
+        return compute.scores(losses, self.labels, "loss")
+
+    def __call__(self, i: int, j: int, alphas: Sequence[float]) -> list[Scores]:
+        return [self.score(lo) for lo in self.losses(i, j, alphas)]
 
 
 def analyze_sweep(

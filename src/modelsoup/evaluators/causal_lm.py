@@ -49,8 +49,9 @@ class CausalLMEvaluator:
     predicted token's loss, flattened in dataset order: what scores and caches use),
     `ChunkedLogits` (logits a chunk of batches at a time: what ensembles use),
     `LogitEvaluator` (every predicted token's logits at once; memory tokens x vocabulary),
-    `Identified` and `TrainableEvaluator` (batches whose labels are aligned with the
-    logits, IGNORE where nothing is predicted).
+    `TokenExamples` (each token's example, for paired errors), `Identified` and
+    `TrainableEvaluator` (batches whose labels are aligned with the logits, IGNORE where
+    nothing is predicted).
     """
 
     metric = "loss"
@@ -219,19 +220,30 @@ class CausalLMEvaluator:
             self._starts_cache[split] = starts
         return self._starts_cache[split]
 
+    def example_of(self, split: str) -> torch.Tensor:
+        """``[predicted tokens]`` int64: the example each predicted token of ``split``
+        belongs to, in `labels`' order (`TokenExamples`)."""
+        sizes = [max(len(x) - 1, 0) for x in self.examples[split]]
+        return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+    def _segments(self, split: str, batch: Batch) -> Iterator[tuple[int, int, int]]:
+        """``(row in the batch, first position in labels' order, predicted tokens)`` of
+        each example of ``batch``."""
+        starts = self._starts(split)
+        for b, i in enumerate(batch[0].tolist()):
+            yield b, starts[i], starts[i + 1] - starts[i]
+
     def _rows(
         self, split: str, batch: Batch, logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch's predicted tokens as flat rows: ``(logits [n, vocab], labels [n],
         positions [n] in labels' order)``; padding and each example's last token dropped."""
-        idx, _, y = batch
-        starts = self._starts(split)
+        y = batch[2]
         rows, labels, where = [], [], []
-        for b, i in enumerate(idx.tolist()):
-            n = starts[i + 1] - starts[i]
+        for b, start, n in self._segments(split, batch):
             rows.append(logits[b, :n])
             labels.append(y[b, :n])
-            where.append(torch.arange(starts[i], starts[i] + n))
+            where.append(torch.arange(start, start + n))
         return torch.cat(rows), torch.cat(labels).to(logits.device), torch.cat(where)
 
     def _per_token(
@@ -316,15 +328,26 @@ class CausalLMEvaluator:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``state``'s logits on a chunk of batches: ``(logits [n, vocab] float32 on the
         device, labels [n], positions [n] in labels' order)``, in the same row order for
-        every state."""
+        every state. Rows are copied into one buffer sized before the first batch, so the
+        chunk is held once (plus one batch's logits), not once per batch and once joined."""
         self.load(state)
-        rows, labels, where = [], [], []
+        n = sum(int((b[2] != IGNORE).sum()) for b in chunk)
+        out: torch.Tensor | None = None
+        labels = torch.empty(n, dtype=torch.long)
+        where = torch.empty(n, dtype=torch.long)
+        at = 0
         for batch in chunk:
-            lg, y, pos = self._rows(split, batch, self._logits(batch[1]))
-            rows.append(lg)
-            labels.append(y)
-            where.append(pos)
-        return torch.cat(rows), torch.cat(labels), torch.cat(where)
+            logits = self._logits(batch[1])
+            if out is None:
+                out = torch.empty((n, logits.shape[-1]), dtype=logits.dtype, device=logits.device)
+            for b, start, m in self._segments(split, batch):
+                out[at : at + m] = logits[b, :m]
+                labels[at : at + m] = batch[2][b, :m]
+                where[at : at + m] = torch.arange(start, start + m)
+                at += m
+            del logits
+        assert out is not None and at == n
+        return out, labels.to(out.device), where
 
 
 def _token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

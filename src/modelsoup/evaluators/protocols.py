@@ -134,6 +134,15 @@ class LossEvaluator(Protocol):
 
 
 @runtime_checkable
+class TokenExamples(Protocol):
+    """Says which example each unit of `LossEvaluator.losses` belongs to:
+    ``example_of(split)`` is ``[N]`` int64 example indices in `labels`' order. Paired
+    standard errors of token-weighted scores count examples, not tokens."""
+
+    def example_of(self, split: str) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class ChunkedLogits(Protocol):
     """Logits a chunk at a time, for ensembles whose logits do not fit in memory at once.
 
