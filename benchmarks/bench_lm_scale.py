@@ -228,6 +228,11 @@ def main() -> None:
         cells = [r["command"], r["code"], r["k"], r["tokens"], r["wall_s"], r["peak_mb"]]
         cells += [r["run_folder_mb"], r["mb_per_10k_tokens_per_model"]]
         print("| " + " | ".join(map(str, cells)) + " |")
+    for r in rows:
+        if r["command"] != "ensemble" and r["code"] == "now":
+            print(f"{r['command']} {r['tokens']}: peak RSS {r['peak_mb']} MB vs one model's "
+                  f"weights + 1 GB = {footprint + 1000:.0f} MB: "
+                  f"{'within' if r['peak_mb'] <= footprint + 1000 else 'OVER'}")  # fmt: skip
     for command in args.commands:
         mine = [r for r in rows if r["command"] == command and r["code"] == "now"]
         if len(mine) > 1:
