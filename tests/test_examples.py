@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).parent.parent
@@ -15,6 +16,7 @@ def _env():
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+@pytest.mark.slow  # CI time: run by `pytest -m slow` (README)
 def test_demo_script(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run(

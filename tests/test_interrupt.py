@@ -212,6 +212,7 @@ def _no_costs(methods: list[dict]) -> list[dict]:
             for m in methods]  # fmt: skip
 
 
+@pytest.mark.slow  # CI time: run by `pytest -m slow` (README)
 def test_reproduce_killed_and_rerun(tmp_path):
     pytest.importorskip("modelsoup_paper.data").mobilenet_weights()
 

@@ -173,6 +173,7 @@ def test_fine_tunes_are_the_same_in_worker_processes_or_here(tmp_path):
     assert not torch.equal(made[1][1]["features.0.0.weight"], made[1][0]["features.0.0.weight"])
 
 
+@pytest.mark.slow  # CI time: run by `pytest -m slow` (README)
 def test_cli_reproduce(tmp_path, capsys):
     args = ["reproduce", "--config", "fast", "--out", str(tmp_path), "-q"]
     assert main([*args, "--ingredients", "3", "--seed", "1"]) == 0
@@ -327,6 +328,7 @@ def test_shift_mean():
     assert shift_mean({"a": 0.5, "b": 1.0, "c": 0.0}, ["a", "b"]) == 0.75
 
 
+@pytest.mark.slow  # CI time: run by `pytest -m slow` (README)
 def test_text_task_end_to_end_tiny(tmp_path):
     """The text modality (MiniLM on tweets) through the same pipeline, at toy size."""
     cfg = Config.from_json(
