@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import MismatchError, SoupError
 from .distributed import all_reduce, gather_rows, world
-from .protocols import Evaluation, Metric, State
+from .protocols import Evaluation, Metric, State, out_of_reach
 
 Batch = tuple[torch.Tensor, Any, torch.Tensor]  # (dataset indices, inputs, labels)
 
@@ -373,8 +373,7 @@ class ClassificationEvaluator:
         if size > 1:  # every rank must take part in every reduction
             n_local = sum(1 for _ in self.batches(split))
             batches = self._padded(split, int(all_reduce([n_local], self.device, "max")[0]))
-        early = self.metric == "accuracy" and bar is not None and bar.correct is not None
-        need = None if not early else bar.correct + (1 if strict else 0)
+        early = self.metric == "accuracy"
         correct = loss_sum = 0.0
         seen = 0
         for batch in batches:
@@ -398,7 +397,7 @@ class ClassificationEvaluator:
             correct += c
             loss_sum += lsum
             seen += int(n)
-            if need is not None and total - (seen - int(correct)) < need:
+            if early and out_of_reach(int(correct), seen, total, bar, strict):
                 return Evaluation(None, None, total, seen)
         if self.metric == "accuracy":
             return Evaluation(correct / total, int(correct), total, seen)

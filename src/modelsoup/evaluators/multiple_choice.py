@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import SoupError
 from .classification import load_state, model_identity, output_logits
 from .distributed import all_reduce, gather_rows, world
-from .protocols import Evaluation, State
+from .protocols import Evaluation, State, out_of_reach
 
 Request = tuple[list[int], int]  # (one choice's tokens, context then continuation; its length)
 
@@ -203,10 +203,8 @@ class MultipleChoiceEvaluator:
                 c, n = (int(v) for v in all_reduce([c, n], self.device))
             correct += c
             seen += n
-            if bar is not None and bar.correct is not None:
-                best = correct + total - seen
-                if best < bar.correct or (strict and best == bar.correct):
-                    return Evaluation(None, correct, total, seen)
+            if out_of_reach(correct, seen, total, bar, strict):
+                return Evaluation(None, correct, total, seen)
         return Evaluation(correct / total, correct, total, seen)
 
     def logits(self, state: State, splits: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -216,6 +216,15 @@ def beats(candidate: Evaluation, current: Evaluation, compare: Compare) -> bool:
     return a >= b if compare == "ge" else a > b
 
 
+def out_of_reach(correct: int, seen: int, total: int, bar: Evaluation | None, strict: bool) -> bool:
+    """Exact early rejection on counts: True once ``correct`` of ``seen`` examples, with
+    ``total - seen`` left, cannot reach ``bar.correct`` even if every one left is right
+    (``strict``: cannot pass it), so the candidate cannot win `beats`."""
+    if bar is None or bar.correct is None:
+        return False
+    return correct + (total - seen) < bar.correct + (1 if strict else 0)
+
+
 def evaluator_name(evaluator: Any) -> str:
     return getattr(evaluator, "name", type(evaluator).__name__)
 
