@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 import modelsoup as ms
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.runs.pipelines import greedy_run
+from modelsoup.jobs.pipelines import greedy_run
 
 folder, run_dir, k, examples, early = sys.argv[1:6]
 k, examples, early = int(k), int(examples), early == "1"

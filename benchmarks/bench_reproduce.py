@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 def profile(config_name: str, folder: Path, label: str) -> dict:
-    from modelsoup.runs import Stages
+    from modelsoup.store import Stages
     from modelsoup_paper.config import load_config
     from modelsoup_paper.experiment import reproduce
 

@@ -17,7 +17,7 @@ from modelsoup.analysis import compute as analysis
 from modelsoup.analysis import figures
 from modelsoup.analysis.page import Figure, Section, Table, render, write_page
 from modelsoup.cli import main
-from modelsoup.runs import LogitCache
+from modelsoup.store import LogitCache
 
 tinytask = pytest.importorskip("tinytask")
 

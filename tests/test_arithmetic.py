@@ -8,6 +8,7 @@ from helpers import finetunes, make_model, vectors_at_angle
 from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel
 
+import modelsoup.checkpoints.stream as stream
 import modelsoup.ops.arithmetic as arith
 from modelsoup import (
     MismatchError,
@@ -34,7 +35,7 @@ from modelsoup import (
 def chunks(request, monkeypatch):
     """Run each test with tiny chunks too, so chunk boundaries are exercised."""
     if request.param:
-        monkeypatch.setattr(arith, "CHUNK_BYTES", 20)
+        monkeypatch.setattr(stream, "CHUNK_BYTES", 20)
         monkeypatch.setattr(arith, "GRAM_CHUNK_BYTES", 100)
     return request.param
 

@@ -320,7 +320,7 @@ def test_greedy_decisions_and_soup_are_those_of_full_logits(gpt2, tmp_path):
 
 
 def test_lm_ensembles_equal_full_logits_with_one_batch_of_logits_at_a_time(gpt2):
-    from modelsoup.recipes.ensemble import ensemble_baselines, greedy_ensemble, mean_logits
+    from modelsoup.soups.ensemble import ensemble_baselines, greedy_ensemble, mean_logits
 
     folders, val, _ = gpt2
     ings = [ms.open_ingredient(f) for f in folders]
@@ -344,7 +344,7 @@ def test_lm_ensembles_equal_full_logits_with_one_batch_of_logits_at_a_time(gpt2)
     # every greedy-ensemble decision path, taken a few at a time, agrees with the original
     for compare in ("ge", "gt"):
         from modelsoup.evaluators.protocols import loss_units
-        from modelsoup.recipes.ensemble import lm_greedy_ensemble
+        from modelsoup.soups.ensemble import lm_greedy_ensemble
 
         merits = [-float(loss_units(torch.nn.functional.cross_entropy(
             f, y, reduction="none"))) for f in full]  # fmt: skip

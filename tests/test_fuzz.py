@@ -24,7 +24,7 @@ from safetensors.torch import save
 
 import modelsoup as ms
 from modelsoup.checkpoints.layout import SAFETENSORS_DTYPES
-from modelsoup.checkpoints.save import materialize
+from modelsoup.checkpoints.stream import materialize
 
 EXAMPLES = int(os.environ.get("MODELSOUP_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

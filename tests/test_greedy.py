@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from modelsoup import SoupError, StateDictIngredient, materialize, open_ingredient, uniform_soup
 from modelsoup.evaluators import ClassificationEvaluator, Evaluation, FunctionEvaluator
-from modelsoup.recipes.ensemble import best_on_val, correct_count, greedy_ensemble
-from modelsoup.recipes.greedy import greedy_soup
+from modelsoup.soups.ensemble import best_on_val, correct_count, greedy_ensemble
+from modelsoup.soups.greedy import greedy_soup
+from modelsoup.store import journal_at
 
 
 @pytest.fixture(scope="module")
@@ -146,20 +147,20 @@ def test_journal_resume_replays_without_evaluating(sweep, tmp_path):
     _, paths = sweep
     ings = [open_ingredient(p) for p in paths]
     journal = tmp_path / "j.jsonl"
-    first = greedy_soup(ings, _evaluator(), journal=journal)
+    first = greedy_soup(ings, _evaluator(), journal=journal_at(journal))
     lines = journal.read_text().splitlines()
     # Cut the journal after two decisions and a half-written line, as a kill would.
     events = [json.loads(x) for x in lines]
     keep = [i for i, e in enumerate(events) if e["event"] == "decision"][1]
     journal.write_text("\n".join(lines[: keep + 1]) + "\n" + lines[keep + 1][:7])
-    again = greedy_soup(ings, _evaluator(), journal=journal)
+    again = greedy_soup(ings, _evaluator(), journal=journal_at(journal))
     assert again.resumed_steps == 2
     assert again.evaluations == len(ings) - 1 - 2
     assert again.kept == first.kept
     for n in first.soup.layout.specs:
         assert torch.equal(again.soup.get(n), first.soup.get(n))
     with pytest.raises(SoupError, match="belongs to another run.*compare"):
-        greedy_soup(ings, _evaluator(), journal=journal, compare="gt")
+        greedy_soup(ings, _evaluator(), journal=journal_at(journal), compare="gt")
 
 
 def test_evaluator_failures_are_clear():

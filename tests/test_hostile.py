@@ -473,7 +473,7 @@ def test_a_journal_line_that_cannot_be_written(tmp_path, monkeypatch):
     import os
 
     from modelsoup.errors import SoupError
-    from modelsoup.runs.journal import Journal
+    from modelsoup.store.journal import Journal
 
     journal = Journal(tmp_path / "journal.jsonl", {"recipe": "greedy"})
 

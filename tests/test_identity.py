@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import modelsoup as ms
 from modelsoup.cli import main
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.runs import LogitCache, fingerprint
+from modelsoup.store import LogitCache, fingerprint
 
 TESTS = Path(__file__).parent
 EXAMPLES = TESTS.parent / "examples"
@@ -130,7 +130,7 @@ def test_the_content_sample_sees_a_change_deep_in_a_large_file(tmp_path, monkeyp
     when a byte outside the samples is rewritten (after a clock tick of the file system)."""
     import time
 
-    from modelsoup.runs import cache
+    from modelsoup.checkpoints import fingerprint as cache
 
     path = tmp_path / "big.safetensors"
     ms.save(ms.StateDictIngredient({"w": torch.zeros(3_000_000)}), path)  # 12 MB

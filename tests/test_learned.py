@@ -6,7 +6,7 @@ import torch
 
 from modelsoup import StateDictIngredient, materialize
 from modelsoup.evaluators import ClassificationEvaluator, forward
-from modelsoup.recipes.learned import _Mixer, learned_soup
+from modelsoup.soups.learned import _Mixer, learned_soup
 
 
 @pytest.fixture(scope="module")

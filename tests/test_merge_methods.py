@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import modelsoup as ms
 from modelsoup.cli import main
-from modelsoup.recipes import dare, slerp, task_arithmetic, ties
+from modelsoup.merges import dare, slerp, task_arithmetic, ties
 
 TESTS = Path(__file__).parent
 S = ms.StateDictIngredient
@@ -83,7 +83,7 @@ def test_dare_is_task_arithmetic_in_expectation_and_seeded():
 
 def test_slerp_keeps_norm_and_angle():
     """Each tensor is one vector on its sphere (as mergekit 0.1.5 merges)."""
-    from modelsoup.recipes.slerp import slerp_tensor
+    from modelsoup.merges.slerp import slerp_tensor
 
     g = torch.Generator().manual_seed(2)
     u = torch.randn(64, generator=g, dtype=torch.float64)

@@ -7,8 +7,8 @@ from helpers import vectors_at_angle
 
 from modelsoup import SoupError, StateDictIngredient, materialize, model_stock, wise_ft
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.recipes.model_stock import mean_pairwise_cosine, model_stock_ratio
-from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
+from modelsoup.merges.model_stock import mean_pairwise_cosine, model_stock_ratio
+from modelsoup.merges.wiseft import best_alpha, wiseft_scan
 
 
 def _pair_at(theta_deg: float, n: int, seed: int):

@@ -12,8 +12,8 @@ import torch
 
 import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
-from modelsoup.recipes.ensemble import compute_logits
-from modelsoup.runs import LogitCache, Stage, Stages
+from modelsoup.soups.ensemble import compute_logits
+from modelsoup.store import LogitCache, Stage, Stages
 
 
 def test_stages_nest_and_sum_their_children():
@@ -33,7 +33,7 @@ def test_stages_nest_and_sum_their_children():
 
 
 def test_keep_freed_memory_applies_once_and_respects_the_environment():
-    code = "from modelsoup.runs import keep_freed_memory as k; print(k(), k())"
+    code = "from modelsoup.store import keep_freed_memory as k; print(k(), k())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "True"]  # glibc here

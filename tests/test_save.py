@@ -8,7 +8,7 @@ from helpers import digest, finetunes, make_model, write_hf_folder
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import modelsoup.ops.arithmetic as arith
+import modelsoup.checkpoints.stream as stream
 from modelsoup import (
     SoupError,
     StateDictIngredient,
@@ -88,7 +88,7 @@ class _Boom(Exception):
 @pytest.mark.parametrize("exc", [_Boom, KeyboardInterrupt])
 @pytest.mark.parametrize("kind", ["st", "folder"])
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exc, kind):
-    monkeypatch.setattr(arith, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64)
     folders = [write_hf_folder(tmp_path / f"m{i}", sd) for i, sd in enumerate(finetunes(2))]
     hashes = [digest(f) for f in folders]
     ings = [open_ingredient(f) for f in folders]

@@ -8,11 +8,11 @@ streamed arithmetic (a combination is itself an ingredient), and `save` the resu
 >>> ms.save(ms.uniform_soup(ings), "soup.safetensors")                          # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from .checkpoints.ingredients import Ingredient, StateDictIngredient, open_ingredient
+from .checkpoints.ingredients import Ingredient, StateDictIngredient
 from .checkpoints.layout import Layout, TensorSpec
-from .checkpoints.save import materialize, save
+from .checkpoints.read import open_ingredient
+from .checkpoints.save import save
+from .checkpoints.stream import materialize
 from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
 from .evaluators import (
     ClassificationEvaluator,
@@ -24,6 +24,9 @@ from .evaluators import (
     LogitEvaluator,
     TrainableEvaluator,
 )
+from .jobs.pipelines import ensemble_run, greedy_run
+from .jobs.recipes import RECIPES
+from .merges import model_stock, uniform_soup, wise_ft
 from .ops.arithmetic import (
     Combination,
     RunningMean,
@@ -34,17 +37,10 @@ from .ops.arithmetic import (
 )
 from .ops.checks import check_compatible
 from .ops.geometry import angle, cosine, dot, gram, norm
-from .recipes import (
-    RECIPES,
-    GreedyResult,
-    LearnedResult,
-    greedy_soup,
-    learned_soup,
-    model_stock,
-    uniform_soup,
-    wise_ft,
-)
-from .runs.pipelines import ensemble_run, greedy_run
+from .soups import GreedyResult, LearnedResult, greedy_soup, learned_soup
+from .version import package_version
+
+__version__ = package_version()
 
 __all__ = [
     "RECIPES",

@@ -22,9 +22,9 @@ from torch.utils.data import Subset
 
 import modelsoup as ms
 from modelsoup.analysis import compute, figures
-from modelsoup.analysis.pipeline import run_analyses as analysis_pipeline
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.runs import LogitCache, Stages
+from modelsoup.jobs.analyze import run_analyses as analysis_pipeline
+from modelsoup.store import LogitCache, Stages
 
 from .config import Config
 from .tasks import Task

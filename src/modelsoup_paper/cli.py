@@ -11,7 +11,7 @@ from pathlib import Path
 
 from modelsoup.cli import analyze, options
 from modelsoup.errors import SoupError
-from modelsoup.runs.lock import run_lock
+from modelsoup.store.lock import run_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -29,13 +29,13 @@ from modelsoup.analysis.compute import LogitScorer
 from modelsoup.analysis.paired import paired_mean
 from modelsoup.checkpoints.save import atomic_output
 from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
-from modelsoup.recipes.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
-from modelsoup.recipes.greedy import GreedyResult
-from modelsoup.recipes.learned import learned_mixture
-from modelsoup.recipes.wiseft import best_alpha, wiseft_scan
-from modelsoup.runs import LogitCache, Stage, Stages, versions, write_json
-from modelsoup.runs.allocator import keep_freed_memory
-from modelsoup.runs.compare import tuned_merges
+from modelsoup.jobs.compare import tuned_merges
+from modelsoup.merges.wiseft import best_alpha, wiseft_scan
+from modelsoup.soups.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
+from modelsoup.soups.greedy import GreedyResult
+from modelsoup.soups.learned import learned_mixture
+from modelsoup.store import LogitCache, Stage, Stages, journal_at, versions, write_json
+from modelsoup.store.allocator import keep_freed_memory
 
 from .analyses import run_analyses
 from .config import Config
@@ -465,7 +465,7 @@ def _soups(k: _Kitchen) -> tuple[list[Row], GreedyResult]:
             k.soup_evaluator,
             scores=val_evals,
             integers="first",
-            journal=k.run / "greedy.jsonl",
+            journal=journal_at(k.run / "greedy.jsonl"),
             progress=k.progress,
         )
         detail = {"kept": k.names(greedy.kept), "examples_saved": greedy.examples_saved}
@@ -496,7 +496,7 @@ def _random_orders(k: _Kitchen) -> Row:
             order="random",
             seed=k.config.seed + r,
             integers="first",
-            journal=k.run / f"greedy-random-{r}.jsonl",
+            journal=journal_at(k.run / f"greedy-random-{r}.jsonl"),
             progress=k.progress,
         )
         randoms.append((res, k.score(RANDOM_ORDER, ms.materialize(res.soup))))

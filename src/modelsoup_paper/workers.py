@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 import modelsoup as ms
-from modelsoup.runs import Stage
-from modelsoup.runs.allocator import keep_freed_memory
+from modelsoup.store import Stage
+from modelsoup.store.allocator import keep_freed_memory
 
 from .data import Examples
 from .sweep import HParams, finetune, frozen_activations, one_thread, steps

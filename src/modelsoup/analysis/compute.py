@@ -24,14 +24,15 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import LogitEvaluator, evaluation_from_logits, outputs
 from ..ops.arithmetic import Combination, interpolate
 from ..ops.geometry import cosine_matrix, gram
-from ..recipes.ensemble import correct_count
-from ..runs.cache import LogitCache, state_key
+from ..soups.ensemble import correct_count
+from ..store.cache import LogitCache
 from . import paired as paired_lib
 
 Scores = dict[str, float]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, MismatchError, SoupError
+from .files import ShardedCheckpoint, open_file
 from .layout import Layout
 from .recent import RecentTensors
 
@@ -45,7 +46,6 @@ class LoraAdapter:
     """
 
     def __init__(self, folder: str | Path, base_model: str | Path | None = None):
-        from .ingredients import ShardedCheckpoint, _open_file
 
         self.folder = Path(folder)
         self.config = self._read_config()
@@ -61,7 +61,7 @@ class LoraAdapter:
             raise CheckpointError(
                 f"{self.folder}: no {' or '.join(ADAPTER_WEIGHTS)} beside {ADAPTER_CONFIG}"
             )
-        self._file = _open_file(weights[0], None)
+        self._file = open_file(weights[0], None)
         self._pairs, self._replaced = self._parse(self._file)
         self._recent = RecentTensors()
 
@@ -198,6 +198,10 @@ class LoraAdapter:
         if self.config.get("fan_in_fan_out"):
             delta = delta.T
         return (self.base.get(name).float() + delta).to(spec.dtype)
+
+    @property
+    def storage_format(self) -> str:
+        return f"lora adapter (r {self.config.get('r')}, base {self.base.folder})"
 
     def __repr__(self) -> str:
         return f"LoraAdapter({str(self.folder)!r}, base={str(self.base.folder)!r})"

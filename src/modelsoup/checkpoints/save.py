@@ -23,9 +23,10 @@ from typing import BinaryIO
 import torch
 
 from ..errors import SoupError
-from ..ops.arithmetic import fill, stream_chunks
-from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient, ShardedCheckpoint
+from .files import ShardedCheckpoint
+from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient
 from .layout import SAFETENSORS_CODES, Layout
+from .stream import materialize, stream_chunks
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # Files of a Hugging Face model folder that describe the model rather than hold weights
@@ -280,15 +281,6 @@ def _progress(total: int, progress: bool, desc: str):
         disable=not progress,
         delay=0.5,  # no bar for work that ends before it would be read
     )
-
-
-def materialize(ingredient: Ingredient) -> dict[str, torch.Tensor]:
-    """Read every tensor into a new plain state dict; tied names share one tensor."""
-    specs = ingredient.layout.specs
-    state = {n: torch.empty(s.shape, dtype=s.dtype) for n, s in specs.items()}
-    fill(ingredient, state)
-    state.update({a: state[t] for a, t in ingredient.layout.aliases.items()})
-    return state
 
 
 def save_safetensors(

@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..analysis.pipeline import analyze_sweep
-from ..checkpoints.ingredients import open_ingredient
+from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
+from ..jobs.analyze import analyze_sweep
 from . import options as o
 
 # Plugins may claim a folder given alone: ``handler(args, folder) -> exit code``, or None

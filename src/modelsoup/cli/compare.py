@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoints.ingredients import open_ingredient
-from ..runs.compare import DENSITIES, LAMBDAS, compare, table
+from ..checkpoints.read import open_ingredient
+from ..jobs.compare import DENSITIES, LAMBDAS, compare, table
 from . import options as o
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..recipes import Recipe
-from ..runs.pipelines import ensemble_run
+from ..jobs.pipelines import ensemble_run
+from ..jobs.recipes import Recipe
 from . import options as o
 
 

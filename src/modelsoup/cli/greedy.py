@@ -6,8 +6,8 @@ import argparse
 import math
 
 from ..checkpoints.layout import parse_dtype
-from ..recipes import Recipe
-from ..runs.pipelines import greedy_run, read_scores
+from ..jobs.pipelines import greedy_run, read_scores
+from ..jobs.recipes import Recipe
 from . import options as o
 
 

@@ -6,8 +6,8 @@ import argparse
 import json
 import math
 
-from ..checkpoints.ingredients import open_ingredient
-from ..checkpoints.summary import compare, human_bytes, human_count, summarize
+from ..checkpoints.read import open_ingredient
+from ..ops.summary import compare, human_bytes, human_count, summarize
 from . import options as o
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..evaluators.protocols import evaluate
-from ..recipes import Recipe
-from ..runs.provenance import write_json
+from ..jobs.recipes import Recipe
+from ..store.provenance import write_json
 from . import options as o
 
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from .. import __version__
 from ..errors import SoupError
-from ..recipes import RECIPES
-from ..runs.allocator import keep_freed_memory
+from ..jobs.recipes import RECIPES
+from ..store.allocator import keep_freed_memory
+from ..version import package_version
 from . import (
     analyze,
     compare,
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model soups: average the weights of models fine-tuned from one "
         "pretrained initialization (Wortsman et al., ICML 2022).",
     )
-    parser.add_argument("--version", action="version", version=f"modelsoup {__version__}")
+    parser.add_argument("--version", action="version", version=f"modelsoup {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, recipe in RECIPES.items():
         RECIPE_COMMANDS[name](sub, recipe)

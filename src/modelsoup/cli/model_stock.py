@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints.ingredients import open_ingredient
+from ..checkpoints.read import open_ingredient
+from ..jobs.recipes import Recipe
 from ..ops.checks import check_distinct
-from ..recipes import Recipe
-from ..runs.provenance import write_json
+from ..store.provenance import write_json
 from . import options as o
 
 

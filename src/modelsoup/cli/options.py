@@ -12,16 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..checkpoints.ingredients import Ingredient, open_ingredient
+from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import parse_dtype
+from ..checkpoints.read import open_ingredient
 from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size, save
 from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
-from ..runs.lock import run_lock
-from ..runs.provenance import record_run, write_json
+from ..store.lock import run_lock
+from ..store.provenance import record_run, write_json
+from ..version import package_version
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -380,7 +381,7 @@ def save_soup(
         print(f"writing {nbytes / 1e9:.1f} GB to {args.output}", file=sys.stderr, flush=True)
     provenance = {
         "recipe": recipe,
-        "modelsoup": __version__,
+        "modelsoup": package_version(),
         "ingredients": [i.source for i in inputs],
         "run_dir": str(folder),
         **(summary or {}),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from ..checkpoints.ingredients import open_ingredient
+from ..checkpoints.read import open_ingredient
+from ..jobs.recipes import Recipe
 from ..ops.checks import check_distinct
-from ..recipes import Recipe
 from . import options as o
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from ..checkpoints.ingredients import open_ingredient
+from ..checkpoints.read import open_ingredient
+from ..jobs.recipes import Recipe
+from ..merges.tune import grid, grid_search
 from ..ops.checks import check_distinct
-from ..recipes import Recipe
-from ..recipes.search import grid, grid_search
-from ..runs.provenance import write_json
+from ..store.provenance import write_json
 from . import options as o
 
 PAPER_NOTES = {

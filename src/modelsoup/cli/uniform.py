@@ -6,9 +6,9 @@ import argparse
 import time
 
 from ..checkpoints.layout import DTYPE_NAMES, parse_dtype
-from ..checkpoints.summary import human_bytes, human_count
-from ..recipes import Recipe
-from ..runs.provenance import write_json
+from ..jobs.recipes import Recipe
+from ..ops.summary import human_bytes, human_count
+from ..store.provenance import write_json
 from . import options as o
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints.ingredients import open_ingredient
+from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
+from ..jobs.recipes import Recipe
+from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
 from ..ops.checks import check_distinct
-from ..recipes import Recipe
-from ..recipes.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
-from ..runs.provenance import write_json
+from ..store.provenance import write_json
 from . import options as o
 
 

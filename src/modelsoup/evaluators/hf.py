@@ -127,7 +127,7 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
     import copy
     import tempfile
 
-    from ..checkpoints.ingredients import open_ingredient
+    from ..checkpoints.read import open_ingredient
 
     probe = copy.deepcopy(model).float()
     names = [n for n, t in probe.state_dict().items() if t.is_floating_point()]

@@ -10,9 +10,7 @@ makes the data.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -20,66 +18,15 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
+from ..checkpoints.stream import chunk_ranges, fill, stream_chunks
 from ..errors import MismatchError, NonFiniteError, SoupError
 from .checks import check_compatible, check_weights
 
 IntegerPolicy = Literal["error", "first"]
 INTEGER_POLICIES: tuple[str, ...] = ("error", "first")
 
-# Arithmetic works on chunks of this many bytes of accumulator (256 Ki float32 values).
-# Measured on 2 cores (benchmarks/bench_uniform.py): 1 MiB chunks stay in cache between
-# the read and the arithmetic and beat both 256 KiB (Python overhead per chunk) and
-# 4-16 MiB (cache misses, allocator page faults).
-CHUNK_BYTES = 1 << 20
 # Gram matrices stack k chunks in float64; a larger budget keeps each matmul efficient.
 GRAM_CHUNK_BYTES = 64 << 20
-# Worker threads that read and combine chunks ahead of the consumer (see stream_chunks).
-STREAM_WORKERS = 2
-
-
-def chunk_ranges(
-    numel: int, itemsize: int = 4, chunk_bytes: int | None = None
-) -> Iterator[tuple[int, int]]:
-    """Split ``range(numel)`` into ``(start, stop)`` pieces of about ``chunk_bytes``
-    (default `CHUNK_BYTES`, read at call time)."""
-    step = max(1, (CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // itemsize)
-    if numel == 0:
-        yield 0, 0
-    for start in range(0, numel, step):
-        yield start, min(numel, start + step)
-
-
-def stream_chunks(
-    ing: Ingredient, names: list[str], lookahead: int = 4
-) -> Iterator[tuple[str, int, torch.Tensor]]:
-    """Yield ``(name, start, chunk)`` for every chunk of ``names`` in order (``chunk`` is
-    ``ing.read(name, start, stop)`` of each `chunk_ranges` piece), with up to
-    ``lookahead`` chunks computed ahead by `STREAM_WORKERS` threads.
-
-    Reading and arithmetic (in the workers) overlap with what the caller does with each
-    chunk (a file write); ``pread``, writes and torch ops release the GIL. Measured on 2
-    cores, 8-way average of 100M-parameter files: 0.87 s with one worker, 0.60 s with two.
-    """
-    specs = ing.layout.specs
-    jobs = [(n, a, b) for n in names for a, b in chunk_ranges(specs[n].numel)]
-    # One intra-op thread in the worker (a per-thread setting, the caller's is untouched):
-    # on 1 MiB chunks, splitting each op over threads cost more than it saved
-    # (measured on 2 cores: 8-way average 0.8-1.7 s with 2 threads, 0.3-0.6 s with 1).
-    pool = ThreadPoolExecutor(
-        max_workers=STREAM_WORKERS,
-        thread_name_prefix="modelsoup-read",
-        initializer=torch.set_num_threads,
-        initargs=(1,),
-    )
-    pending: deque = deque()
-    try:
-        for i, (name, start, _) in enumerate(jobs):
-            while len(pending) <= lookahead and i + len(pending) < len(jobs):
-                n, a, b = jobs[i + len(pending)]
-                pending.append(pool.submit(ing.read, n, a, b))
-            yield name, start, pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 ARITHMETIC = ("mean", "sum")
@@ -462,10 +409,3 @@ class RunningMean:
 
     def get(self, name: str) -> torch.Tensor:
         return self.read(name).view(self._layout.spec(name).shape)
-
-
-def fill(ingredient: Ingredient, out: Mapping[str, torch.Tensor]) -> None:
-    """Stream every stored tensor of ``ingredient`` into the matching tensor of ``out``."""
-    flat = {n: out[n].view(-1) for n in ingredient.layout.specs}
-    for name, start, chunk in stream_chunks(ingredient, list(flat)):
-        flat[name][start : start + chunk.numel()] = chunk

@@ -13,7 +13,8 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import is_float
-from .arithmetic import GRAM_CHUNK_BYTES, chunk_ranges
+from ..checkpoints.stream import chunk_ranges
+from .arithmetic import GRAM_CHUNK_BYTES
 from .checks import check_compatible
 
 

@@ -7,8 +7,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ..ops.geometry import cosine_matrix, gram
-from .ingredients import Ingredient, describe_format
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.read import describe_format
+from .geometry import cosine_matrix, gram
 
 
 def summarize(ingredient: Ingredient) -> dict[str, Any]:

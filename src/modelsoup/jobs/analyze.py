@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
+from ..analysis import compute, figures
+from ..analysis.compute import Angles, Curve, Landscape, Logits, Mixer, PairSoup, Scorer, Scores
+from ..analysis.page import Figure, Section, Table, write_page
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..evaluators.protocols import (
     Evaluator,
     LogitEvaluator,
@@ -25,12 +28,9 @@ from ..evaluators.protocols import (
     TokenExamples,
     evaluate,
 )
-from ..runs.cache import LogitCache
-from ..runs.provenance import versions, write_json
-from ..runs.stages import Stages
-from . import compute, figures
-from .compute import Angles, Curve, Landscape, Logits, Mixer, PairSoup, Scorer, Scores
-from .page import Figure, Section, Table, write_page
+from ..store.cache import LogitCache
+from ..store.provenance import versions, write_json
+from ..store.stages import Stages
 
 View = tuple[str, list[str]]  # a figure panel: its label and the splits it averages
 
@@ -202,7 +202,7 @@ def _scorers(
     by chunk within ``budget`` bytes, a landscape of every split's loss; else its score
     alone."""
     if isinstance(evaluator, LogitEvaluator):
-        from ..recipes.ensemble import compute_logits
+        from ..soups.ensemble import compute_logits
 
         cache = LogitCache(out / "cache" / "logits")
         scorer = compute.LogitScorer(evaluator, cache=cache)
@@ -261,7 +261,7 @@ class LMMixer:
         )
 
     def losses(self, i: int, j: int, alphas: Sequence[float]) -> list[Logits]:
-        from ..recipes.ensemble import mixture_losses
+        from ..soups.ensemble import mixture_losses
 
         pair = [self.ingredients[i], self.ingredients[j]]
         mixtures = [{0: 1 - a, 1: a} for a in alphas]
@@ -301,7 +301,7 @@ def analyze_sweep(
     its splits, logit ensembles and losses; any other evaluator gives its score. A
     language model's 2-model ensembles hold at most ``budget`` bytes of logits.
     """
-    from ..runs.provenance import record_run
+    from ..store.provenance import record_run
 
     out.mkdir(parents=True, exist_ok=True)
     record_run(out, "analyze", args=args, inputs=[*ingredients, base], evaluator=evaluator)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import atomic_output, materialize
+from ..checkpoints.save import atomic_output
+from ..checkpoints.stream import materialize
 from ..evaluators.protocols import (
     Evaluator,
     LogitEvaluator,
@@ -31,22 +32,15 @@ from ..evaluators.protocols import (
     evaluate,
     split_scores,
 )
-from ..recipes import (
-    dare,
-    greedy_soup,
-    learned_soup,
-    model_stock,
-    task_arithmetic,
-    ties,
-    uniform_soup,
-    wise_ft,
-)
-from ..recipes.ensemble import ensemble_baselines
-from ..recipes.search import grid, grid_search
-from ..recipes.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
-from .cache import LogitCache
+from ..merges import dare, model_stock, task_arithmetic, ties, uniform_soup, wise_ft
+from ..merges.tune import grid, grid_search
+from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
+from ..soups import greedy_soup, learned_soup
+from ..soups.ensemble import ensemble_baselines
+from ..store.cache import LogitCache
+from ..store.journal import journal_at
+from ..store.provenance import versions, write_json
 from .pipelines import scores_from_logits
-from .provenance import versions, write_json
 
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DENSITIES = (0.2, 0.5, 0.8)
@@ -175,7 +169,7 @@ def compare(
             ingredients,
             evaluator,
             scores=scores,
-            journal=out / "greedy.jsonl",
+            journal=journal_at(out / "greedy.jsonl"),
             progress=progress,
             **opts,
         ),
@@ -189,7 +183,7 @@ def compare(
                 evaluator,
                 order="random",
                 seed=seed + r,
-                journal=out / f"greedy-random-{seed + r}.jsonl",
+                journal=journal_at(out / f"greedy-random-{seed + r}.jsonl"),
                 progress=progress,
                 **opts,
             ),

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .ensemble import ensemble_baselines, greedy_ensemble
-from .greedy import GreedyResult, greedy_soup
-from .learned import LearnedResult, learned_soup
-from .model_stock import model_stock
-from .slerp import slerp
-from .task_arithmetic import task_arithmetic
-from .ties import dare, ties
-from .uniform import uniform_soup
-from .wiseft import wise_ft, wiseft_scan
+from ..merges.model_stock import model_stock
+from ..merges.slerp import slerp
+from ..merges.task_arithmetic import task_arithmetic
+from ..merges.ties import dare, ties
+from ..merges.uniform import uniform_soup
+from ..merges.wiseft import wise_ft, wiseft_scan
+from ..soups.ensemble import ensemble_baselines, greedy_ensemble
+from ..soups.greedy import GreedyResult, greedy_soup
+from ..soups.learned import LearnedResult, learned_soup
 
 
 @dataclass(frozen=True)

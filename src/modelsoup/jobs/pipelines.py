@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
     Compare,
@@ -29,10 +29,11 @@ from ..evaluators.protocols import (
     identity_of,
     split_scores,
 )
-from ..recipes.ensemble import compute_logits, ensemble_baselines
-from ..recipes.greedy import GreedyResult, Order, greedy_soup
-from .cache import LogitCache
-from .provenance import record_run, write_json
+from ..soups.ensemble import compute_logits, ensemble_baselines
+from ..soups.greedy import GreedyResult, Order, greedy_soup
+from ..store.cache import LogitCache
+from ..store.journal import journal_at
+from ..store.provenance import record_run, write_json
 
 
 def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
@@ -147,8 +148,7 @@ def greedy_run(
                 order=order,
                 seed=seed + r,
                 scores=scores,
-                journal=run_dir / name,
-                restart=restart,
+                journal=journal_at(run_dir / name, restart=restart),
                 early_rejection=early_rejection,
                 progress=progress,
                 **options,

@@ -11,19 +11,18 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.fingerprint import fingerprint
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import atomic_output
 from ..evaluators.distributed import world
 from ..evaluators.protocols import identity_of
-from .cache import fingerprint
+from ..version import package_version
 
 
 def versions() -> dict[str, str]:
     """Versions of what produced a result, for the run folder."""
-    from .. import __version__
-
     out = {
-        "modelsoup": __version__,
+        "modelsoup": package_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +104,11 @@ class Journal:
             if all(e.get(k) == v for k, v in match.items()):
                 return e
         return None
+
+
+def journal_at(
+    path: str | Path, *, restart: bool = False
+) -> Callable[[Mapping[str, Any]], Journal]:
+    """What a recipe is handed to open its journal: ``opener(header)`` is the `Journal` at
+    ``path`` for the run that ``header`` identifies (``restart``: start it afresh)."""
+    return lambda header: Journal(Path(path), header, restart=restart)

@@ -26,12 +26,12 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
 from ..checkpoints.layout import is_float
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import chunk_ranges, materialize
 from ..errors import SoupError
 from ..evaluators.classification import forward, to_device
 from ..evaluators.distributed import all_reduce, world
 from ..evaluators.protocols import TrainableEvaluator, evaluator_name
-from ..ops.arithmetic import Combination, chunk_ranges
+from ..ops.arithmetic import Combination
 from ..ops.checks import check_compatible
 
 Mode = Literal["auto", "streamed", "memory"]

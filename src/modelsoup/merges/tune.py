@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
 
 

@@ -16,15 +16,16 @@ journal, so a killed run resumes where it stopped and ends with the same soup.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
+from ..checkpoints.fingerprint import fingerprint
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
     Compare,
@@ -38,8 +39,23 @@ from ..evaluators.protocols import (
 )
 from ..ops.arithmetic import IntegerPolicy, RunningMean
 from ..ops.checks import check_compatible
-from ..runs.cache import fingerprint
-from ..runs.journal import Journal
+
+
+class DecisionLog(Protocol):
+    """Where a run records its decisions and finds them again when rerun (the store's
+    `Journal` is one): ``append`` an event durably, ``find`` the first earlier event whose
+    fields equal the given ones; ``path`` names it in messages."""
+
+    path: Path
+
+    def append(self, event: Mapping[str, Any]) -> None: ...
+
+    def find(self, **match: Any) -> dict | None: ...
+
+
+# Opens the decision log of a run identified by its header (ingredients, options,
+# evaluator); refuses one written by another run. The caller chooses where it lives.
+LogOpener = Callable[[Mapping[str, Any]], DecisionLog]
 
 Order = Literal["sorted", "random"]
 
@@ -104,7 +120,7 @@ def score_ingredients(
     ingredients: Sequence[Ingredient],
     evaluator: Evaluator,
     *,
-    journal: Journal | None = None,
+    journal: DecisionLog | None = None,
     progress: bool = False,
     counter: _Counter | None = None,
 ) -> list[Evaluation]:
@@ -142,8 +158,7 @@ def greedy_soup(
     order: Order = "sorted",
     seed: int = 0,
     scores: Sequence[Evaluation | float] | None = None,
-    journal: str | Path | None = None,
-    restart: bool = False,
+    journal: LogOpener | None = None,
     early_rejection: bool = True,
     accumulate: torch.dtype = torch.float32,
     integers: IntegerPolicy = "error",
@@ -158,10 +173,10 @@ def greedy_soup(
       only one that improves it (the released code).
     - ``scores``: each ingredient's held-out score (floats or `Evaluation`s), to skip the
       scoring pass; an `Evaluation` with exact counts keeps comparisons exact.
-    - ``journal``: a JSON-lines file recording every decision; rerunning with the same
-      arguments and journal resumes and ends with the same soup. A journal written with
-      other arguments, ingredients or evaluator identity is refused (``restart=True``
-      starts it afresh).
+    - ``journal``: opens the log of every decision from the run's header (for example
+      ``store.journal_at(path)``); rerunning with the same arguments and journal resumes
+      and ends with the same soup. A journal written with other arguments, ingredients or
+      evaluator identity is refused (``journal_at(path, restart=True)`` starts it afresh).
     - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
       (`CountingEvaluator`s only; the decision is the same as a full evaluation's).
 
@@ -188,7 +203,7 @@ def greedy_soup(
         "accumulate": str(accumulate),
         "integers": integers,
     }
-    log = Journal(Path(journal), header, restart=restart) if journal is not None else None
+    log = journal(header) if journal is not None else None
     counter = _Counter()
 
     evals, sequence = _visit_order(
@@ -273,7 +288,7 @@ def _visit_order(
     given: list[Evaluation] | None,
     order: Order,
     seed: int,
-    log: Journal | None,
+    log: DecisionLog | None,
     counter: _Counter,
     progress: bool,
 ) -> tuple[list[Evaluation | None], list[int]]:
@@ -295,7 +310,7 @@ def _first_evaluation(
     soup: RunningMean,
     first: Ingredient,
     index: int,
-    log: Journal | None,
+    log: DecisionLog | None,
     counter: _Counter,
 ) -> Evaluation:
     """The bar: the soup of the first ingredient, measured again with this evaluator
@@ -309,7 +324,7 @@ def _first_evaluation(
     return current
 
 
-def _replayed(log: Journal | None, step: int, index: int) -> tuple[Evaluation, bool] | None:
+def _replayed(log: DecisionLog | None, step: int, index: int) -> tuple[Evaluation, bool] | None:
     """The journaled decision of ``step`` (evaluation, accepted), or None."""
     past = log.find(event="decision", step=step) if log else None
     if past is None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
 from ..ops.arithmetic import Combination, interpolate
 

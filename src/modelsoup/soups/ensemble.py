@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import materialize
+from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.distributed import gather_rows, world
 from ..evaluators.protocols import (
@@ -35,7 +36,6 @@ from ..evaluators.protocols import (
     loss_units,
     outputs,
 )
-from ..runs.cache import LogitCache, state_key
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
@@ -95,11 +95,25 @@ def greedy_ensemble(
     return kept, best
 
 
+class OutputCache(Protocol):
+    """Where computed logits (or per-token losses) are kept between runs (the store's
+    `LogitCache` is one): entries of an ingredient (or a state key) on an evaluator's
+    split; ``alias`` makes an ingredient's entry findable under another key too."""
+
+    def get(self, item: Ingredient | str, evaluator: Any, split: str) -> torch.Tensor | None: ...
+
+    def put(
+        self, item: Ingredient | str, evaluator: Any, split: str, logits: torch.Tensor
+    ) -> None: ...
+
+    def alias(self, item: Ingredient | str, key: str, evaluator: Any, split: str) -> None: ...
+
+
 def compute_logits(
     ingredients: Sequence[Ingredient],
     evaluator: LogitEvaluator,
     splits: Sequence[str],
-    cache: LogitCache | None,
+    cache: OutputCache | None,
     *,
     alias: bool = False,
     progress: bool = False,
@@ -141,7 +155,7 @@ def ensemble_baselines(
     ingredients: Sequence[Ingredient],
     evaluator: LogitEvaluator,
     *,
-    cache: LogitCache | None = None,
+    cache: OutputCache | None = None,
     splits: Sequence[str] | None = None,
     compare: Compare = "ge",
     budget: int | None = None,
