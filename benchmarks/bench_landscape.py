@@ -1,4 +1,4 @@
-"""Landscape grid points: one model at a time (what analysis.landscape does) vs all at once
+"""Landscape grid points: one model at a time (what analysis.plane.landscape does) vs all at once
 with torch.func.vmap over stacked parameters.
 
     python benchmarks/bench_landscape.py [--points 8] [--examples 256] [--rounds 3]
@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from modelsoup import StateDictIngredient, materialize
-from modelsoup.analysis.compute import plane
+from modelsoup.analysis.plane import plane
 from modelsoup.evaluators import load_state
 
 

@@ -132,7 +132,7 @@ def throughput(folder: Path, data: Path) -> None:
     """Tokens/s of today's scoring (per-token losses) and of the previous path (every
     token's logits, then the cross-entropy), same evaluator, same process."""
     import modelsoup as ms
-    from modelsoup.evaluators.hf import causal_lm_evaluator
+    from modelsoup.evaluators.hf_lm import causal_lm_evaluator
 
     ing = ms.open_ingredient(folder)
     ev = causal_lm_evaluator(ing, str(data), batch_size=8)

@@ -15,6 +15,8 @@ from helpers import vectors_at_angle
 import modelsoup as ms
 from modelsoup.analysis import compute as analysis
 from modelsoup.analysis import figures
+from modelsoup.analysis import pairs as pairs_lib
+from modelsoup.analysis import plane as plane_lib
 from modelsoup.analysis.page import Figure, Section, Table, render, write_page
 from modelsoup.cli import main
 from modelsoup.store import LogitCache
@@ -48,13 +50,13 @@ def test_plane_basis_is_orthonormal_and_maps_the_three_models():
     e1, e2 = torch.eye(3, dtype=torch.float64)[:2]
     # θ1 - θ0 = 3 e1, θ2 - θ0 = 2 e1 + 4 e2 (shifted by a common offset)
     off = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
-    p = analysis.plane(_ing(w=base + off), _ing(w=3 * e1 + off), _ing(w=2 * e1 + 4 * e2 + off))
+    p = plane_lib.plane(_ing(w=base + off), _ing(w=3 * e1 + off), _ing(w=2 * e1 + 4 * e2 + off))
     assert (p.length, p.proj, p.perp) == pytest.approx((3.0, 2.0, 4.0))
     assert [c for pt in p.points for c in pt] == pytest.approx([0, 0, 3, 0, 2, 4])
 
     g = torch.Generator().manual_seed(1)
     t0, t1, t2 = (torch.randn(50, dtype=torch.float64, generator=g) for _ in range(3))
-    p = analysis.plane(_ing(w=t0), _ing(w=t1), _ing(w=t2))
+    p = plane_lib.plane(_ing(w=t0), _ing(w=t1), _ing(w=t2))
 
     def at(x: float, y: float) -> torch.Tensor:
         return p.at(x, y, accumulate=torch.float64).get("w")
@@ -70,12 +72,12 @@ def test_plane_basis_is_orthonormal_and_maps_the_three_models():
     assert p.proj == pytest.approx(float(d2 @ u1))
     assert p.perp == pytest.approx(float((d2 - p.proj * u1).norm()))
     with pytest.raises(ms.SoupError, match="span no plane"):
-        analysis.plane(_ing(w=t0), _ing(w=t1), _ing(w=t0 + 2 * (t1 - t0)))
+        plane_lib.plane(_ing(w=t0), _ing(w=t1), _ing(w=t0 + 2 * (t1 - t0)))
 
 
 def test_landscape_evaluates_the_grid_at_the_right_points():
     base = torch.zeros(2)
-    p = analysis.plane(
+    p = plane_lib.plane(
         _ing(w=base), _ing(w=torch.tensor([2.0, 0.0])), _ing(w=torch.tensor([1.0, 1.0]))
     )
     seen = []
@@ -84,7 +86,7 @@ def test_landscape_evaluates_the_grid_at_the_right_points():
         seen.append(state["w"].clone())
         return {"x": float(state["w"][0]), "y": float(state["w"][1])}
 
-    land = analysis.landscape(p, measure, n=4, margin=0.5)
+    land = plane_lib.landscape(p, measure, n=4, margin=0.5)
     assert len(seen) == 16
     assert len(land.values["x"]) == 4 and all(len(r) == 4 for r in land.values["x"])
     for r, y in enumerate(land.ys):
@@ -119,7 +121,7 @@ def test_interpolation_curve_endpoints_are_the_models_own_scores(sweep):
     scorer = _scorer()
     la, lb = scorer.logits(ms.materialize(a)), scorer.logits(ms.materialize(b))
     own_a, own_b = (analysis.accuracies(lg, scorer.labels) for lg in (la, lb))
-    curve = analysis.interpolation_curve(
+    curve = pairs_lib.interpolation_curve(
         a, b, scorer, [0.0, 0.25, 0.5, 1.0], logits=(la, lb), labels=scorer.labels
     )
     assert curve.weights[0] == own_a and curve.weights[-1] == own_b
@@ -139,7 +141,7 @@ def test_pair_soups_advantage_and_ensemble(sweep, tmp_path):
     logits = [scorer.logits(ms.materialize(i)) for i in ings]
     own = [analysis.accuracies(lg, scorer.labels) for lg in logits]
     views = [("all", ["val", "test", "shift"])]
-    pairs = analysis.pair_soups(
+    pairs = pairs_lib.pair_soups(
         ings, geo, scorer, own, logits=logits, labels=scorer.labels, views=views
     )
     assert [(p.i, p.j) for p in pairs] == [(0, 1), (0, 2), (1, 2)]

@@ -17,7 +17,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import modelsoup as ms  # noqa: E402
 from modelsoup.cli import main  # noqa: E402
-from modelsoup.evaluators.hf import causal_lm_evaluator  # noqa: E402
+from modelsoup.evaluators.hf_lm import causal_lm_evaluator  # noqa: E402
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "big", "small"]
 WORDS += ["red", "blue", "and"]

@@ -12,7 +12,8 @@ from helpers import finetunes, make_model, write_hf_folder
 from safetensors.torch import save_file
 
 from modelsoup import CheckpointError, StateDictIngredient, materialize, open_ingredient
-from modelsoup.checkpoints.files import SafetensorsFile, ShardedCheckpoint, TorchFile
+from modelsoup.checkpoints.files import SafetensorsFile, TorchFile
+from modelsoup.checkpoints.folders import ShardedCheckpoint
 
 
 @pytest.fixture

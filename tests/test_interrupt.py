@@ -235,3 +235,55 @@ def test_reproduce_killed_and_rerun(tmp_path):
 
     kills = max(1, KILLS - 1)  # each reproduce run costs ~20 s
     _kill_rerun_compare(tmp_path, cmd, _reproduce_outputs, _complete, compare, seed=4, kills=kills)
+
+
+POOL = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+from modelsoup_paper.workers import die_with_parent
+
+if __name__ == "__main__":
+    init = die_with_parent if sys.argv[1] == "guarded" else None
+    args = (os.getpid(),) if init else ()
+    pool = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"), initializer=init,
+                               initargs=args)
+    pids = {pool.submit(os.getpid).result() for _ in range(8)}
+    with open(sys.argv[2], "w") as f:
+        f.write(" ".join(map(str, sorted(pids))))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_experiment_workers_die_with_a_killed_parent(tmp_path):
+    """reproduce's fine-tune workers end when reproduce is SIGKILLed; unguarded pool
+    workers of the same kind outlive it (what a kill used to leave behind)."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    left = {}
+    for mode in ("guarded", "plain"):
+        out, log = tmp_path / f"{mode}.pids", tmp_path / f"{mode}.log"
+        with open(log, "w") as f:  # a file, not a pipe: surviving workers would hold it open
+            code = subprocess.run([sys.executable, str(script), mode, str(out)], stdout=f,
+                                  stderr=f, timeout=120).returncode  # fmt: skip
+        assert code == -signal.SIGKILL, log.read_text()[-2000:]
+        pids = [int(p) for p in out.read_text().split()]
+        assert pids
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        left[mode] = [p for p in pids if _alive(p)]
+        for p in left[mode]:  # leave nothing behind
+            os.kill(p, signal.SIGKILL)
+    assert left["guarded"] == []
+    assert left["plain"], "unguarded workers should have outlived their parent"

@@ -18,7 +18,7 @@ from test_causal_lm import WORDS, _sentences, _sweep  # noqa: E402
 
 import modelsoup as ms  # noqa: E402
 from modelsoup.cli import main  # noqa: E402
-from modelsoup.evaluators.hf import multiple_choice_evaluator  # noqa: E402
+from modelsoup.evaluators.hf_lm import multiple_choice_evaluator  # noqa: E402
 
 TASK_YAML = """task: {name}
 dataset_path: json

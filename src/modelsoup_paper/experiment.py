@@ -640,8 +640,3 @@ def save_predictions(
             tensors.update({f"{method}#{r}/{s}": p.contiguous() for s, p in row.items()})
     with atomic_output(path, force=True) as tmp:
         save_file(tensors, str(tmp))
-
-
-def table_rows(results: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
-    """The methods of a results dict, for reports and tests."""
-    return results["methods"]

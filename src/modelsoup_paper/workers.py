@@ -14,9 +14,10 @@ each finished ingredient atomically; the parent shows one progress bar over ever
 
 from __future__ import annotations
 
+import ctypes
 import os
-import resource
-import time
+import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torch import nn
 import modelsoup as ms
 from modelsoup.store import Stage
 from modelsoup.store.allocator import keep_freed_memory
+from modelsoup.store.stages import usage
 
 from .data import Examples
 from .sweep import HParams, finetune, frozen_activations, one_thread, steps
@@ -67,11 +69,6 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _usage() -> tuple[float, float, float, int]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
-
-
 def _train(
     model: nn.Module,
     setup: Setup,
@@ -81,7 +78,7 @@ def _train(
 ) -> Stage:
     """Fine-tune ``job`` with one thread, save it atomically; its cost as a `Stage`.
     ``memo`` keeps the frozen blocks' activations between jobs (``train_from``)."""
-    start = _usage()
+    start = usage(children=False)
     with one_thread():
         if setup.train_from and "activations" not in memo:
             model.load_state_dict(setup.init)
@@ -99,14 +96,30 @@ def _train(
             activations=memo.get("activations"),
         )
     ms.save(ms.StateDictIngredient(state), job.path, force=True, metadata=dict(job.metadata))
-    wall, user, sys_, flt = (b - a for a, b in zip(start, _usage()))
+    wall, user, sys_, flt = (b - a for a, b in zip(start, usage(children=False)))
     return Stage(f"model_{job.index}", wall, user, sys_, int(flt))
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(setup: Setup, queue: Any) -> None:
+def die_with_parent(parent: int) -> None:
+    """Make this worker process end when its parent does, even by SIGKILL.
+
+    A pool worker holds both ends of its task queue, so a parent killed with SIGKILL
+    never closes the queue for it: the worker would wait on it forever, holding its model
+    and the training data (500 MB each for the image config). On Linux the kernel sends
+    it SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); a parent that died before
+    this call is seen by the worker's changed parent pid."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_worker(setup: Setup, queue: Any, parent: int) -> None:
+    die_with_parent(parent)
     keep_freed_memory()
     torch.set_num_threads(1)
     _WORKER.update(setup=setup, queue=queue, model=setup.build(), memo={})
@@ -143,7 +156,7 @@ def train_all(
         ctx = torch.multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_start_worker, initargs=(setup, queue)
+            workers, mp_context=ctx, initializer=_start_worker, initargs=(setup, queue, os.getpid())
         ) as pool:
             pending: dict[Future, Job] = {pool.submit(_run, job): job for job in order}
             try:

@@ -14,7 +14,9 @@ from typing import Any
 
 from ..checkpoints.save import atomic_output
 from ..errors import SoupError
-from .compute import Angles, Curve, Landscape, PairSoup
+from .compute import Angles
+from .pairs import Curve, PairSoup
+from .plane import Landscape
 
 View = tuple[str, Sequence[str]]
 

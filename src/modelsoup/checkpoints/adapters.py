@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, MismatchError, SoupError
-from .files import ShardedCheckpoint, open_file
+from .files import open_file
+from .folders import ShardedCheckpoint
 from .layout import Layout
 from .recent import RecentTensors
 

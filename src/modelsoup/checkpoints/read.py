@@ -9,7 +9,8 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import CheckpointError
 from .adapters import LoraAdapter, is_adapter_folder
-from .files import ShardedCheckpoint, open_file
+from .files import open_file
+from .folders import ShardedCheckpoint
 from .ingredients import Ingredient
 
 

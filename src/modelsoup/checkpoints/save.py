@@ -23,7 +23,7 @@ from typing import BinaryIO
 import torch
 
 from ..errors import SoupError
-from .files import ShardedCheckpoint
+from .folders import ShardedCheckpoint
 from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient
 from .layout import SAFETENSORS_CODES, Layout
 from .stream import materialize, stream_chunks

@@ -248,7 +248,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
     init_distributed(device)
     batch_size = args.batch_size or (8 if args.task in ("causal-lm", "multiple-choice") else 256)
     if getattr(args, "lm_eval", None):
-        from ..evaluators.hf import lm_eval_evaluator
+        from ..evaluators.hf_lm import lm_eval_evaluator
 
         if args.task or args.model or args.data:
             raise SoupError(

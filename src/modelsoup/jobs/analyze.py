@@ -17,8 +17,12 @@ from typing import Any
 import torch
 
 from ..analysis import compute, figures
-from ..analysis.compute import Angles, Curve, Landscape, Logits, Mixer, PairSoup, Scorer, Scores
+from ..analysis import pairs as pairs_lib
+from ..analysis import plane as plane_lib
+from ..analysis.compute import Angles, Logits, Mixer, Scorer, Scores
 from ..analysis.page import Figure, Section, Table, write_page
+from ..analysis.pairs import Curve, PairSoup
+from ..analysis.plane import Landscape
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
 from ..evaluators.protocols import (
@@ -97,7 +101,7 @@ def run_analyses(
     with stages("angles"):
         geometry = compute.angles(ingredients, base, names=names, progress=progress)
     with stages("pair soups"):
-        pairs = compute.pair_soups(
+        pairs = pairs_lib.pair_soups(
             ingredients,
             geometry,
             score,
@@ -126,7 +130,7 @@ def run_analyses(
 
     a, b = curve
     with stages("interpolation"):
-        line = compute.interpolation_curve(
+        line = pairs_lib.interpolation_curve(
             ingredients[a],
             ingredients[b],
             score,
@@ -152,8 +156,8 @@ def run_analyses(
     if landscape is not None and measure is not None:
         i, j = landscape
         with stages("landscape"):
-            where = compute.plane(base, ingredients[i], ingredients[j], progress=progress)
-            result.landscape = compute.landscape(
+            where = plane_lib.plane(base, ingredients[i], ingredients[j], progress=progress)
+            result.landscape = plane_lib.landscape(
                 where,
                 measure,
                 n=grid,

@@ -155,24 +155,36 @@ def greedy_run(
             )
         )
     first = runs[0]
-    if first.scores and all(s is not None for s in first.scores):
-        write_json(
-            run_dir / "scores.json",
-            {
-                "evaluator": identity_of(evaluator),
-                "scores": [
-                    {"source": ing.source, **s.to_json()}
-                    for ing, s in zip(ingredients, first.scores)
-                ],
-            },
-        )
+    _write_scores(run_dir, ingredients, evaluator, first)
     splits = (
         split_scores(evaluator, materialize(first.soup))
         if isinstance(evaluator, LogitEvaluator)
         else {}
     )
     result = _result(ingredients, runs, compare, order, splits)
-    result["cost"] = {
+    result["cost"] = _costs(runs, scoring_reads, scoring_examples, time.perf_counter() - t0)
+    if repeats > 1:
+        result["repeats"] = _repeats(ingredients, runs, seed)
+    write_json(run_dir / "result.json", result)
+    return first, result
+
+
+def _write_scores(
+    run_dir: Path, ingredients: Sequence[Ingredient], evaluator: Evaluator, run: GreedyResult
+) -> None:
+    """``scores.json``: each ingredient's held-out evaluation, under the evaluator's
+    identity (when the run scored every ingredient)."""
+    if not run.scores or any(s is None for s in run.scores):
+        return
+    scores = [{"source": i.source, **s.to_json()} for i, s in zip(ingredients, run.scores)]
+    write_json(run_dir / "scores.json", {"evaluator": identity_of(evaluator), "scores": scores})
+
+
+def _costs(
+    runs: Sequence[GreedyResult], scoring_reads: int, scoring_examples: int, seconds: float
+) -> dict[str, Any]:
+    """What the greedy runs cost, summed (with the cached scoring pass's own)."""
+    return {
         "scoring_reads": scoring_reads + sum(r.scoring_reads for r in runs),
         "scoring_examples": scoring_examples + sum(r.scoring_examples for r in runs),
         "soup_reads": sum(r.reads for r in runs),
@@ -180,19 +192,23 @@ def greedy_run(
         "heldout_examples": sum(r.examples for r in runs),
         "heldout_examples_without_early_rejection": sum(r.examples_full for r in runs),
         "resumed_steps": sum(r.resumed_steps for r in runs),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
-    if repeats > 1:
-        held = [r.evaluation.score for r in runs]
-        result["repeats"] = {
-            "seeds": [seed + r for r in range(repeats)],
-            "heldout": held,
-            "heldout_mean": statistics.fmean(held),
-            "heldout_std": statistics.stdev(held),
-            "kept": [[ingredients[i].source for i in r.kept] for r in runs],
-        }
-    write_json(run_dir / "result.json", result)
-    return first, result
+
+
+def _repeats(
+    ingredients: Sequence[Ingredient], runs: Sequence[GreedyResult], seed: int
+) -> dict[str, Any]:
+    """Random orders repeated with seeds ``seed, seed+1, ...``: mean and standard
+    deviation of the held-out score, and what each kept."""
+    held = [r.evaluation.score for r in runs]
+    return {
+        "seeds": [seed + r for r in range(len(runs))],
+        "heldout": held,
+        "heldout_mean": statistics.fmean(held),
+        "heldout_std": statistics.stdev(held),
+        "kept": [[ingredients[i].source for i in r.kept] for r in runs],
+    }
 
 
 def _result(

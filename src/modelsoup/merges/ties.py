@@ -38,17 +38,6 @@ from ..ops.arithmetic import IntegerPolicy, all_finite
 from ..ops.tensorwise import Tensorwise, same_integers
 
 
-def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """1 on the ``density`` fraction of entries of largest magnitude (at least one)."""
-    if density >= 1:
-        return torch.ones_like(tau)
-    flat = tau.abs().reshape(-1)
-    k = max(int(density * flat.numel()), 1)
-    mask = torch.zeros_like(flat)
-    mask[torch.topk(flat, k).indices] = 1
-    return mask.view_as(tau)
-
-
 def random_mask(tau: torch.Tensor, density: float, seed: int, name: str, i: int) -> torch.Tensor:
     """Keep each entry with probability ``density``, from a generator seeded by
     ``(seed, name, i)``."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoints.fingerprint import fingerprint
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
@@ -115,6 +116,11 @@ class _Counter:
         self.examples_full += ev.total
         return ev
 
+    def costs(self) -> dict[str, int]:
+        """The `GreedyResult` fields of what the run cost."""
+        names = "evaluations examples examples_full reads scoring_reads scoring_examples"
+        return {n: getattr(self, n) for n in names.split()}
+
 
 def score_ingredients(
     ingredients: Sequence[Ingredient],
@@ -173,18 +179,14 @@ def greedy_soup(
       only one that improves it (the released code).
     - ``scores``: each ingredient's held-out score (floats or `Evaluation`s), to skip the
       scoring pass; an `Evaluation` with exact counts keeps comparisons exact.
-    - ``journal``: opens the log of every decision from the run's header (for example
-      ``store.journal_at(path)``); rerunning with the same arguments and journal resumes
-      and ends with the same soup. A journal written with other arguments, ingredients or
-      evaluator identity is refused (``journal_at(path, restart=True)`` starts it afresh).
+    - ``journal``: opens the run's decision log from its header (``store.journal_at``):
+      a rerun resumes and ends with the same soup; another run's journal is refused.
     - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
       (`CountingEvaluator`s only; the decision is the same as a full evaluation's).
 
     Memory: two full-size buffers in ``accumulate`` (soup and candidate) plus what the
     evaluator holds, whatever the number of ingredients.
     """
-    from tqdm.auto import tqdm
-
     if order not in ("sorted", "random"):
         raise SoupError(f"order must be 'sorted' or 'random', got {order!r}")
     if compare not in ("ge", "gt"):
@@ -192,18 +194,9 @@ def greedy_soup(
     k = len(ingredients)
     check_compatible(ingredients)  # before any work: names, shapes, dtypes
     given = _given_scores(scores, k)
-    header = {
-        "recipe": "greedy",
-        "compare": compare,
-        "order": order,
-        "seed": seed if order == "random" else None,
-        "ingredients": [fingerprint(i) or i.source for i in ingredients],
-        "evaluator": identity_of(evaluator) or evaluator_name(evaluator),
-        "scores": None if given is None else [g.to_json() for g in given],
-        "accumulate": str(accumulate),
-        "integers": integers,
-    }
-    log = journal(header) if journal is not None else None
+    options = {"compare": compare, "order": order, "seed": seed if order == "random" else None}
+    options |= {"accumulate": str(accumulate), "integers": integers}
+    log = journal(_header(ingredients, evaluator, given, options)) if journal else None
     counter = _Counter()
 
     evals, sequence = _visit_order(
@@ -218,36 +211,11 @@ def greedy_soup(
     resumed = 0
     bar = tqdm(total=k, initial=1, desc="greedy soup", disable=not progress, delay=0.5)
     for step, i in enumerate(sequence[1:], start=1):
-        past = _replayed(log, step, i)
-        if past is not None:  # decided before a kill: replay it without evaluating
-            ev, accepted = past
-            if accepted:
-                soup.propose(ingredients[i])
-                counter.reads += 1
-            resumed += 1
-        else:
-            soup.propose(ingredients[i])
-            counter.reads += 1
-            ev = counter.count(
-                evaluate(
-                    evaluator,
-                    soup.state(candidate=True),
-                    bar=current if early_rejection else None,
-                    compare=compare,
-                    what=f"the soup with {ingredients[i].source}",
-                )
-            )
-            accepted = beats(ev, current, compare)
-            if log:
-                log.append(
-                    {
-                        "event": "decision",
-                        "step": step,
-                        "index": i,
-                        "accepted": accepted,
-                        "evaluation": ev.to_json(),
-                    }
-                )
+        ev, accepted, replayed = _decide(
+            evaluator, soup, ingredients[i], step, i, current, log, counter,
+            compare if early_rejection else None, compare,
+        )  # fmt: skip
+        resumed += replayed
         if accepted:
             soup.commit()
             current = ev
@@ -264,14 +232,63 @@ def greedy_soup(
         scores=list(evals),
         evaluation=current,
         decisions=decisions,
-        evaluations=counter.evaluations,
-        examples=counter.examples,
-        examples_full=counter.examples_full,
-        reads=counter.reads,
-        scoring_reads=counter.scoring_reads,
-        scoring_examples=counter.scoring_examples,
         resumed_steps=resumed,
+        **counter.costs(),
     )
+
+
+def _header(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator | CountingEvaluator,
+    given: list[Evaluation] | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """What identifies a greedy run in its journal: the options, the ingredients'
+    fingerprints, the evaluator's identity and any given scores."""
+    return {
+        "recipe": "greedy",
+        **options,
+        "ingredients": [fingerprint(i) or i.source for i in ingredients],
+        "evaluator": identity_of(evaluator) or evaluator_name(evaluator),
+        "scores": None if given is None else [g.to_json() for g in given],
+    }
+
+
+def _decide(
+    evaluator: Evaluator | CountingEvaluator,
+    soup: RunningMean,
+    ingredient: Ingredient,
+    step: int,
+    i: int,
+    current: Evaluation,
+    log: DecisionLog | None,
+    counter: _Counter,
+    early: Compare | None,
+    compare: Compare,
+) -> tuple[Evaluation, bool, bool]:
+    """One step of Recipe 1: ``(evaluation, accepted, replayed)``. A step the journal
+    holds (decided before a kill) is replayed without evaluating; otherwise the soup with
+    ``ingredient`` is evaluated (stopping early against ``current`` when ``early`` says
+    how to compare) and the decision is journaled. An accepted candidate stays proposed
+    in ``soup`` for the caller to commit."""
+    past = _replayed(log, step, i)
+    if past is not None:
+        ev, accepted = past
+        if accepted:
+            soup.propose(ingredient)
+            counter.reads += 1
+        return ev, accepted, True
+    soup.propose(ingredient)
+    counter.reads += 1
+    candidate = soup.state(candidate=True)
+    what = f"the soup with {ingredient.source}"
+    bar = current if early is not None else None
+    ev = counter.count(evaluate(evaluator, candidate, bar=bar, compare=compare, what=what))
+    accepted = beats(ev, current, compare)
+    if log:
+        event = {"event": "decision", "step": step, "index": i, "accepted": accepted}
+        log.append({**event, "evaluation": ev.to_json()})
+    return ev, accepted, False
 
 
 def _given_scores(scores: Sequence[Evaluation | float] | None, k: int) -> list[Evaluation] | None:

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -157,31 +157,13 @@ def learned_soup(
     if mode not in ("auto", "streamed", "memory"):
         raise SoupError(f"mode must be auto, streamed or memory, got {mode!r}")
     k = len(ingredients)
-    layout = check_compatible(ingredients)
-    names = [n for n, s in layout.specs.items() if is_float(s.dtype)]
-    if not names:
-        raise SoupError("the ingredients have no floating tensors to mix")
-    rows = names if by_layer else ["all"]
-    row_of = {n: (i if by_layer else 0) for i, n in enumerate(names)}
-    if mode == "auto":
-        stacked = k * sum(layout.specs[n].numel for n in names) * 4
-        mode = "memory" if stacked <= memory_budget else "streamed"
-    device = evaluator.device
-    fixed = {
-        n: ingredients[0].get(n).to(device)
-        for n, s in layout.specs.items()
-        if not is_float(s.dtype)
-    }
-    own = dict(evaluator.model.named_parameters())
-    trainable = {n for n in names if n in own or layout.canonical(n) in own}
-    mixer = _Mixer(ingredients, names, row_of, mode, device, trainable)
-    learnable = [n for n in names if n in trainable]
+    fit, rows = _prepare(ingredients, evaluator, by_layer, mode, memory_budget)
+    mode, device = fit.mode, evaluator.device
 
     a = torch.zeros(len(rows), k, dtype=torch.float32, device=device, requires_grad=True)
     log_beta = torch.zeros((), dtype=torch.float32, device=device, requires_grad=True)
     opt = torch.optim.AdamW([a, log_beta], lr=lr, weight_decay=0.0)
     batches = _held_out_batches(evaluator)
-    total = evaluator.size(evaluator.selection)
     rng = random.Random(seed)
     history: list[dict] = []
     steps = 0
@@ -196,26 +178,7 @@ def learned_soup(
         loss_sum = 0.0
         for bi in order:
             opt.zero_grad(set_to_none=True)
-            if batches[bi] is None:  # this rank's share ran out: join the reductions
-                n_global = _global_count(0, device)
-                a.grad, log_beta.grad = torch.zeros_like(a), torch.zeros_like(log_beta)
-            else:
-                alpha = torch.softmax(a, dim=1)
-                mixed = mixer.mix(alpha)
-                if mode == "streamed":  # dL/d theta of the mixed tensors, for alpha_grad
-                    for n in learnable:
-                        mixed[n].requires_grad_(True)
-                state = {**mixed, **fixed}
-                state.update({al: state[t] for al, t in layout.aliases.items()})
-                _, x, y = batches[bi]
-                loss, n_global = _loss(evaluator, state, x, y, log_beta, device)
-                if mode == "memory":
-                    loss.backward()
-                else:
-                    a.grad, log_beta.grad = _streamed_grads(
-                        loss, mixer, mixed, learnable, alpha, log_beta, len(rows)
-                    )
-                loss_sum += float(loss.detach()) * (n_global / max(total, 1))
+            loss_sum += fit.gradients(a, log_beta, batches[bi])
             if world()[1] > 1:  # the gradients are summed: every rank takes the same step
                 for p in (a, log_beta):
                     torch.distributed.all_reduce(p.grad)
@@ -238,6 +201,83 @@ def learned_soup(
         steps=steps,
         seconds_per_step=seconds,
     )
+
+
+@dataclass
+class _Fit:
+    """What one step of the learned soup needs: the evaluator, the mixer of the
+    ingredients, the mode, the tensors that are mixed and learnable, the fixed (integer)
+    tensors, the tied names, the number of weight rows and the held-out size."""
+
+    evaluator: TrainableEvaluator
+    mixer: _Mixer
+    mode: str
+    learnable: list[str]
+    fixed: dict[str, torch.Tensor]
+    aliases: dict[str, str]
+    rows: int
+    total: int
+
+    def gradients(self, a: torch.Tensor, log_beta: torch.Tensor, batch: Any) -> float:
+        """Set ``a.grad`` and ``log_beta.grad`` from one held-out batch (zeros for a rank
+        whose share ran out, which still joins the reductions); returns the batch's share
+        of the epoch's mean loss."""
+        device = self.evaluator.device
+        if batch is None:
+            _global_count(0, device)
+            a.grad, log_beta.grad = torch.zeros_like(a), torch.zeros_like(log_beta)
+            return 0.0
+        alpha = torch.softmax(a, dim=1)
+        mixed = self.mixer.mix(alpha)
+        if self.mode == "streamed":  # dL/d theta of the mixed tensors, for alpha_grad
+            for n in self.learnable:
+                mixed[n].requires_grad_(True)
+        state = {**mixed, **self.fixed}
+        state.update({al: state[t] for al, t in self.aliases.items()})
+        _, x, y = batch
+        loss, n_global = _loss(self.evaluator, state, x, y, log_beta, device)
+        if self.mode == "memory":
+            loss.backward()
+        else:
+            a.grad, log_beta.grad = _streamed_grads(
+                loss, self.mixer, mixed, self.learnable, alpha, log_beta, self.rows
+            )
+        return float(loss.detach()) * (n_global / max(self.total, 1))
+
+
+def _prepare(
+    ingredients: Sequence[Ingredient],
+    evaluator: TrainableEvaluator,
+    by_layer: bool,
+    mode: Mode,
+    memory_budget: int,
+) -> tuple[_Fit, list[str]]:
+    """The step's `_Fit` (the mode chosen when ``auto``) and the rows of weights: one
+    per floating tensor ``by_layer``, else one."""
+    k = len(ingredients)
+    layout = check_compatible(ingredients)
+    names = [n for n, s in layout.specs.items() if is_float(s.dtype)]
+    if not names:
+        raise SoupError("the ingredients have no floating tensors to mix")
+    rows = names if by_layer else ["all"]
+    row_of = {n: (i if by_layer else 0) for i, n in enumerate(names)}
+    if mode == "auto":
+        stacked = k * sum(layout.specs[n].numel for n in names) * 4
+        mode = "memory" if stacked <= memory_budget else "streamed"
+    device = evaluator.device
+    fixed = {
+        n: ingredients[0].get(n).to(device)
+        for n, s in layout.specs.items()
+        if not is_float(s.dtype)
+    }
+    own = dict(evaluator.model.named_parameters())
+    trainable = {n for n in names if n in own or layout.canonical(n) in own}
+    mixer = _Mixer(ingredients, names, row_of, mode, device, trainable)
+    learnable = [n for n in names if n in trainable]
+
+    total = evaluator.size(evaluator.selection)
+    aliases = dict(layout.aliases)
+    return _Fit(evaluator, mixer, mode, learnable, fixed, aliases, len(rows), total), rows
 
 
 def _held_out_batches(evaluator: TrainableEvaluator) -> list:

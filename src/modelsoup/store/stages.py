@@ -31,8 +31,12 @@ class Stage:
         return asdict(self)
 
 
-def _usage() -> tuple[float, float, float, int]:
+def usage(children: bool = True) -> tuple[float, float, float, int]:
+    """``(wall clock, user CPU s, system CPU s, minor page faults)`` of this process,
+    and of its waited-for children too with ``children``."""
     r = resource.getrusage(resource.RUSAGE_SELF)
+    if not children:
+        return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (
         time.perf_counter(),
@@ -51,13 +55,13 @@ class Stages:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        start = _usage()
+        start = usage()
         self._open.append(name)
         try:
             yield
         finally:
             self._open.pop()
-            wall, user, sys_, flt = (b - a for a, b in zip(start, _usage()))
+            wall, user, sys_, flt = (b - a for a, b in zip(start, usage()))
             self.add(Stage(name, wall, user, sys_, int(flt)))
 
     def add(self, stage: Stage) -> None:
