@@ -21,8 +21,7 @@ mergekit's ``ties`` (weight 1, density 0.5, base B) on the same folders plus the
 (targets: time <= 0.5x, peak RSS <= 0.3x).
 
 mergekit lives in its own environment (it pins its own dependencies):
-    python3 -m venv benchmarks/.venv-mergekit
-    benchmarks/.venv-mergekit/bin/pip install -c constraints.txt mergekit
+    bash tools/mergekit-venv.sh   # mergekit 0.1.5 in benchmarks/.venv-mergekit
     python benchmarks/bench_mergekit.py [--k 8] [--rounds 3] [--dir D]
 """
 
