@@ -161,6 +161,8 @@ def test_journal_resume_replays_without_evaluating(sweep, tmp_path):
         assert torch.equal(again.soup.get(n), first.soup.get(n))
     with pytest.raises(SoupError, match="belongs to another run.*compare"):
         greedy_soup(ings, _evaluator(), journal=journal_at(journal), compare="gt")
+    with pytest.raises(SoupError, match="journal_at"):  # a path, as before journal_at
+        greedy_soup(ings, _evaluator(), journal=journal)
 
 
 def test_evaluator_failures_are_clear():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, Protocol
 
 import torch
@@ -196,7 +196,7 @@ def greedy_soup(
     given = _given_scores(scores, k)
     options = {"compare": compare, "order": order, "seed": seed if order == "random" else None}
     options |= {"accumulate": str(accumulate), "integers": integers}
-    log = journal(_header(ingredients, evaluator, given, options)) if journal else None
+    log = _opened(journal, _header(ingredients, evaluator, given, options))
     counter = _Counter()
 
     evals, sequence = _visit_order(
@@ -235,6 +235,19 @@ def greedy_soup(
         resumed_steps=resumed,
         **counter.costs(),
     )
+
+
+def _opened(journal: LogOpener | None, header: dict[str, Any]) -> DecisionLog | None:
+    """The run's decision log, opened by the caller's opener (a path is refused with the
+    fix: journals are opened by the store, which recipes do not import)."""
+    if journal is None:
+        return None
+    if isinstance(journal, (str, PurePath)):
+        raise SoupError(
+            f"journal={str(journal)!r}: a greedy soup is handed an opener, not a path; pass "
+            f"journal=modelsoup.store.journal_at({str(journal)!r})"
+        )
+    return journal(header)
 
 
 def _header(
