@@ -83,21 +83,4 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
-__all__ = [
-    "RECIPES",
-    "GreedyResult",
-    "LearnedResult",
-    "Recipe",
-    "dare",
-    "ensemble_baselines",
-    "greedy_ensemble",
-    "greedy_soup",
-    "learned_soup",
-    "model_stock",
-    "slerp",
-    "task_arithmetic",
-    "ties",
-    "uniform_soup",
-    "wise_ft",
-    "wiseft_scan",
-]
+__all__ = ["RECIPES", "Recipe"]
