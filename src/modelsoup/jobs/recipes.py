@@ -14,10 +14,10 @@ from ..merges.slerp import slerp
 from ..merges.task_arithmetic import task_arithmetic
 from ..merges.ties import dare, ties
 from ..merges.uniform import uniform_soup
-from ..merges.wiseft import wise_ft, wiseft_scan
-from ..soups.ensemble import ensemble_baselines, greedy_ensemble
-from ..soups.greedy import GreedyResult, greedy_soup
-from ..soups.learned import LearnedResult, learned_soup
+from ..merges.wiseft import wise_ft
+from ..soups.ensemble import ensemble_baselines
+from ..soups.greedy import greedy_soup
+from ..soups.learned import learned_soup
 
 
 @dataclass(frozen=True)
