@@ -43,9 +43,11 @@ Mixer = Callable[[int, int, Sequence[float]], list[Scores]]
 class LossMixer(Protocol):
     """A `Mixer` that also gives the per-token losses behind its scores (a language
     model's): ``losses(i, j, alphas)`` one ``{split: [N]}`` per a, ``score(losses)`` their
-    scores, ``example_of[split]`` each token's example (for paired standard errors)."""
+    scores, ``example_of[split]`` each token's example and ``members[i]`` ingredient i's
+    own per-token losses (both for paired standard errors)."""
 
     example_of: Mapping[str, torch.Tensor]
+    members: Sequence[Logits]
 
     def __call__(self, i: int, j: int, alphas: Sequence[float]) -> list[Scores]: ...
 

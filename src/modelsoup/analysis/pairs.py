@@ -96,7 +96,7 @@ def pair_soups(
     for i, j in tqdm(pairs, desc="pair soups", disable=not progress, leave=False):
         state = materialize(interpolate(ingredients[i], ingredients[j], 0.5, integers=integers))
         if isinstance(mix, LossMixer) and isinstance(score, LogitSource) and logits is None:
-            soup_scores, ens, noise = _lm_pair(ingredients, i, j, state, score, mix)
+            soup_scores, ens, noise = _lm_pair(i, j, state, score, mix)
             out.append(PairSoup(i, j, geometry.degrees[i][j], soup_scores, dict(individual[i]),
                                 dict(individual[j]), ens, noise=noise))  # fmt: skip
             continue
@@ -130,7 +130,6 @@ def pair_soups(
 
 
 def _lm_pair(
-    ingredients: Sequence[Ingredient],
     i: int,
     j: int,
     state: Mapping[str, torch.Tensor],
@@ -138,11 +137,11 @@ def _lm_pair(
     mix: LossMixer,
 ) -> tuple[Scores, Scores, dict[str, dict[str, dict[str, Any]]]]:
     """A language-model pair: the soup's scores, the 2-model ensemble's (chunk by chunk)
-    and the paired noise of both comparisons, from per-token losses (the models' come
-    from the scorer's cache)."""
+    and the paired noise of both comparisons, from per-token losses (the models' own
+    are the mixer's ``members``, computed once for all pairs)."""
     ensemble = mix.losses(i, j, [0.5])[0]
     soup = score.logits(state)
-    pair = (score.logits(materialize(ingredients[i])), score.logits(materialize(ingredients[j])))
+    pair = (mix.members[i], mix.members[j])  # cached by the caller: no second read
     noise = _token_noise(soup, pair, ensemble, mix.example_of)
     return mix.score(soup), mix.score(ensemble), noise
 

@@ -227,6 +227,7 @@ def _scorers(
 
         if isinstance(evaluator, LossEvaluator):  # logits too large to keep: mixed by chunks
             mixer = LMMixer(ingredients, evaluator, scorer.splits, budget, labels)
+            mixer.members = logits  # computed above: pairs need not read them again
             # Paired errors need each token's example; without it, scores only.
             mix = mixer if isinstance(evaluator, TokenExamples) else mixer.__call__
             return Scoring(scorer, individual, measure, sel, "loss", mix=mix)
@@ -258,6 +259,7 @@ class LMMixer:
         self.splits = list(splits)
         self.budget = budget
         self.labels = labels
+        self.members: list[Logits] = []  # each ingredient's per-token losses
         self.example_of = (
             {s: evaluator.example_of(s) for s in self.splits}
             if isinstance(evaluator, TokenExamples)
