@@ -127,3 +127,22 @@ for floor, mine in {floors!r}:
     assert r.returncode == 0, r.stderr[-3000:]
     counts = dict(line.split() for line in r.stdout.splitlines())
     assert list(counts) == FLOORS and all(int(n) > 0 for n in counts.values()), counts
+
+
+def test_functions_and_files_stay_small():
+    """Every function of the packages is at most 80 lines and every module at most 450:
+    what grows past that is split (small dataclasses instead of long parameter lists)."""
+    import ast
+
+    src = Path(__file__).parents[1] / "src"
+    long = []
+    for path in sorted(src.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 450:
+            long.append(f"{path.relative_to(src)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{path.relative_to(src)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)

@@ -23,7 +23,9 @@ from torch.utils.data import Subset
 import modelsoup as ms
 from modelsoup.analysis import compute, figures
 from modelsoup.evaluators import ClassificationEvaluator
+from modelsoup.jobs.analyze import Plan
 from modelsoup.jobs.analyze import run_analyses as analysis_pipeline
+from modelsoup.jobs.scoring import Scoring
 from modelsoup.store import LogitCache, Stages
 
 from .config import Config
@@ -95,43 +97,23 @@ def run_analyses(
     m = config.landscape_examples
     per_shift = max(1, m // len(shifts))
     measure = _landscape_measure(task, config, prepare, identity, cache) if landscape else None
-    done = analysis_pipeline(
-        [ingredients[i] for i in fine],
-        ingredients[0],
-        scorer,
-        individual,
-        names=names,
-        views=[("ID test", ["test"]), ("shifts", shifts)],
-        curve=(a - 1, b - 1),
-        folder=out / "figures",
-        logits=own,
-        labels=scorer.labels,
+    scoring = Scoring(scorer, individual, measure, "test", "accuracy", own, scorer.labels)
+    plan = Plan(
+        names,
+        [("ID test", ["test"]), ("shifts", shifts)],
+        (a - 1, b - 1),
         landscape=(a - 1, b - 1) if landscape else None,
-        measure=measure,
         grid=grid or config.landscape_grid,
-        integers="first",
         titles=_titles(len(fine), pair_names),
         landscape_labels=("θ0 (LP init)", f"θ1 ({pair_names[0]})", f"θ2 ({pair_names[1]})"),
         aligned=task.data.aligned,
-        progress=progress,
-        stages=stages,
     )
-    curve = {**asdict(done.curve), "i": a, "j": b, "names": list(pair_names)}
-    result: dict[str, Any] = {
-        "examples_per_split": {s: len(idx[s]) for s in splits},
-        "angles": done.angles.to_json(),
-        "pairs": [
-            {**asdict(p), "names": [names[p.i], names[p.j]]} for p in done.pairs
-        ],  # i, j index the fine-tunes (model_1 is 0)
-        "pearson_angle_advantage": done.pearson_angle_advantage,
-        "pearson_soup_ensemble": done.pearson_soup_ensemble,
-        "curve": curve,
-        "figures": {
-            key: f"figures/{done.figures[key].name}"
-            for key in ("angles", "cosine", "ensemble_vs_soup", "interpolation", "landscape")
-            if key in done.figures
-        },
-    }
+    done = analysis_pipeline(
+        [ingredients[i] for i in fine], ingredients[0], scoring, plan, out / "figures",
+        integers="first", progress=progress, stages=stages,
+    )  # fmt: skip
+    result = _numbers(done, names, (a, b), pair_names)
+    result["examples_per_split"] = {s: len(idx[s]) for s in splits}
     if done.landscape is not None:
         result["landscape"] = {
             **done.landscape.to_json(),
@@ -150,6 +132,27 @@ def run_analyses(
         f"({timing['total']:.0f} s)"
     )
     return result
+
+
+def _numbers(
+    done: Any, names: Sequence[str], pair: tuple[int, int], pair_names: tuple[str, str]
+) -> dict[str, Any]:
+    """The pipeline's results as JSON-able data, figures relative to the output folder."""
+    a, b = pair
+    return {
+        "angles": done.angles.to_json(),
+        "pairs": [
+            {**asdict(p), "names": [names[p.i], names[p.j]]} for p in done.pairs
+        ],  # i, j index the fine-tunes (model_1 is 0)
+        "pearson_angle_advantage": done.pearson_angle_advantage,
+        "pearson_soup_ensemble": done.pearson_soup_ensemble,
+        "curve": {**asdict(done.curve), "i": a, "j": b, "names": list(pair_names)},
+        "figures": {
+            key: f"figures/{done.figures[key].name}"
+            for key in ("angles", "cosine", "ensemble_vs_soup", "interpolation", "landscape")
+            if key in done.figures
+        },
+    }
 
 
 def _pair(info: Sequence[Mapping[str, Any]], given: tuple[int, int] | None) -> tuple[int, int]:

@@ -10,54 +10,35 @@ folder (keyed by config), so a rerun is quick.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch.optim.swa_utils import update_bn
 
 import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
-from modelsoup.analysis.paired import paired_mean
-from modelsoup.checkpoints.save import atomic_output
 from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
 from modelsoup.jobs.compare import tuned_merges
 from modelsoup.merges.wiseft import best_alpha, wiseft_scan
 from modelsoup.soups.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
 from modelsoup.soups.greedy import GreedyResult
 from modelsoup.soups.learned import learned_mixture
-from modelsoup.store import LogitCache, Stage, Stages, journal_at, versions, write_json
+from modelsoup.store import LogitCache, Stages, journal_at, versions, write_json
 from modelsoup.store.allocator import keep_freed_memory
 
 from .analyses import run_analyses
+from .comparisons import RANDOM_ORDER, comparisons_of, save_predictions
 from .config import Config
 from .data import Examples
-from .sweep import linear_probe, one_thread, sample_hparams
+from .ingredients import config_key, make_ingredients
 from .tasks import Task, load_task
-from .workers import Job, Setup, available_cpus, train_all
 
 WISEFT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
-RANDOM_ORDER = "greedy soup, random order"
-# The paired comparisons of results.md's "What reproduces": (method, against).
-COMPARISONS = (
-    ("greedy soup", "best individual"),
-    ("uniform soup", "best individual"),
-    (RANDOM_ORDER, "greedy soup"),
-    ("ensemble", "greedy soup"),
-    ("greedy ensemble", "ensemble"),
-    ("learned soup", "greedy soup"),
-    ("learned soup by layer", "greedy soup"),
-    ("WiSE-FT of greedy soup", "greedy soup"),
-    ("Model Stock", "uniform soup"),
-)
 
 
 def _short(method: str) -> str:
@@ -74,133 +55,6 @@ class Row:
     scores: dict[str, float]
     std: dict[str, float] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def make_ingredients(
-    config: Config,
-    task: Task,
-    folder: Path,
-    *,
-    progress: bool,
-    log: Callable[[str], None],
-    stages: Stages | None = None,
-    workers: int | None = None,
-) -> tuple[list[ms.Ingredient], list[dict]]:
-    """model_0 (pretrained features + linear-probe head) and the fine-tunes, each saved as
-    safetensors with its hyperparameters; files already made with the same config are
-    reused. Everything trains with one thread, the fine-tunes ``workers`` at a time
-    (default: one per available CPU), so the result does not depend on either. Each is
-    a stage of ``stages`` (``model_0``, ``model_1``, ...)."""
-    stages = stages if stages is not None else Stages()
-    folder.mkdir(parents=True, exist_ok=True)
-    data = task.data
-    model = task.build()
-    lp_key = _key(  # v2: fit with one thread
-        {"v": 2, "data": data.fingerprint, "weights": task.backbone_id, "l2": config.lp_l2}
-    )
-    path0 = folder / f"model_0-{lp_key}.safetensors"
-    info: list[dict] = []
-    t = time.perf_counter()
-    with stages("model_0"):
-        lp_file = ms.open_ingredient(path0) if path0.exists() else None
-        if lp_file is None:
-            task.load_backbone(model)
-            with one_thread():
-                lp = linear_probe(
-                    model, data.splits["train"], data.splits["val"], task.num_classes, config.lp_l2
-                )
-            init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            hp0 = {"info": "LP initialization", **lp}
-            ms.save(
-                ms.StateDictIngredient(init),
-                path0,
-                force=True,
-                metadata={"hparams": json.dumps(hp0)},
-            )
-    if lp_file is not None:
-        init = ms.materialize(lp_file)
-        info.append(
-            {
-                "name": "model_0",
-                "hparams": json.loads(lp_file.metadata.get("hparams", "{}")),
-                "path": str(path0),
-                "cached": True,
-                "seconds": 0.0,
-            }
-        )
-    else:
-        info.append(
-            {
-                "name": "model_0",
-                "hparams": hp0,
-                "path": str(path0),
-                "cached": False,
-                "seconds": time.perf_counter() - t,
-            }
-        )
-        log(f"model_0: linear probe (L2 {lp['l2']:g}), held-out accuracy {lp['val_accuracy']:.4f}")
-    rng = random.Random(config.seed)
-    jobs: list[Job] = []
-    for i in range(1, config.ingredients):
-        hp = sample_hparams(rng, config.sweep)
-        seed = config.seed * 1000 + i
-        key = _key(
-            {
-                "v": 2,  # 2: trained with one thread (1: with torch's default threads)
-                "lp": lp_key,
-                "hp": hp.to_json(),
-                "seed": seed,
-                "bn": config.bn,
-                "batch": config.batch_size,
-                **({"train_from": config.train_from} if config.train_from else {}),
-            }
-        )
-        path = folder / f"model_{i}-{key}.safetensors"
-        cached = path.exists()
-        info.append(
-            {
-                "name": f"model_{i}",
-                "hparams": hp.to_json(),
-                "path": str(path),
-                "cached": cached,
-                "seconds": 0.0,
-            }
-        )
-        if not cached:
-            jobs.append(Job(i, hp, seed, path, {"hparams": json.dumps(hp.to_json())}))
-
-    def done(job: Job, stage: Stage) -> None:
-        stages.add(stage)
-        info[job.index]["seconds"] = stage.wall
-        hp = job.hp
-        log(
-            f"model_{job.index}: lr {hp.lr:.2e}, wd {hp.wd:.2g}, {hp.epochs} epoch(s), "
-            f"smoothing {hp.smoothing:.2f}, mixup {hp.mixup:.2f}, aug {hp.aug} "
-            f"({stage.wall:.0f} s)"
-        )
-
-    if jobs:
-        setup = Setup(
-            task.build,
-            init,
-            data.splits["train"],
-            config.bn,
-            config.batch_size,
-            config.train_from,
-        )
-        train_all(
-            jobs,
-            setup,
-            workers=available_cpus() if workers is None else workers,
-            progress=progress,
-            done=done,
-        )
-    ingredients = [ms.open_ingredient(d["path"]) for d in info]
-    return ingredients, info
 
 
 def _bn_recompute(train: Examples, batch_size: int):
@@ -226,7 +80,7 @@ def _learned(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A learned soup (paper, Appendix I: AdamW, lr 0.05, fit on held-out), its weights
     cached in the run folder under a key of the ingredients and settings."""
-    key = _key(
+    key = config_key(
         {
             "v": 1,
             "ingredients": [Path(d["path"]).name for d in info],  # names: the folder may move
@@ -284,6 +138,8 @@ class _Kitchen:
     run: Path
     progress: bool
     stages: Stages
+    prepare: Callable | None = None  # the soups' BatchNorm hook, and its identity
+    bn_id: dict[str, Any] = field(default_factory=dict)
     # Per method (the table's name up to " ("), per split: the predicted classes (a list
     # of them for a row that averages several soups). Paired comparisons use them.
     predictions: dict[str, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
@@ -336,51 +192,17 @@ def reproduce(
         task = load_task(config)
     with stages("ingredients"):
         ingredients, info = make_ingredients(
-            config,
-            task,
-            out / "ingredients",
-            progress=progress,
-            log=log,
-            stages=stages,
+            config, task, out / "ingredients", progress=progress, log=log, stages=stages,
             workers=workers,
-        )
+        )  # fmt: skip
 
-    splits = task.data.eval_splits()
-    cache = LogitCache(out / "cache" / "logits")
-    with stages("evaluate ingredients"):
-        evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
-        logits, labels, _ = compute_logits(  # alias: greedy soups of one model are cached
-            ingredients, evaluator, list(splits), cache, alias=True, progress=progress
-        )
-
+    kitchen = _kitchen(config, task, ingredients, info, out, progress, stages)
     with stages("soups and baselines"):
-        prepare, bn_id = _soup_preparation(config, task)
-        soup_evaluator = ClassificationEvaluator(
-            task.build(),
-            splits,
-            batch_size=config.eval_batch_size,
-            prepare=prepare,
-            identity=bn_id,
-        )
-        kitchen = _Kitchen(
-            config,
-            task,
-            ingredients,
-            info,
-            splits,
-            logits,
-            labels,
-            soup_evaluator,
-            LogitScorer(soup_evaluator, list(splits), cache=cache),
-            out / "run",
-            progress,
-            stages,
-        )
-        for i, d in enumerate(info):
-            d["scores"] = {s: kitchen.acc(logits[s][i], s) for s in splits}
         rows, greedy = _soups(kitchen)
         rows += _ensembles(kitchen)
-        rows += _related(kitchen, greedy, prepare, bn_id)
+        rows += _related(kitchen, greedy, kitchen.prepare, kitchen.bn_id)
+    labels, logits, cache = kitchen.labels, kitchen.logits, kitchen.score_soup.cache
+    prepare, bn_id = kitchen.prepare, kitchen.bn_id
     with stages("paired comparisons"):
         comparisons = comparisons_of(
             kitchen.predictions, labels, list(config.shifts), task.data.aligned
@@ -391,21 +213,10 @@ def reproduce(
     if config.analyses:
         with stages("analyses"):
             analysis = run_analyses(
-                config,
-                task,
-                ingredients,
-                info,
-                logits,
-                cache,
-                out,
-                prepare=prepare,
-                identity=bn_id,
-                landscape=config.landscape,
-                landscape_pair=landscape_pair,
-                progress=progress,
-                log=log,
-                stages=stages,
-            )
+                config, task, ingredients, info, logits, cache, out, prepare=prepare,
+                identity=bn_id, landscape=config.landscape, landscape_pair=landscape_pair,
+                progress=progress, log=log, stages=stages,
+            )  # fmt: skip
     timing = stages.children(mark)
     timing["total"] = sum(timing.values())
 
@@ -425,6 +236,39 @@ def reproduce(
     with stages("report"):
         write_reports(results, out)
     return results
+
+
+def _kitchen(
+    config: Config,
+    task: Task,
+    ingredients: list[ms.Ingredient],
+    info: list[dict],
+    out: Path,
+    progress: bool,
+    stages: Stages,
+) -> _Kitchen:
+    """Every ingredient's logits on every split (cached), their accuracies in ``info``,
+    and the soups' evaluator (BatchNorm recomputed where the config says so)."""
+    splits = task.data.eval_splits()
+    cache = LogitCache(out / "cache" / "logits")
+    with stages("evaluate ingredients"):
+        evaluator = ClassificationEvaluator(task.build(), splits, batch_size=config.eval_batch_size)
+        logits, labels, _ = compute_logits(  # alias: greedy soups of one model are cached
+            ingredients, evaluator, list(splits), cache, alias=True, progress=progress
+        )
+    prepare, bn_id = _soup_preparation(config, task)
+    soup_evaluator = ClassificationEvaluator(
+        task.build(), splits, batch_size=config.eval_batch_size, prepare=prepare,
+        identity=bn_id,
+    )  # fmt: skip
+    kitchen = _Kitchen(
+        config, task, ingredients, info, splits, logits, labels, soup_evaluator,
+        LogitScorer(soup_evaluator, list(splits), cache=cache), out / "run", progress, stages,
+        prepare, bn_id,
+    )  # fmt: skip
+    for i, d in enumerate(info):
+        d["scores"] = {s: kitchen.acc(logits[s][i], s) for s in splits}
+    return kitchen
 
 
 def _soup_preparation(config: Config, task: Task) -> tuple[Callable | None, dict[str, Any]]:
@@ -578,65 +422,10 @@ def _related(
             k.ingredients[1:],
             theta0,
             val_only,
-            methods=("task arithmetic", "TIES"),
+            methods=("task-arithmetic", "ties"),
             integers="first",
             cache=k.score_soup.cache,
         ):
             state = ms.materialize(merge)
             rows.append(Row(label, 1, k.score(label, state), detail={"chosen": point}))
     return rows
-
-
-def outcomes(
-    predictions: Sequence[Mapping[str, torch.Tensor]], labels: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Per split, per example: the fraction of a row's soups (one, or the random orders)
-    that predict the label."""
-    return {
-        s: torch.stack([(p[s] == labels[s]).double() for p in predictions]).mean(0)
-        for s in predictions[0]
-    }
-
-
-def comparisons_of(
-    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
-    labels: Mapping[str, torch.Tensor],
-    shifts: Sequence[str],
-    aligned: Sequence[Sequence[str]] = (),
-) -> list[dict[str, Any]]:
-    """The paired differences of `COMPARISONS` on held-out, ID test and the shift mean:
-    each a `modelsoup.analysis.paired.Paired` as JSON (difference, standard error,
-    McNemar p where outcomes are 0/1, within noise or not)."""
-    views = {"held-out": ["val"], "ID test": ["test"], "shifts": list(shifts)}
-    out = []
-    for a, b in COMPARISONS:
-        if a not in predictions or b not in predictions:
-            continue
-        oa, ob = outcomes(predictions[a], labels), outcomes(predictions[b], labels)
-        out.append(
-            {
-                "a": a,
-                "b": b,
-                "views": {
-                    view: paired_mean(oa, ob, splits, aligned, f"{a} vs {b}").to_json()
-                    for view, splits in views.items()
-                    if splits
-                },
-            }
-        )
-    return out
-
-
-def save_predictions(
-    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
-    labels: Mapping[str, torch.Tensor],
-    path: Path,
-) -> None:
-    """Every method's predicted classes and the labels, per split, as safetensors:
-    ``METHOD#R/SPLIT`` (R numbers a row's soups: the random orders) and ``labels/SPLIT``."""
-    tensors = {f"labels/{s}": y.contiguous() for s, y in labels.items()}
-    for method, rows in predictions.items():
-        for r, row in enumerate(rows):
-            tensors.update({f"{method}#{r}/{s}": p.contiguous() for s, p in row.items()})
-    with atomic_output(path, force=True) as tmp:
-        save_file(tensors, str(tmp))

@@ -1,0 +1,83 @@
+"""The paired comparisons of results.md's "What reproduces": each method's predictions
+against another's on the same examples (`modelsoup.analysis.paired`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from modelsoup.analysis.paired import paired_mean
+from modelsoup.checkpoints.save import atomic_output
+
+RANDOM_ORDER = "greedy soup, random order"
+# The paired comparisons of results.md's "What reproduces": (method, against).
+COMPARISONS = (
+    ("greedy soup", "best individual"),
+    ("uniform soup", "best individual"),
+    (RANDOM_ORDER, "greedy soup"),
+    ("ensemble", "greedy soup"),
+    ("greedy ensemble", "ensemble"),
+    ("learned soup", "greedy soup"),
+    ("learned soup by layer", "greedy soup"),
+    ("WiSE-FT of greedy soup", "greedy soup"),
+    ("Model Stock", "uniform soup"),
+)
+
+
+def outcomes(
+    predictions: Sequence[Mapping[str, torch.Tensor]], labels: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per split, per example: the fraction of a row's soups (one, or the random orders)
+    that predict the label."""
+    return {
+        s: torch.stack([(p[s] == labels[s]).double() for p in predictions]).mean(0)
+        for s in predictions[0]
+    }
+
+
+def comparisons_of(
+    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    shifts: Sequence[str],
+    aligned: Sequence[Sequence[str]] = (),
+) -> list[dict[str, Any]]:
+    """The paired differences of `COMPARISONS` on held-out, ID test and the shift mean:
+    each a `modelsoup.analysis.paired.Paired` as JSON (difference, standard error,
+    McNemar p where outcomes are 0/1, within noise or not)."""
+    views = {"held-out": ["val"], "ID test": ["test"], "shifts": list(shifts)}
+    out = []
+    for a, b in COMPARISONS:
+        if a not in predictions or b not in predictions:
+            continue
+        oa, ob = outcomes(predictions[a], labels), outcomes(predictions[b], labels)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "views": {
+                    view: paired_mean(oa, ob, splits, aligned, f"{a} vs {b}").to_json()
+                    for view, splits in views.items()
+                    if splits
+                },
+            }
+        )
+    return out
+
+
+def save_predictions(
+    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    path: Path,
+) -> None:
+    """Every method's predicted classes and the labels, per split, as safetensors:
+    ``METHOD#R/SPLIT`` (R numbers a row's soups: the random orders) and ``labels/SPLIT``."""
+    tensors = {f"labels/{s}": y.contiguous() for s, y in labels.items()}
+    for method, rows in predictions.items():
+        for r, row in enumerate(rows):
+            tensors.update({f"{method}#{r}/{s}": p.contiguous() for s, p in row.items()})
+    with atomic_output(path, force=True) as tmp:
+        save_file(tensors, str(tmp))
