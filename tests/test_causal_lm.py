@@ -232,7 +232,7 @@ def test_wiseft_and_analyze_score_a_language_model_by_its_loss(gpt2, tmp_path, c
     lm = ["--task", "causal-lm", "--data", str(val), "--batch-size", "4", "-q"]
     argv = ["wiseft", str(folders[0]), str(folders[1]), "-o", str(tmp_path / "w"), *lm]
     assert main([*argv, "--alphas", "0", "1"]) == 0
-    scan = json.loads((tmp_path / "w.run" / "wiseft.json").read_text())["scan"]
+    scan = json.loads((tmp_path / "w.run" / "wiseft.json").read_text())["grid"]
     assert scan[1]["heldout"] == pytest.approx(-_plain_loss(folders[1], texts)[0], abs=1e-5)
     out = tmp_path / "an"
     argv = ["analyze", *map(str, folders[1:]), "--base", str(folders[0]), "-o", str(out), *lm]
@@ -359,3 +359,19 @@ def test_an_ensemble_over_the_budget_is_refused_with_the_fix(gpt2, tmp_path, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--cache-budget" in err and "--batch-size" in err and "GiB" in err
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "acc_norm"])
+def test_a_language_model_refuses_a_metric_it_cannot_compute(gpt2, tmp_path, capsys, metric):
+    """A causal language model is scored by its token loss; asking for another metric is
+    an error, not a silently different score."""
+    folders, val, _ = gpt2
+    argv = ["greedy", *map(str, folders), "-o", str(tmp_path / "s"), "--task", "causal-lm"]
+    assert main([*argv, "--data", str(val), "--evaluator", metric, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert metric in err and "loss" in err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.run" / "args.json").exists()
+    from modelsoup.evaluators.hf import hf_evaluator
+
+    with pytest.raises(ms.SoupError, match="token loss"):
+        hf_evaluator("causal-lm", ms.open_ingredient(folders[0]), str(val), metric=metric)

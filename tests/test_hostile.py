@@ -351,7 +351,7 @@ CASES = [
     Case("ensemble on an empty split", empty_split("ensemble"), ["'val' split has no examples"]),
     Case("learned on an empty split", empty_split("learned"), ["'val' split has no examples"]),
     Case("weights a hair off 1", uniform("--weights", "0.5", "0.500001"), ["sum to 1.000001"]),
-    Case("infinite weights", uniform("--weights", "inf", "-inf"), ["finite", "[inf, -inf]"]),
+    Case("infinite weights", uniform("--weights", "inf", "-inf"), ["--weights", "finite", "inf"]),
     Case(
         "dangling symlink output", dangling_symlink_output, ["symbolic link", "nowhere", "--force"]
     ),

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 import modelsoup as ms
 from modelsoup.cli import main
 from modelsoup.merges import dare, slerp, task_arithmetic, ties
+from modelsoup.merges.registry import MERGES, applies_to_sweep
 
 TESTS = Path(__file__).parent
 S = ms.StateDictIngredient
@@ -112,27 +113,36 @@ def _importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
 
 
-@pytest.mark.parametrize("name", ["task-arithmetic", "ties", "dare"])
-def test_the_commands_choose_on_held_out_and_match_the_library(name, sweep_with_base, tmp_path):
+TUNED = [m for m in MERGES.values() if applies_to_sweep(m) and m.tuned]
+
+
+@pytest.mark.parametrize("merge", TUNED, ids=[m.name for m in TUNED])
+def test_the_commands_choose_on_held_out_and_match_the_library(merge, sweep_with_base, tmp_path):
+    """Every registered merge of fine-tunes on a base with a grid: its command scores
+    the grid on held-out and writes the library's merge at the best point."""
     base, paths = sweep_with_base
     out = tmp_path / "m.safetensors"
     ev = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
-    argv = [name, *paths, "--base", base, "-o", str(out), *ev, "--lambdas", "0.5", "1.0"]
-    if name != "task-arithmetic":
-        argv += ["--densities", "0.3", "0.9"]
+    argv = [merge.name, *paths, "--base", base, "-o", str(out), *ev, "--lambdas", "0.5", "1.0"]
+    tuned = {p.name for p in merge.tuned}
+    if "density" in tuned:
+        argv += (
+            ["--densities", "0.3", "0.9"]
+            if merge.name[:5] != "della"
+            else ["--densities", "0.3", "0.7"]
+        )
     assert main(argv) == 0
     record = json.loads(
-        (tmp_path / "m.safetensors.run" / f"{name.replace('-', '_')}.json").read_text()
+        (tmp_path / "m.safetensors.run" / f"{merge.name.replace('-', '_')}.json").read_text()
     )
     rows = record["grid"]
-    assert len(rows) == (2 if name == "task-arithmetic" else 4)
+    assert len(rows) == 2 ** len(tuned)
     best = max(rows, key=lambda r: r["heldout"])
     assert {k: best[k] for k in record["chosen"]} == record["chosen"]
     assert set(rows[0]) >= {"lam", "heldout", "val", "test", "shift"}
     # the written soup is the library's merge at the chosen point
     ings, b = [ms.open_ingredient(p) for p in paths], ms.open_ingredient(base)
-    fn = {"task-arithmetic": task_arithmetic, "ties": ties, "dare": dare}[name]
-    want = ms.materialize(fn(ings, b, **record["chosen"]))
+    want = ms.materialize(merge.function(ings, b, **record["chosen"]))
     got = load_file(out)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
@@ -177,15 +187,19 @@ def test_compare_has_every_row_and_its_greedy_row_is_greedys(sweep_with_base, tm
     ev = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
     out = tmp_path / "cmp"
     argv = ["compare", *paths, "--base", base, "-o", str(out), *ev, "--orders", "2"]
-    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5"]) == 0
+    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5", "0.9"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["methods"]]
+    della = next(r for r in results["methods"] if r["method"].startswith("DELLA ("))
+    assert della["detail"]["chosen"]["density"] == 0.5  # 0.9 +/- 0.15 is not a density
     for name in ("best individual", "ensemble", "greedy ensemble", "uniform soup", "greedy soup",
                  "greedy soup, random order (2 orders)", "learned soup", "learned soup by layer",
                  "Model Stock"):  # fmt: skip
         assert name in methods, (name, methods)
-    for prefix in ("WiSE-FT of greedy soup", "task arithmetic (", "TIES (", "DARE ("):
+    # every registered merge of fine-tunes on a base has its row (tuned ones with their choice)
+    labels = [m.label + (" (" if m.tuned else "") for m in MERGES.values() if applies_to_sweep(m)]
+    for prefix in ("WiSE-FT of greedy soup", *labels):
         assert any(m.startswith(prefix) for m in methods), (prefix, methods)
     assert "greedy soup" in printed and (out / "report.html").is_file()
     assert (out / "results.md").read_text().count("\n") == len(methods) + 2
@@ -200,7 +214,64 @@ def test_compare_has_every_row_and_its_greedy_row_is_greedys(sweep_with_base, tm
     assert row["scores"] == pytest.approx(greedy["splits"])
     # a rerun reuses the logits and journals: the ingredients' logits are not recomputed
     logits = sorted(p.name for p in (out / "logits").iterdir())
-    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5"]) == 0
+    assert main([*argv, "--lambdas", "0.5", "1.0", "--densities", "0.5", "0.9"]) == 0
     assert sorted(p.name for p in (out / "logits").iterdir()) == logits
     again = json.loads((out / "results.json").read_text())
     assert [r["scores"] for r in again["methods"]] == [r["scores"] for r in results["methods"]]
+
+
+def test_della_keep_probabilities_follow_the_magnitude_rank():
+    from modelsoup.merges.della import magprune_probabilities
+
+    tau = torch.tensor([0.1, -3.0, 2.0, 0.5])  # ranks by magnitude: 1, 4, 3, 2
+    p = magprune_probabilities(tau, 0.5, 0.1)
+    torch.testing.assert_close(p, torch.tensor([[0.4, 0.6, 0.5 + 0.1 / 3, 0.5 - 0.1 / 3]]))
+    rows = magprune_probabilities(torch.tensor([[1.0, 2.0], [5.0, -4.0]]), 0.5, 0.2)
+    torch.testing.assert_close(rows, torch.tensor([[0.3, 0.7], [0.7, 0.3]]))  # per row
+    one = magprune_probabilities(torch.tensor([[3.0], [1.0]]), 0.5, 0.2)  # rows of one
+    torch.testing.assert_close(one, torch.full((2, 1), 0.3))
+
+
+def test_breadcrumbs_drops_outliers_and_the_smallest():
+    from modelsoup.merges.breadcrumbs import outlier_mask
+
+    tau = torch.randperm(100).float() - 49.5  # distinct magnitudes
+    mask = outlier_mask(tau, density=0.8, gamma=0.05)
+    order = tau.abs().argsort()
+    assert int(mask.sum()) == 80
+    assert (mask[order[-5:]] == 0).all() and (mask[order[:15]] == 0).all()
+    assert (mask[order[15:95]] == 1).all()
+    # too many outliers for the density: fewer are dropped, the density is kept
+    assert int(outlier_mask(tau, density=0.99, gamma=0.05).sum()) == 99
+
+
+def test_della_and_breadcrumbs_at_density_1_are_task_arithmetic():
+    from modelsoup.merges import breadcrumbs, della_linear
+
+    g = torch.Generator().manual_seed(3)
+    sd = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(5, generator=g)}
+    base = S(sd)
+    fts = [S({n: t + torch.randn(t.shape, generator=g) for n, t in sd.items()})
+           for _ in range(3)]  # fmt: skip
+    want = ms.materialize(task_arithmetic(fts, base, weights=[1, 0.5, 2], lam=0.7))
+    for merge in (
+        della_linear(fts, base, density=1.0, weights=[1, 0.5, 2], lam=0.7),
+        breadcrumbs(fts, base, density=1.0, gamma=0.0, weights=[1, 0.5, 2], lam=0.7),
+    ):
+        got = ms.materialize(merge)
+        for n in want:
+            torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6)
+
+
+def test_della_is_seeded():
+    from modelsoup.merges import della
+
+    g = torch.Generator().manual_seed(4)
+    w0 = torch.randn(40, 30, generator=g)
+    base = S({"w": w0})
+    fts = [S({"w": w0 + torch.randn(40, 30, generator=g)}) for _ in range(2)]
+    a = ms.materialize(della(fts, base, seed=1))["w"]
+    assert torch.equal(a, ms.materialize(della(fts, base, seed=1))["w"])
+    assert not torch.equal(a, ms.materialize(della(fts, base, seed=2))["w"])
+    with pytest.raises(ms.SoupError, match="epsilon"):
+        della(fts, base, density=0.9, epsilon=0.15)

@@ -78,6 +78,7 @@ def test_model_stock_never_extrapolates_on_negative_cosines(tmp_path, capsys):
     base, is reported, and the soup stays within the inputs' range."""
     import json
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from modelsoup.cli import main
@@ -97,7 +98,8 @@ def test_model_stock_never_extrapolates_on_negative_cosines(tmp_path, capsys):
                  "-o", str(out), "-q"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "1 tensor(s) with a negative mean cosine keep θ0 (t = 0): w" in printed
-    record = json.loads((tmp_path / "stock.safetensors.run" / "model_stock.json").read_text())
+    with safe_open(str(out), "pt") as f:  # the ratios travel inside the output
+        record = json.loads(f.metadata()["modelsoup"])
     assert set(record["clamped"]) == {"w"} and record["clamped"]["w"] < -0.99
     assert all(0.0 <= t <= 1.0 for t in record["ratios"].values())
     soup = load_file(out)

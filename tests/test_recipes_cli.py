@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from modelsoup.cli import main
@@ -50,8 +51,10 @@ def test_wiseft_cli(tmp_path, sweep, capsys):
     assert main(["wiseft", base, paths[0], "-o", str(out), *EVAL, "--alphas", "0", "0.5", "1"]) == 0
     printed = capsys.readouterr().out
     assert "best held-out" in printed
-    scan = json.loads((tmp_path / "w.safetensors.run" / "wiseft.json").read_text())
-    best = scan["alpha"]
+    record = json.loads((tmp_path / "w.safetensors.run" / "wiseft.json").read_text())
+    best = record["chosen"]["alpha"]
+    assert [r["alpha"] for r in record["grid"]] == [0, 0.5, 1]
+    assert max(record["grid"], key=lambda r: r["heldout"])["alpha"] == best
     b, f = load_file(base), load_file(paths[0])
     torch.testing.assert_close(
         load_file(out)["0.weight"], (1 - best) * b["0.weight"] + best * f["0.weight"]
@@ -69,8 +72,9 @@ def test_model_stock_cli(tmp_path, sweep, capsys):
     base, paths = sweep
     out = tmp_path / "ms.safetensors"
     assert main(["model-stock", *paths, "--base", base, "-o", str(out), "-q"]) == 0
-    assert "Model Stock of 3 fine-tunes" in capsys.readouterr().out
-    ratios = json.loads((tmp_path / "ms.safetensors.run" / "model_stock.json").read_text())
+    assert "ratio t per tensor from" in capsys.readouterr().out
+    assert not (tmp_path / "ms.safetensors.run").exists()  # no evaluator: no run folder
+    ratios = _provenance(out)  # the ratios travel inside the output
     t = ratios["ratios"]["0.weight"]
     b = load_file(base)["0.weight"]
     mean = sum(load_file(p)["0.weight"] for p in paths) / 3
@@ -81,18 +85,43 @@ def test_model_stock_cli(tmp_path, sweep, capsys):
     assert "at least 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["uniform", "learned", "wiseft", "wiseft-alpha", "model-stock"])
-def test_every_command_that_writes_a_soup_records_its_run(command, tmp_path, sweep):
-    """args.json in the run folder: the command, its arguments, the versions, each input
-    with a fingerprint, and the evaluator's identity (None where there is no evaluator)."""
+def _provenance(out):
+    with safe_open(str(out), "pt") as f:
+        return json.loads(f.metadata()["modelsoup"])
+
+
+@pytest.mark.parametrize("command", ["uniform", "wiseft-alpha", "model-stock", "ties"])
+def test_a_merge_without_an_evaluator_carries_its_record_inside(command, tmp_path, sweep):
+    """No run folder beside the output: the method, its inputs, parameters and versions
+    are in the safetensors metadata."""
     base, paths = sweep
     out = tmp_path / "soup.safetensors"
     argv = {
         "uniform": ["uniform", *paths],
-        "learned": ["learned", *paths, *EVAL, "--epochs", "1"],
-        "wiseft": ["wiseft", base, paths[0], *EVAL],
         "wiseft-alpha": ["wiseft", base, paths[0], "--alpha", "0.5"],
         "model-stock": ["model-stock", *paths, "--base", base],
+        "ties": ["ties", *paths, "--base", base, "--density", "0.3"],
+    }[command]
+    assert main([*argv, "-o", str(out), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup.safetensors"]
+    record = _provenance(out)
+    assert record["recipe"] == argv[0] and "torch" in record["versions"]
+    assert set(record["ingredients"]) == set(argv[1:]) & (set(paths) | {base})
+    if command == "wiseft-alpha":
+        assert record["alpha"] == 0.5
+    if command == "ties":
+        assert record["density"] == 0.3 and record["lam"] == 1.0 and record["normalize"]
+
+
+@pytest.mark.parametrize("command", ["learned", "wiseft"])
+def test_every_command_that_writes_a_soup_records_its_run(command, tmp_path, sweep):
+    """args.json in the run folder: the command, its arguments, the versions, each input
+    with a fingerprint, and the evaluator's identity."""
+    base, paths = sweep
+    out = tmp_path / "soup.safetensors"
+    argv = {
+        "learned": ["learned", *paths, *EVAL, "--epochs", "1"],
+        "wiseft": ["wiseft", base, paths[0], *EVAL],
     }[command]
     assert main([*argv, "-o", str(out), "-q"]) == 0
     record = json.loads((tmp_path / "soup.safetensors.run" / "args.json").read_text())
@@ -101,8 +130,5 @@ def test_every_command_that_writes_a_soup_records_its_run(command, tmp_path, swe
     sources = {i["source"] for i in record["inputs"]}
     assert sources >= set(argv[1:4]) & (set(paths) | {base})
     assert all(len(i["fingerprint"]) == 20 for i in record["inputs"])
-    if command in ("learned", "wiseft"):
-        assert record["evaluator"]["factory"]["spec"] == "tinytask:model"
-        assert record["evaluator"]["data_function"]["spec"] == "tinytask:data"
-    else:
-        assert record["evaluator"] is None
+    assert record["evaluator"]["factory"]["spec"] == "tinytask:model"
+    assert record["evaluator"]["data_function"]["spec"] == "tinytask:data"

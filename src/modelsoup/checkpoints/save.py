@@ -339,6 +339,7 @@ def save_hf_folder(
     metadata: Mapping[str, str] | None = None,
     force: bool = False,
     progress: bool = False,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a Hugging Face model folder: weights as safetensors, sharded like
     ``save_pretrained`` when larger than ``max_shard_size``, plus the config and tokenizer
@@ -379,6 +380,8 @@ def save_hf_folder(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         for src in hf_load_files(template.folder):
             shutil.copy2(src, tmp / src.name)
+        for fname, text in (extra_files or {}).items():  # the record and model card
+            (tmp / fname).write_text(text)
     return path
 
 
@@ -391,6 +394,7 @@ def save(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
     progress: bool = False,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``ingredient`` where ``path`` says: ``.safetensors`` file, PyTorch file
     (``.pt``/``.pth``/``.bin``) or, for a path without suffix, a Hugging Face folder
@@ -398,7 +402,8 @@ def save(
     LoRA adapter: its base's folder is the model).
 
     The output is written atomically, never replaces an existing path unless ``force``,
-    and is never one of the ingredient's own input files.
+    and is never one of the ingredient's own input files. ``extra_files`` (name -> text)
+    go into a folder output; file outputs carry ``metadata`` only.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -424,4 +429,5 @@ def save(
         metadata=metadata,
         force=force,
         progress=progress,
+        extra_files=extra_files,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from functools import partial
 from pathlib import Path
 
 from ..checkpoints.read import open_ingredient
-from ..jobs.compare import DENSITIES, LAMBDAS, compare, table
+from ..jobs.compare import Settings, compare, table
 from . import options as o
 
 
@@ -17,8 +19,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="every recipe on your sweep, scored on every split: the paper's Table 3 for it",
         description="Cook every recipe that applies to the sweep (best individual, uniform, "
         "greedy and random-order greedy, learned per model and per layer, the logit "
-        "ensembles; with --base also Model Stock, WiSE-FT of the greedy soup, task "
-        "arithmetic, TIES and DARE with hyperparameters chosen on held-out), score each on "
+        "ensembles; with --base also WiSE-FT of the greedy soup and every registered merge "
+        "of fine-tunes on a base: Model Stock, task arithmetic, TIES, DARE, DELLA and Model "
+        "Breadcrumbs with their parameters chosen on held-out), score each on "
         "every split, and write results.md/.json/.csv, scatter.png and report.html with "
         "each method's inference cost, merge time and peak memory. Caches and journals in "
         "the output folder make a rerun compute only what changed.",
@@ -30,11 +33,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--orders", type=int, default=3, help="random orders of the greedy soup (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders and DARE")
     p.add_argument(
-        "--lambdas", nargs="+", type=float, default=list(LAMBDAS), help="the lambda grid"
-    )
+        "--lambdas", nargs="+", type=float, help="the lambda grid of every merge (default: "
+        "each merge's own, 0.2 0.4 0.6 0.8 1)",
+    )  # fmt: skip
     p.add_argument(
-        "--densities", nargs="+", type=float, default=list(DENSITIES), help="the density grid"
-    )
+        "--densities", nargs="+", type=float, help="the density grid of every merge "
+        "(default: each merge's own, 0.2 0.5 0.8; Model Breadcrumbs 0.7 0.8 0.9)",
+    )  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -51,13 +56,16 @@ def run(args: argparse.Namespace) -> int:
         evaluator,
         out,
         base=base,
-        random_orders=args.orders,
-        seed=args.seed,
-        integers=args.integers,
-        lambdas=args.lambdas,
-        densities=args.densities,
-        budget=o.cache_budget(args),
-        progress=not args.quiet,
+        settings=Settings(
+            random_orders=args.orders,
+            seed=args.seed,
+            integers=args.integers,
+            lambdas=args.lambdas,
+            densities=args.densities,
+            budget=o.cache_budget(args),
+            progress=not args.quiet,
+            log=(lambda line: None) if args.quiet else partial(print, file=sys.stderr),
+        ),
     )
     if not o.is_rank0():
         return 0

@@ -1,5 +1,6 @@
-"""The `modelsoup` command: builds the parser from the recipe registry, the other
-commands and the installed plugins, and runs one command with the project's errors."""
+"""The `modelsoup` command: builds the parser from the registry of merges (one command
+each), the soups, the other commands and the installed plugins, and runs one command
+with the project's errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..errors import SoupError
 from ..jobs.recipes import RECIPES
+from ..merges.registry import MERGES
 from ..store.allocator import keep_freed_memory
 from ..version import package_version
 from . import (
@@ -23,28 +25,14 @@ from . import (
     greedy,
     inspect_checkpoints,
     learned,
-    model_stock,
+    merge_config,
     options,
-    slerp,
-    task_merges,
-    uniform,
-    wiseft,
 )
+from . import merges as merge_commands
 
-# One command per registered recipe (the registry names them), then the others.
-RECIPE_COMMANDS = {
-    "uniform": uniform.add,
-    "greedy": greedy.add,
-    "ensemble": ensemble.add,
-    "learned": learned.add,
-    "wiseft": wiseft.add,
-    "model-stock": model_stock.add,
-    "task-arithmetic": task_merges.add_task_arithmetic,
-    "ties": task_merges.add_ties,
-    "dare": task_merges.add_dare,
-    "slerp": slerp.add,
-}
-OTHER_COMMANDS = (compare, analyze, inspect_checkpoints)
+# The evaluator-driven soups' commands; each merge's command is built from its entry.
+SOUP_COMMANDS = {"greedy": greedy.add, "ensemble": ensemble.add, "learned": learned.add}
+OTHER_COMMANDS = (compare, analyze, inspect_checkpoints, merge_config)
 PLUGIN_GROUP = "modelsoup.commands"
 
 
@@ -81,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"modelsoup {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for merge in MERGES.values():
+        merge_commands.add(sub, merge)
     for name, recipe in RECIPES.items():
-        RECIPE_COMMANDS[name](sub, recipe)
+        SOUP_COMMANDS[name](sub, recipe)
     for command in OTHER_COMMANDS:
         command.add(sub)
     load_plugins(sub)

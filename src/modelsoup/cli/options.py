@@ -21,7 +21,7 @@ from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
 from ..store.lock import run_lock
-from ..store.provenance import record_run, write_json
+from ..store.provenance import model_card, record_run, versions, write_json
 from ..version import package_version
 
 
@@ -95,7 +95,8 @@ OUTPUT.add_argument(
     "--run-dir",
     metavar="DIR",
     help="run folder: arguments, versions, inputs' fingerprints, evaluator identity, results "
-    "(default: OUTPUT.run)",
+    "(default: OUTPUT.run; a merge that runs no evaluator keeps none unless this is given: "
+    "its record goes inside the output)",
 )
 
 INTEGERS = _parent()
@@ -139,11 +140,12 @@ EVAL.add_argument(
 )
 EVAL.add_argument(
     "--evaluator",
-    default="accuracy",
+    default=None,
     metavar="accuracy|loss|acc_norm|MODULE:FUNCTION",
-    help="'accuracy' (default) or 'loss' on --data ('acc_norm' with --task "
-    "multiple-choice), or your function: called with the model (state loaded) if --model "
-    "is given, else with the state dict; returns a float, higher is better",
+    help="'accuracy' (default; with --task causal-lm: 'loss', the only score there) or "
+    "'loss' on --data ('acc_norm' with --task multiple-choice), or your function: called "
+    "with the model (state loaded) if --model is given, else with the state dict; returns "
+    "a float, higher is better",
 )
 EVAL.add_argument(
     "--split", default="val", help="the held-out split that drives every choice (default: val)"
@@ -237,7 +239,7 @@ def wants_evaluator(args: argparse.Namespace) -> bool:
         or args.data
         or args.task
         or getattr(args, "lm_eval", None)
-        or args.evaluator != "accuracy"
+        or args.evaluator is not None
     )
 
 
@@ -273,10 +275,11 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
             )
         if not args.data:
             raise SoupError(f"--task {args.task} needs --data: a CSV, JSON lines or Parquet file")
-        allowed = (
-            ("accuracy", "acc_norm") if args.task == "multiple-choice" else ("accuracy", "loss")
-        )
-        if args.evaluator not in allowed:
+        allowed = {
+            "multiple-choice": ("accuracy", "acc_norm"),
+            "causal-lm": ("loss",),
+        }.get(args.task, ("accuracy", "loss"))
+        if args.evaluator not in (None, *allowed):
             raise SoupError(
                 f"--task {args.task} scores {' or '.join(allowed)}; drop --evaluator "
                 f"{args.evaluator} or give one of those"
@@ -291,7 +294,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
             label_column=args.label_column,
             image_column=args.image_column,
             max_length=args.max_length,
-            metric=args.evaluator,
+            metric=args.evaluator or allowed[0],
             batch_size=batch_size,
             device=device,
             eval_dtype=parse_dtype(args.eval_dtype) if args.eval_dtype else None,
@@ -301,7 +304,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
     return build_evaluator(
         model=args.model,
         data=args.data,
-        evaluator=args.evaluator,
+        evaluator=args.evaluator or "accuracy",
         split=args.split,
         batch_size=batch_size,
         device=device,
@@ -348,13 +351,17 @@ def claim_run_dir(folder: Path, inputs: Sequence[Ingredient]) -> Path:
     return folder
 
 
-def check_writable(args: argparse.Namespace, inputs: Sequence[Ingredient]) -> Path:
+def check_writable(
+    args: argparse.Namespace, inputs: Sequence[Ingredient], *, run_folder: bool = True
+) -> Path:
     """Before any work: refuse an output that exists (without --force) or that is, holds
-    or lies in an input, and claim the run folder (see `claim_run_dir`); returns the
-    output path."""
+    or lies in an input, and (``run_folder``) claim the run folder (see
+    `claim_run_dir`); returns the output path. An adapter output always has a run folder
+    (its modules' errors)."""
     out = Path(args.output)
     check_output(out, input_paths(inputs), args.force)
-    claim_run_dir(run_dir(args), inputs)
+    if run_folder or getattr(args, "adapter_rank", None) is not None:
+        claim_run_dir(run_dir(args), inputs)
     return out
 
 
@@ -367,11 +374,14 @@ def save_soup(
     evaluator: Any = None,
     summary: dict[str, Any] | None = None,
     record: bool = True,
+    run_folder: bool = True,
 ) -> Path:
     """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
     metadata, and the run record (``args.json``: arguments, versions, inputs'
     fingerprints, evaluator identity) in the run folder; ``record=False`` when a pipeline
-    has written it already."""
+    has written it already. Without ``run_folder`` (a merge that ran no evaluator) the
+    record goes inside the output only: a folder output gets ``modelsoup.json`` and a
+    README model card, as mergekit writes its config and card."""
     folder = run_dir(args)
     if getattr(args, "adapter_rank", None) is not None:
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
@@ -383,9 +393,10 @@ def save_soup(
         "recipe": recipe,
         "modelsoup": package_version(),
         "ingredients": [i.source for i in inputs],
-        "run_dir": str(folder),
+        **({"run_dir": str(folder)} if run_folder else {"versions": versions()}),
         **(summary or {}),
     }
+    text = json.dumps(provenance, default=str, indent=2)
     out = save(
         soup,
         args.output,
@@ -394,8 +405,11 @@ def save_soup(
         max_shard_size=args.max_shard_size,
         force=args.force,
         progress=not args.quiet,
+        extra_files=None
+        if run_folder
+        else {"modelsoup.json": text + "\n", "README.md": model_card(provenance)},
     )
-    if record:  # after the soup: an unwritable output is reported as such
+    if record and run_folder:  # after the soup: an unwritable output is reported as such
         record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
     return out
 

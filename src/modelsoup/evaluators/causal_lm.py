@@ -83,6 +83,7 @@ class CausalLMEvaluator:
         self._cache: dict[str, list[Batch]] = {}
         self._starts_cache: dict[str, list[int]] = {}
         self._data_hash: dict[str, str] = {}
+        self._model_id: dict[str, Any] | None = None
 
     @property
     def splits(self) -> list[str]:
@@ -102,9 +103,11 @@ class CausalLMEvaluator:
                 h.update(len(x).to_bytes(8, "little"))
                 h.update(array("q", x).tobytes())
             self._data_hash[split] = h.hexdigest()[:16]
+        if self._model_id is None:  # the architecture: the same for every state loaded
+            self._model_id = model_identity(self.model)
         return {
             **self._declared,
-            "model": model_identity(self.model),
+            "model": self._model_id,
             "split": split,
             "data": self._data_hash[split],
             "outputs": "token losses",

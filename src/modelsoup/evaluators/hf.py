@@ -99,15 +99,19 @@ def hf_evaluator(
     label_column: str = "label",
     image_column: str = "image",
     max_length: int = 256,
-    metric: Metric = "accuracy",
+    metric: Metric | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     eval_dtype: torch.dtype | None = None,
 ) -> Any:
-    """The evaluator ``--task`` describes, on the held-out table ``data`` (split "val")."""
+    """The evaluator ``--task`` describes, on the held-out table ``data`` (split "val"),
+    scored by ``metric``: accuracy or loss for classifiers, accuracy or acc_norm for
+    multiple choice, loss (the only one) for a causal language model; None: the first."""
 
     if task not in HF_TASKS:
         raise SoupError(f"--task must be one of {HF_TASKS}, got {task!r}")
+    if metric is None:  # the task's own
+        metric = "loss" if task == "causal-lm" else "accuracy"
     if task == "multiple-choice":  # acc, or acc_norm with metric="acc_norm"
         return multiple_choice_evaluator(
             first,
@@ -117,7 +121,12 @@ def hf_evaluator(
             device=device,
             eval_dtype=eval_dtype,
         )
-    if task == "causal-lm":  # scored by its token loss, whatever ``metric`` says
+    if task == "causal-lm":  # scored by its token loss: no other metric is offered
+        if metric != "loss":
+            raise SoupError(
+                f"a causal language model is scored by its token loss; metric {metric!r} "
+                "cannot be computed (drop --evaluator, or give --evaluator loss)"
+            )
         return causal_lm_evaluator(
             first,
             data,

@@ -1,9 +1,10 @@
 """``modelsoup compare``: every recipe that applies to a sweep, scored on every split.
 
 The paper's Table 3 for the user's own sweep: best individual, uniform, greedy (sorted
-and random order), learned (per model and per layer), Model Stock, WiSE-FT of the greedy
-soup, task arithmetic, TIES, DARE (hyperparameters chosen on held-out), and the logit
-ensembles. Each row has the method's inference cost (models run per prediction), merge
+and random order), learned (per model and per layer), WiSE-FT of the greedy soup, every
+registered merge of fine-tunes on a base (Model Stock; task arithmetic, TIES, DARE,
+DELLA, Model Breadcrumbs with their parameters chosen on held-out from their grids), and
+the logit ensembles. Each row has the method's inference cost (models run per prediction), merge
 time and peak resident memory while it was cooked. Ingredients' logits and greedy
 journals live in the report folder, keyed like every cache (fingerprints, evaluator
 identity), so a rerun only computes what changed.
@@ -19,12 +20,14 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import atomic_output
 from ..checkpoints.stream import materialize
+from ..errors import SoupError
 from ..evaluators.protocols import (
     Evaluator,
     LogitEvaluator,
@@ -32,8 +35,9 @@ from ..evaluators.protocols import (
     evaluate,
     split_scores,
 )
-from ..merges import dare, model_stock, task_arithmetic, ties, uniform_soup, wise_ft
-from ..merges.tune import grid, grid_search
+from ..merges import uniform_soup, wise_ft
+from ..merges.registry import MERGES, applies_to_sweep
+from ..merges.tune import grid, tune
 from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
 from ..soups import greedy_soup, learned_soup
 from ..soups.ensemble import ensemble_baselines
@@ -41,9 +45,6 @@ from ..store.cache import LogitCache
 from ..store.journal import journal_at
 from ..store.provenance import versions, write_json
 from .pipelines import scores_from_logits
-
-LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
-DENSITIES = (0.2, 0.5, 0.8)
 
 
 @dataclass
@@ -83,158 +84,173 @@ def _measured(out: dict[str, float | None]) -> Iterator[None]:
     out["peak_mb"] = _peak_mb() if resettable else None
 
 
+@dataclass
+class Settings:
+    """What `compare` cooks beyond the sweep: random orders of the greedy soup (and the
+    seed of those orders, DARE and DELLA), the integer policy, grids that replace the
+    registered merges' own (``lambdas`` for ``lam``, ``densities`` for ``density``; None
+    keeps each merge's), the logit budget of a language model's ensembles, progress bars
+    and a log line per method."""
+
+    random_orders: int = 3
+    seed: int = 0
+    integers: str = "error"
+    lambdas: Sequence[float] | None = None
+    densities: Sequence[float] | None = None
+    budget: int | None = None
+    progress: bool = False
+    log: Callable[[str], None] = field(default=lambda _: None)
+
+
+class _Kitchen:
+    """One comparison's rows, each cooked, measured and scored in turn."""
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        evaluator: Evaluator,
+        out: Path,
+        settings: Settings,
+    ):
+        self.ingredients, self.evaluator, self.out, self.s = ingredients, evaluator, out, settings
+        self.logit = isinstance(evaluator, LogitEvaluator)
+        self.selection = evaluator.selection if self.logit else "heldout"
+        self.cache = LogitCache(out / "logits")
+        self.rows: list[Row] = []
+        self.opts = {"integers": settings.integers}
+
+    def score(self, state: Mapping) -> dict[str, float]:
+        if self.logit:
+            return split_scores(self.evaluator, state)
+        value = evaluate(self.evaluator, state, what="a soup of the comparison").score
+        assert value is not None
+        return {"heldout": value}
+
+    def cook(
+        self, method: str, make: Callable[[], Ingredient], models: int = 1, **detail: Any
+    ) -> None:
+        """Make the merge (``make`` returns the lazy merged ingredient), materialize and
+        score it: one row with its time and peak memory."""
+        m: dict[str, float | None] = {}
+        with _measured(m):
+            state = materialize(make())
+        self.rows.append(Row(method, models, self.score(state), m["seconds"], m["peak_mb"], detail))
+        held = self.rows[-1].scores[self.selection]
+        self.s.log(f"{method}: {held:.4f} held-out ({m['seconds']:.1f} s)")
+
+    def baselines(self) -> Any:
+        """Best individual and, from (cached) logits, the ensembles; the ingredients'
+        held-out scores for the greedy soup (None without logits)."""
+        ings = self.ingredients
+        if not self.logit:
+            individual = [self.score(materialize(i)) for i in ings]
+            b = max(range(len(individual)), key=lambda i: individual[i][self.selection])
+            self.rows.append(
+                Row("best individual", 1, individual[b], detail={"ingredient": ings[b].source})
+            )
+            return None
+        m: dict[str, float | None] = {}
+        with _measured(m):
+            t = ensemble_baselines(
+                ings, self.evaluator, cache=self.cache, budget=self.s.budget,
+                progress=self.s.progress,
+            )  # fmt: skip
+        best, kept = t["best_on_val"], t["greedy_ensemble"]
+        self.rows += [
+            Row("best individual", 1, _splits(best, t), detail={"ingredient": best["source"]}),
+            Row("ensemble", len(ings), _splits(t["ensemble"], t), m["seconds"], m["peak_mb"]),
+            Row("greedy ensemble", kept["models"], _splits(kept, t), detail={"kept": kept["kept"]}),
+        ]
+        return scores_from_logits(ings, self.evaluator, self.cache, self.s.progress)[0]
+
+    def greedy(self, scores: Any) -> Any:
+        """The greedy soup (sorted, then the random orders' mean row); returns the
+        sorted one."""
+        ings, s, made = self.ingredients, self.s, {}
+
+        def soup(order: str = "sorted", seed: int = 0, name: str = "greedy.jsonl") -> Any:
+            made[name] = greedy_soup(
+                ings, self.evaluator, order=order, seed=seed, progress=s.progress,
+                scores=scores if order == "sorted" else None,
+                journal=journal_at(self.out / name), **self.opts,
+            )  # fmt: skip
+            return made[name].soup
+
+        self.cook("greedy soup", soup)
+        self.rows[-1].detail["kept"] = [ings[i].source for i in made["greedy.jsonl"].kept]
+        for r in range(s.random_orders):
+            self.cook(
+                f"greedy soup, random order (seed {s.seed + r})",
+                partial(soup, "random", s.seed + r, f"greedy-random-{s.seed + r}.jsonl"),
+            )
+        if s.random_orders:
+            n = s.random_orders
+            self.rows[-n:] = [_mean_row(self.rows[-n:], n)]
+        return made["greedy.jsonl"]
+
+    def learned(self) -> None:
+        if not isinstance(self.evaluator, TrainableEvaluator):
+            return
+        for by_layer in (False, True):
+            self.cook(
+                "learned soup by layer" if by_layer else "learned soup",
+                lambda b=by_layer: learned_soup(
+                    self.ingredients, self.evaluator, by_layer=b, seed=self.s.seed,
+                    progress=self.s.progress,
+                ).soup,
+            )  # fmt: skip
+
+    def on_base(self, base: Ingredient, greedy: Any) -> None:
+        """WiSE-FT of the greedy soup, then every registered merge of k fine-tunes on a
+        base: untuned ones as they are, tuned ones at their held-out choice."""
+        scan = wiseft_scan(base, greedy.soup, self.evaluator, alphas=DEFAULT_ALPHAS, **self.opts)
+        alpha = best_alpha(scan)
+        self.cook(
+            f"WiSE-FT of greedy soup (alpha={alpha:g})",
+            lambda: wise_ft(base, greedy.soup, alpha, **self.opts),
+        )
+        inputs = (self.ingredients, base)
+        for merge in MERGES.values():
+            if applies_to_sweep(merge) and not merge.tuned:
+                self.cook(merge.label, lambda m=merge: m.make(inputs, **self.opts)[0])
+        for label, point, made in tuned_merges(
+            self.ingredients, base, self.evaluator, integers=self.s.integers,
+            lambdas=self.s.lambdas, densities=self.s.densities, cache=self.cache,
+            seed=self.s.seed, log=self.s.log,
+        ):  # fmt: skip
+            self.cook(label, lambda m=made: m, chosen=point)
+
+
 def compare(
     ingredients: Sequence[Ingredient],
     evaluator: Evaluator,
     out: Path,
     *,
     base: Ingredient | None = None,
-    random_orders: int = 3,
-    seed: int = 0,
-    integers: str = "error",
-    lambdas: Sequence[float] = LAMBDAS,
-    densities: Sequence[float] = DENSITIES,
-    budget: int | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] = lambda _: None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Cook and score every recipe that applies; return the results (also written to
-    ``out/results.json``). Recipes needing a base (Model Stock, WiSE-FT, task arithmetic,
-    TIES, DARE) run when ``base`` is given; logit ensembles with a `LogitEvaluator`;
-    learned soups with a `TrainableEvaluator`. A language model's ensembles hold at most
-    ``budget`` bytes of logits at once."""
-    logit = isinstance(evaluator, LogitEvaluator)
-    sel = evaluator.selection if logit else "heldout"
-    cache = LogitCache(out / "logits")
-    rows: list[Row] = []
-
-    def score(state: Mapping) -> dict[str, float]:
-        if logit:
-            return split_scores(evaluator, state)
-        value = evaluate(evaluator, state, what="a soup of the comparison").score
-        assert value is not None
-        return {"heldout": value}
-
-    def cook(method: str, make: Callable[[], Any], models: int = 1, **detail: Any) -> Any:
-        m: dict[str, float | None] = {}
-        with _measured(m):
-            made = make()
-            state = materialize(made.soup if hasattr(made, "soup") else made)
-        rows.append(Row(method, models, score(state), m["seconds"], m["peak_mb"], detail))
-        log(f"{method}: {rows[-1].scores[sel]:.4f} held-out ({m['seconds']:.1f} s)")
-        return made
-
-    # the baselines from (cached) logits: best individual, ensemble, greedy ensemble
-    scores = None
-    if logit:
-        m: dict[str, float | None] = {}
-        with _measured(m):
-            table = ensemble_baselines(
-                ingredients, evaluator, cache=cache, budget=budget, progress=progress
-            )
-        best = table["best_on_val"]
-        rows.append(
-            Row("best individual", 1, _splits(best, table), detail={"ingredient": best["source"]})
-        )
-        rows.append(
-            Row(
-                "ensemble",
-                len(ingredients),
-                _splits(table["ensemble"], table),
-                m["seconds"],
-                m["peak_mb"],
-            )
-        )
-        kept = table["greedy_ensemble"]
-        rows.append(
-            Row(
-                "greedy ensemble",
-                kept["models"],
-                _splits(kept, table),
-                detail={"kept": kept["kept"]},
-            )
-        )
-        scores, _ = scores_from_logits(ingredients, evaluator, cache, progress)
-    else:
-        individual = [score(materialize(i)) for i in ingredients]
-        b = max(range(len(individual)), key=lambda i: individual[i][sel])
-        rows.append(
-            Row("best individual", 1, individual[b], detail={"ingredient": ingredients[b].source})
-        )
-    opts = {"integers": integers}
-    cook("uniform soup", lambda: uniform_soup(ingredients, **opts))
-    greedy = cook(
-        "greedy soup",
-        lambda: greedy_soup(
-            ingredients,
-            evaluator,
-            scores=scores,
-            journal=journal_at(out / "greedy.jsonl"),
-            progress=progress,
-            **opts,
-        ),
-    )
-    rows[-1].detail["kept"] = [ingredients[i].source for i in greedy.kept]
-    randoms = [
-        cook(
-            f"greedy soup, random order (seed {seed + r})",
-            lambda r=r: greedy_soup(
-                ingredients,
-                evaluator,
-                order="random",
-                seed=seed + r,
-                journal=journal_at(out / f"greedy-random-{seed + r}.jsonl"),
-                progress=progress,
-                **opts,
-            ),
-        )
-        for r in range(random_orders)
-    ]
-    if randoms:
-        rows[-len(randoms) :] = [_mean_row(rows[-len(randoms) :], random_orders)]
-    if isinstance(evaluator, TrainableEvaluator):
-        for by_layer in (False, True):
-            cook(
-                "learned soup by layer" if by_layer else "learned soup",
-                lambda b=by_layer: learned_soup(
-                    ingredients, evaluator, by_layer=b, seed=seed, progress=progress
-                ),
-            )
+    ``out/results.json``). Recipes needing a base (WiSE-FT of the greedy soup, and every
+    registered merge of fine-tunes on a base: Model Stock, and those with a grid tuned on
+    held-out) run when ``base`` is given; logit ensembles with a `LogitEvaluator`;
+    learned soups with a `TrainableEvaluator`."""
+    k = _Kitchen(ingredients, evaluator, out, settings or Settings())
+    scores = k.baselines()
+    k.cook("uniform soup", lambda: uniform_soup(ingredients, **k.opts))
+    greedy = k.greedy(scores)
+    k.learned()
     if base is not None:
-        cook("Model Stock", lambda: model_stock(ingredients, base, **opts)[0])
-        scan = wiseft_scan(base, greedy.soup, evaluator, alphas=DEFAULT_ALPHAS, **opts)
-        alpha = best_alpha(scan)
-        cook(
-            f"WiSE-FT of greedy soup (alpha={alpha:g})",
-            lambda: wise_ft(base, greedy.soup, alpha, **opts),
-        )
-        for label, point, merge in tuned_merges(
-            ingredients,
-            base,
-            evaluator,
-            integers=integers,
-            lambdas=lambdas,
-            densities=densities,
-            cache=cache,
-        ):
-            cook(label, lambda m=merge: m, chosen=point)
+        k.on_base(base, greedy)
     results = {
-        "selection": sel,
-        "splits": list(rows[0].scores),
+        "selection": k.selection,
+        "splits": list(k.rows[0].scores),
         "ingredients": [i.source for i in ingredients],
         "base": base.source if base is not None else None,
-        "methods": [asdict(r) for r in rows],
+        "methods": [asdict(r) for r in k.rows],
         "versions": versions(),
     }
     write_reports(results, out)
     return results
-
-
-TUNED = {
-    "task arithmetic": (task_arithmetic, ("lam",)),
-    "TIES": (ties, ("lam", "density")),
-    "DARE": (dare, ("lam", "density")),
-}
 
 
 def tuned_merges(
@@ -242,37 +258,66 @@ def tuned_merges(
     base: Ingredient,
     evaluator: Evaluator,
     *,
-    methods: Sequence[str] = tuple(TUNED),
+    methods: Sequence[str] | None = None,
     integers: str = "error",
-    lambdas: Sequence[float] = LAMBDAS,
-    densities: Sequence[float] = DENSITIES,
+    lambdas: Sequence[float] | None = None,
+    densities: Sequence[float] | None = None,
     cache: LogitCache | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[tuple[str, dict[str, float], Any]]:
-    """Task arithmetic, TIES and DARE (``methods``) with their hyperparameters chosen on
-    the held-out split: ``(label with the choice, the chosen point, the lazy merge)``.
-    What `compare` and the paper's experiment both run. With ``cache``, every grid
-    point's logits are cached (keyed by the merge's content and the evaluator's
-    identity), so a rerun scores nothing again."""
+    """The registered merges of fine-tunes on a base that declare a grid (``methods``:
+    their registry names; default all), each at its held-out choice (`merges.tune.tune`):
+    ``(label with the choice, the chosen point, the lazy merge)``. ``lambdas`` and
+    ``densities`` replace the merges' own grids; values a merge refuses (DELLA's density
+    +/- epsilon outside (0, 1)) are left out of its grid, with a ``log`` line. What
+    `compare` and the paper's
+    experiment both run. With ``cache``, every grid point's logits are cached (keyed by
+    the merge's content and the evaluator's identity), so a rerun scores nothing again."""
     from ..analysis.compute import LogitScorer
 
     scores = None
     if cache is not None and isinstance(evaluator, LogitEvaluator):
         scores = LogitScorer(evaluator, cache=cache)
+    replace = {"lam": lambdas, "density": densities}
     out = []
-    for name in methods:
-        fn, params = TUNED[name]
-        axes = {"lam": lambdas, "density": densities}
-        # TIES' thresholds depend on the density, not on lambda: found once per density
-        shared = {"thresholds": {}} if fn is ties else {}
-
-        def make(fn=fn, shared=shared, **point: float) -> Any:
-            return fn(ingredients, base, integers=integers, **shared, **point)
-
-        points = grid(**{k: axes[k] for k in params})
-        point, _ = grid_search(make, points, evaluator, what=name, scores=scores)
+    for merge in MERGES.values():
+        if not (applies_to_sweep(merge) and merge.tuned):
+            continue
+        if methods is not None and merge.name not in methods:
+            continue
+        axes = {p.name: replace.get(p.name) or p.grid for p in merge.tuned}
+        fixed: dict[str, Any] = {"integers": integers}
+        if any(p.name == "seed" for p in merge.params):
+            fixed["seed"] = seed
+        axes = _valid(merge, (ingredients, base), axes, fixed, log)
+        if axes is None:
+            continue
+        point, _ = tune(merge, (ingredients, base), evaluator, axes, fixed=fixed, scores=scores)
         label = ", ".join(f"{'lambda' if k == 'lam' else k}={v:g}" for k, v in point.items())
-        out.append((f"{name} ({label})", point, make(**point)))
+        made = merge.make((ingredients, base), **fixed, **point)[0]
+        out.append((f"{merge.label} ({label})", point, made))
     return out
+
+
+def _valid(
+    merge: Any,
+    inputs: tuple[Any, ...],
+    axes: dict[str, Sequence[float]],
+    fixed: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, list[float]] | None:
+    """``axes`` without the values of the points ``merge`` refuses (None: none left)."""
+    valid = []
+    for point in grid(**axes):
+        try:  # merges are lazy: making one only checks its parameters
+            merge.make(inputs, **fixed, **point)
+            valid.append(point)
+        except SoupError as e:
+            log(f"{merge.label}: {point} left out of the grid ({e})")
+    if not valid:
+        return None
+    return {n: list(dict.fromkeys(p[n] for p in valid)) for n in axes}
 
 
 def _splits(entry: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, float]:

@@ -1,16 +1,24 @@
 """Weight-space merges that need no evaluator, one per module: uniform (and weighted)
-averages, task arithmetic, TIES and DARE, SLERP, Model Stock and WiSE-FT; `tune` is
-the held-out search over a merge's λ or density."""
+averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, Model Stock and
+WiSE-FT. `registry.MERGES` is the table the CLI, `compare` and mergekit configs follow;
+`tune` is the held-out search over a merge's parameters."""
 
+from .breadcrumbs import breadcrumbs, breadcrumbs_ties
+from .dare import dare
+from .della import della, della_linear
 from .model_stock import model_stock
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
-from .ties import dare, ties
+from .ties import ties
 from .uniform import uniform_soup
 from .wiseft import wise_ft, wiseft_scan
 
 __all__ = [
+    "breadcrumbs",
+    "breadcrumbs_ties",
     "dare",
+    "della",
+    "della_linear",
     "model_stock",
     "slerp",
     "task_arithmetic",

@@ -3,7 +3,11 @@
 Ilharco et al., "Editing models with task arithmetic", ICLR 2023:
 theta = theta0 + lambda * sum_i w_i (theta_i - theta0). As mergekit's
 ``task_arithmetic`` (no normalization by the weights' sum). Linear, so it streams in
-chunks like the uniform soup.
+chunks like the uniform soup. ``arithmetic="anchored"`` (default) sums
+``(sum c) theta_a + sum_i c_i (theta_i - theta_a)`` anchored on the largest coefficient
+(a merge of identical checkpoints is that checkpoint bit for bit); ``"sum"`` computes
+``theta0 + lambda * sum_i w_i (theta_i - theta0)`` in that order, bit-identical to
+mergekit's ``task_arithmetic``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from collections.abc import Sequence
 
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
-from ..ops.arithmetic import Combination, linear_combination
+from ..ops.arithmetic import Combination, linear_combination, weighted_average
+from .ties import Ties
 
 
 def task_arithmetic(
@@ -21,11 +26,23 @@ def task_arithmetic(
     *,
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
+    arithmetic: str = "anchored",
     **options,
-) -> Combination:
-    """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each."""
+) -> Combination | Ties:
+    """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each.
+    ``options`` as `Combination` (with ``arithmetic="sum"``: ``integers`` only)."""
     w = [1.0] * len(ingredients) if weights is None else [float(x) for x in weights]
     if len(w) != len(ingredients):
         raise SoupError(f"{len(w)} weights for {len(ingredients)} ingredients; give one each")
+    if arithmetic == "sum":
+        dtype = options.pop("dtype", None)
+        options.pop("accumulate", None)
+        merged = Ties(
+            ingredients, base, density=1.0, weights=w, lam=lam, normalize=False,
+            consensus=False, integers=options.pop("integers", "error"),
+        )  # fmt: skip
+        return merged if dtype is None else weighted_average([merged], dtype=dtype)
+    if arithmetic != "anchored":
+        raise SoupError(f"arithmetic must be 'anchored' or 'sum', got {arithmetic!r}")
     coefficients = [lam * x for x in w] + [1.0 - lam * sum(w)]
     return linear_combination([*ingredients, base], coefficients, **options)

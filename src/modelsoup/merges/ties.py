@@ -1,4 +1,4 @@
-"""TIES merging and DARE: sparsify the task vectors, elect a sign, merge what agrees.
+"""TIES merging: sparsify the task vectors, elect a sign, merge what agrees.
 
 Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023:
 per tensor, (1) trim each task vector tau_i = theta_i - theta0 to its top ``density``
@@ -6,26 +6,15 @@ fraction by magnitude, (2) elect a sign per entry, the sign of sum_i w_i tau_i, 
 the entries that agree with it and, with ``normalize``, divide by the sum of the weights
 that agree; theta = theta0 + lambda * merged.
 
-Yu et al., "Language Models are Super Mario" (DARE), ICML 2024: instead of the top-k,
-drop each task-vector entry with probability 1 - density and rescale the rest by
-1 / density; ``dare-linear`` sums them (task arithmetic), ``dare-ties`` elects signs as
-TIES does. Drops are drawn from a CPU generator seeded by ``seed``, the tensor's name and
-the ingredient's position, so a seed gives the same soup on any machine.
-
 TIES follows mergekit 0.1.5's ``ties`` (generalized task arithmetic: sparsify, then
 weight, then the sign consensus "sum", normalized by default; at least one entry kept),
 streamed in chunks through a magnitude threshold per task vector: an entry whose
 magnitude ties the threshold exactly is kept, where mergekit's argsort keeps exactly k
 (144 of 109M values differ on the BERT-base benchmark; none on untied data).
-DARE follows the paper rather than mergekit: mergekit 0.1.5 rescales the kept entries so
-that their L1 norm matches the task vector's, not by 1/density, and draws its drops from
-torch's global generator (no seed); here the rescale is 1/density, as the paper's
-expectation argument needs, and the drops are seeded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 
@@ -33,51 +22,10 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import is_float
-from ..errors import NonFiniteError, SoupError
+from ..errors import NonFiniteError
 from ..ops.arithmetic import IntegerPolicy, all_finite
-from ..ops.tensorwise import Tensorwise, same_integers
-
-
-def random_mask(tau: torch.Tensor, density: float, seed: int, name: str, i: int) -> torch.Tensor:
-    """Keep each entry with probability ``density``, from a generator seeded by
-    ``(seed, name, i)``."""
-    key = hashlib.sha256(f"{seed}:{name}:{i}".encode()).digest()
-    g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
-    return (torch.rand(tau.shape, generator=g) < density).to(tau.dtype)
-
-
-def merge_task_vectors(
-    taus: list[torch.Tensor],
-    weights: Sequence[float],
-    *,
-    consensus: bool,
-    normalize: bool,
-) -> torch.Tensor:
-    """Sum of ``w_i tau_i``: with ``consensus``, only entries whose sign agrees with the
-    sign of the weighted sum; with ``normalize``, divided per entry by the weights
-    summed (of the agreeing entries, with consensus)."""
-    w = torch.tensor(list(weights), dtype=torch.float32).view(-1, *([1] * taus[0].dim()))
-    weighted = torch.stack(taus) * w
-    if consensus:
-        sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
-        mask = (weighted.sign() == sign).to(weighted.dtype)
-        mixed = (weighted * mask).sum(0)
-        divisor = (w * mask).sum(0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = weighted.sum(0)
-        divisor = w.sum(0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    return mixed / divisor if normalize else mixed
-
-
-def _check(k: int, weights: Sequence[float] | None, density: float) -> list[float]:
-    if not 0 < density <= 1:
-        raise SoupError(f"--density must be in (0, 1], got {density}")
-    w = [1.0] * k if weights is None else [float(x) for x in weights]
-    if len(w) != k:
-        raise SoupError(f"{len(w)} weights for {k} ingredients; give one each")
-    return w
+from ..ops.tensorwise import same_integers
+from .task_vectors import check_density, check_weights, merge_task_vectors
 
 
 class Ties:
@@ -86,7 +34,8 @@ class Ties:
     once, one task vector at a time; every chunk is then trimmed, sign-elected and merged
     on its own. Memory: two copies of one tensor while thresholds are found, then k chunks.
     An entry whose magnitude ties the threshold is kept (top-k keeps exactly k; they differ
-    only on exact ties of nonzero magnitudes)."""
+    only on exact ties of nonzero magnitudes). With ``consensus=False`` and density 1 it
+    is task arithmetic in mergekit's order of operations, streamed the same way."""
 
     def __init__(
         self,
@@ -99,23 +48,28 @@ class Ties:
         normalize: bool,
         integers: IntegerPolicy,
         thresholds: dict[tuple[str, float], list[float]] | None = None,
+        consensus: bool = True,
     ):
         from ..ops.checks import check_compatible
 
         self.ingredients, self.base = list(ingredients), base
         self._layout = check_compatible([*ingredients, base])
         self.density, self.weights, self.lam = density, list(weights), lam
-        self.normalize, self.integers = normalize, integers
+        self.normalize, self.integers, self.consensus = normalize, integers, consensus
         # (tensor, density) -> each task vector's threshold; shared between merges of the
         # same ingredients and base (a lambda grid) when the caller passes one dict.
         self._thresholds = thresholds if thresholds is not None else {}
         self._lock = threading.Lock()
 
-    source = property(lambda self: f"TIES of {len(self.ingredients)}")
+    source = property(
+        lambda self: f"{'TIES' if self.consensus else 'task arithmetic'} of {len(self.ingredients)}"
+    )
     layout = property(lambda self: self._layout)
     files = property(lambda self: tuple(f for i in [*self.ingredients, self.base] for f in i.files))
 
     def _threshold(self, name: str) -> list[float]:
+        if self.density >= 1:  # every entry kept: nothing to find
+            return [0.0] * len(self.ingredients)
         key = (name, self.density)
         with self._lock:
             if key not in self._thresholds:
@@ -145,10 +99,12 @@ class Ties:
         for ing, thr in zip(self.ingredients, self._threshold(name)):
             tau = ing.read(name, start, stop).float() - theta0
             taus.append(tau * (tau.abs() >= thr))
-        merged = merge_task_vectors(taus, self.weights, consensus=True, normalize=self.normalize)
+        merged = merge_task_vectors(
+            taus, self.weights, consensus=self.consensus, normalize=self.normalize
+        )
         out = (theta0 + self.lam * merged).to(spec.dtype)
         if not all_finite(out):
-            raise NonFiniteError(f"the TIES merge of tensor {name!r} is not finite")
+            raise NonFiniteError(f"the {self.source} of tensor {name!r} is not finite")
         return out
 
     def get(self, name: str) -> torch.Tensor:
@@ -170,39 +126,9 @@ def ties(
     (see `Ties`). ``thresholds``: a dict to share the magnitude thresholds (the costly
     part) between TIES merges of the same ingredients and base, such as a grid over
     ``lam``; it is keyed by tensor and density."""
-    w = _check(len(ingredients), weights, density)
+    check_density(density)
+    w = check_weights(len(ingredients), weights)
     return Ties(
         ingredients, base, density=density, weights=w, lam=lam, normalize=normalize,
         integers=integers, thresholds=thresholds,
     )  # fmt: skip
-
-
-def dare(
-    ingredients: Sequence[Ingredient],
-    base: Ingredient,
-    *,
-    density: float = 0.5,
-    weights: Sequence[float] | None = None,
-    lam: float = 1.0,
-    consensus: bool = False,
-    normalize: bool = False,
-    seed: int = 0,
-    integers: IntegerPolicy = "error",
-) -> Tensorwise:
-    """DARE: random drops rescaled by 1/``density``, then summed (``dare-linear``) or
-    merged by sign (``consensus``: ``dare-ties``); lazy, one tensor at a time."""
-    w = _check(len(ingredients), weights, density)
-
-    def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
-        *fts, theta0 = tensors
-        taus = [
-            (t - theta0) * random_mask(t, density, seed, name, i) / density
-            for i, t in enumerate(fts)
-        ]
-        merged = merge_task_vectors(taus, w, consensus=consensus, normalize=normalize)
-        return theta0 + lam * merged
-
-    kind = "dare-ties" if consensus else "dare-linear"
-    return Tensorwise(
-        [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers
-    )

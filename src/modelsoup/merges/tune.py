@@ -46,3 +46,26 @@ def grid_search(
         rows.append(row)
     best = max(range(len(rows)), key=lambda i: (rows[i]["heldout"], -i))
     return dict(points[best]), rows
+
+
+def tune(
+    merge: Any,
+    inputs: Sequence[Any],
+    evaluator: Evaluator,
+    axes: Mapping[str, Sequence[float]],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    scores: Callable[[Mapping[str, Any]], dict[str, float]] | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The held-out search of a registered merge (`registry.Merge`) over ``axes`` (its
+    tuned parameters' grids), the other parameters ``fixed``: the best point and one row
+    per point (see `grid_search`). The state the merge shares across its grid (TIES'
+    magnitude thresholds, found once per density) is made once for the whole search.
+    What the merge commands and `compare` both call."""
+    shared = merge.shared() if merge.shared else {}
+    base = {**(fixed or {}), **shared}
+
+    def make(**point: float) -> Any:
+        return merge.make(tuple(inputs), **base, **point)[0]
+
+    return grid_search(make, grid(**axes), evaluator, what=merge.name, scores=scores)

@@ -69,3 +69,32 @@ def record_run(
     }
     write_json(Path(run_dir) / "args.json", record)
     return record
+
+
+def model_card(provenance: dict[str, Any]) -> str:
+    """A short model card for a merged folder: method, inputs, parameters, version."""
+    params = {
+        k: v for k, v in provenance.items()
+        if k not in ("recipe", "modelsoup", "ingredients", "versions", "ratios", "clamped")
+    }  # fmt: skip
+    lines = [
+        "---",
+        "tags:",
+        "- merge",
+        "- modelsoup",
+        "---",
+        f"# {provenance['recipe']} merge",
+        "",
+        f"Made with modelsoup {provenance['modelsoup']} by the `{provenance['recipe']}` merge of:",
+        "",
+        *[f"- `{s}`" for s in provenance["ingredients"]],
+        "",
+        "Parameters:",
+        "",
+        "```json",
+        json.dumps(params, default=str, indent=2),
+        "```",
+        "",
+        "The full record is in `modelsoup.json`.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,75 @@
+"""``modelsoup merge CONFIG.yml OUTPUT``: run a mergekit configuration (see
+`modelsoup.merges.mergekit_config` for what is read and what is refused)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..checkpoints.layout import parse_dtype
+from ..checkpoints.read import open_ingredient
+from ..merges.mergekit_config import plan
+from ..ops.arithmetic import weighted_average
+from ..ops.checks import check_distinct
+from ..ops.summary import human_bytes
+from . import options as o
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        parents=[o.QUIET],
+        help="run a mergekit YAML configuration (the registry's methods)",
+        description="Run a mergekit 0.1.5 YAML configuration: merge_method (linear, "
+        "task_arithmetic, ties, dare_ties, dare_linear, della, della_linear, breadcrumbs, "
+        "breadcrumbs_ties, slerp), base_model, models with parameters (weight, density, "
+        "epsilon, gamma), parameters (lambda, normalize, rescale, t, int8_mask), dtype, "
+        "out_dtype and tokenizer_source: base, with mergekit's defaults. Anything else "
+        "(slices, gradients, other tokenizer sources) is refused, naming the key. The "
+        "output is a folder (or a .safetensors file) carrying modelsoup.json and a model "
+        "card.",
+    )
+    p.add_argument("config", metavar="CONFIG.yml", help="the mergekit configuration")
+    p.add_argument("output", metavar="OUTPUT", help="the merged model's folder (as mergekit-yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--max-shard-size", default="5GB", help="largest weight file of the folder (default 5GB)"
+    )
+    p.set_defaults(run=run, key=None, base_model=None, run_dir=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    p = plan(args.config)
+
+    def one(path: str) -> Any:
+        return open_ingredient(path)
+
+    models = [one(m) for m in p.models]
+    base = one(p.base) if p.base is not None else None
+    if p.merge.inputs == "two":
+        inputs: tuple[Any, ...] = (base, models[0])
+        read = [base, models[0]]
+    elif p.merge.inputs == "models":
+        inputs, read = (models,), models
+    else:
+        inputs, read = (models, base), [*models, base]
+    check_distinct(read)
+    template = base if base is not None and p.template == p.base else models[0]
+    out = o.check_writable(args, read, run_folder=False)
+    t0 = time.perf_counter()
+    keywords = dict(p.keywords)
+    soup, details = p.merge.make(inputs, **keywords)
+    if p.dtype is not None:  # mergekit's out_dtype (or dtype): the written dtype
+        soup = weighted_average([soup], dtype=parse_dtype(p.dtype))
+    o.save_soup(
+        args, soup, [template, *[i for i in read if i is not template]], p.merge.name,
+        summary={"mergekit_config": str(p.config), "merge_method": p.method, **keywords,
+                 **details},
+        run_folder=False,
+    )  # fmt: skip
+    print(
+        f"wrote {out}: {p.method} ({p.merge.name}) of {len(read)} models, "
+        f"{human_bytes(soup.layout.nbytes)}, in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0

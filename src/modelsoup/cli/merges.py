@@ -1,0 +1,274 @@
+"""One command per registered merge (`modelsoup.merges.registry.MERGES`), built from the
+entry: its inputs, its weights, and one option per parameter. A parameter with a grid
+may be left out when an evaluator is given: it is then chosen on the held-out split
+(`merges.tune.tune`), every grid point's score going to the run folder. A merge run
+without an evaluator has no run folder: its record goes inside the output."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.layout import DTYPE_NAMES, parse_dtype
+from ..checkpoints.read import open_ingredient
+from ..errors import SoupError
+from ..merges.registry import Merge, Param
+from ..merges.tune import tune
+from ..ops.arithmetic import weighted_average
+from ..ops.checks import check_distinct
+from ..ops.summary import human_bytes, human_count
+from ..store.provenance import write_json
+from . import options as o
+
+POSITIONAL = {
+    "two": (("a", "A", "the model at t = 0"), ("b", "B", "the model at t = 1")),
+    "base+one": (
+        ("base", "BASE", "the pretrained (or zero-shot) checkpoint"),
+        ("finetuned", "FINETUNED", "a fine-tuned checkpoint or a soup"),
+    ),
+}
+
+
+def _number(kind: Any, option: str) -> Any:
+    """argparse type: a finite number (ints for int parameters), checked at parse time."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option}: not a number: {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{option} must be finite, got {text}")
+        return value
+
+    return parse
+
+
+def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
+    if param.kind is bool:
+        p.add_argument(
+            param.option, dest=param.name, action=argparse.BooleanOptionalAction,
+            default=None, help=f"{param.help} (default: {'on' if param.default else 'off'})",
+        )  # fmt: skip
+        return
+    if isinstance(param.kind, tuple):
+        p.add_argument(
+            param.option, dest=param.name, choices=param.kind, default=None,
+            help=f"{param.help} (default: {param.default})",
+        )  # fmt: skip
+        return
+    default = "required" if param.default is None else f"default {param.default:g}"
+    if param.grid:
+        default += ", or chosen on the held-out split with an evaluator"
+    p.add_argument(
+        param.option, dest=param.name, type=_number(param.kind, param.option),
+        metavar=param.option.lstrip("-").upper(), help=f"{param.help} ({default})",
+    )  # fmt: skip
+    if param.grid:
+        p.add_argument(
+            param.grid_option, dest=f"{param.name}_grid", nargs="+",
+            type=_number(param.kind, param.grid_option), default=list(param.grid),
+            metavar=param.option.lstrip("-").upper(),
+            help=f"with an evaluator: the values of {param.option} to score (default "
+            f"{' '.join(f'{v:g}' for v in param.grid)})",
+        )  # fmt: skip
+
+
+def add(sub: argparse._SubParsersAction, merge: Merge) -> argparse.ArgumentParser:
+    parents = [o.KEY, o.OUTPUT, o.QUIET, o.INTEGERS]
+    if merge.inputs in ("models", "models+base"):
+        parents.insert(0, o.READ)
+    if merge.casts:
+        parents.append(o.NUMERIC)
+    if merge.tuned:
+        parents.append(o.EVAL)
+    tuning = (
+        " Give every parameter, or an evaluator to choose those left out on the held-out "
+        "split from their grids."
+        if merge.tuned
+        else " No held-out data needed."
+    )
+    p = sub.add_parser(
+        merge.name,
+        parents=parents,
+        help=merge.summary,
+        description=f"{merge.summary[0].upper()}{merge.summary[1:]}. After {merge.paper}: "
+        f"{merge.formula}.{tuning}",
+    )
+    for name, metavar, help in POSITIONAL.get(merge.inputs, ()):
+        p.add_argument(name, metavar=metavar, help=help)
+    if merge.inputs == "models+base":
+        p.add_argument("--base", required=True, metavar="THETA0", help="the model fine-tuned from")
+    if merge.weights:
+        p.add_argument(
+            "--weights", nargs="+", type=_number(float, "--weights"), metavar="W",
+            help="one weight per ingredient (default: equal)",
+        )  # fmt: skip
+    for param in merge.params:
+        _add_param(p, param)
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPE_NAMES), default=None,
+        help="dtype of the output's floating tensors (default: the ingredients')",
+    )  # fmt: skip
+    p.set_defaults(run=partial(run, merge=merge))
+    return p
+
+
+def open_inputs(args: argparse.Namespace, merge: Merge) -> tuple[tuple[Any, ...], list[Ingredient]]:
+    """The merge's positional inputs (as the function takes them) and every ingredient
+    read (the base last)."""
+
+    def one(path: str) -> Ingredient:
+        return open_ingredient(path, key=args.key, base_model=args.base_model)
+
+    if merge.inputs in POSITIONAL:
+        first, second = (one(getattr(args, n)) for n, _, _ in POSITIONAL[merge.inputs])
+        check_distinct([first, second])
+        read = [second, first] if merge.inputs == "base+one" else [first, second]
+        return (first, second), read
+    ings = o.open_all(args.ingredients, args.key, merge.min_models, base_model=args.base_model)
+    if merge.inputs == "models":
+        return (ings,), ings
+    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
+    check_distinct([*ings, base])
+    return (ings, base), [*ings, base]
+
+
+def _options(args: argparse.Namespace, merge: Merge) -> dict[str, Any]:
+    """The keywords the command line fixes: weights, untuned parameters, numerics."""
+    out: dict[str, Any] = {"integers": args.integers}
+    if merge.weights and args.weights is not None:
+        out["weights"] = args.weights
+    if merge.casts:
+        out["accumulate"] = parse_dtype(args.accumulate)
+        out["dtype"] = parse_dtype(args.dtype) if args.dtype else None
+    for param in merge.params:
+        value = getattr(args, param.name)
+        if not param.grid:
+            if value is None and param.default is None:
+                raise SoupError(f"give {param.option}: {merge.name} has no default for it")
+            out[param.name] = param.default if value is None else value
+    return out
+
+
+def choose(
+    args: argparse.Namespace, merge: Merge, inputs: tuple[Any, ...], first: Ingredient
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None, Any]:
+    """The tuned parameters' values: as given, chosen on the held-out split (with an
+    evaluator) or their defaults; the grid's rows and the evaluator, if one ran."""
+    given = {p.name: getattr(args, p.name) for p in merge.tuned}
+    missing = [p for p in merge.tuned if given[p.name] is None]
+    if not missing:
+        return given, None, None
+    if not o.wants_evaluator(args):
+        required = [p.option for p in missing if p.default is None]
+        if required:
+            raise SoupError(
+                f"give {' and '.join(required)}, or --model and --data (or --evaluator, "
+                "--task) to choose it on the held-out split"
+            )
+        return {k: v if v is not None else _default(merge, k) for k, v in given.items()}, None, None
+    evaluator = o.make_evaluator(args, first)
+    axes = {
+        p.name: [given[p.name]] if given[p.name] is not None else getattr(args, f"{p.name}_grid")
+        for p in merge.tuned
+    }
+    point, rows = tune(merge, inputs, evaluator, axes, fixed=_options(args, merge))
+    return point, rows, evaluator
+
+
+def _default(merge: Merge, name: str) -> Any:
+    return next(p.default for p in merge.params if p.name == name)
+
+
+def run(args: argparse.Namespace, merge: Merge) -> int:
+    inputs, read = open_inputs(args, merge)
+    evaluated = bool(merge.tuned) and o.wants_evaluator(args)
+    # a run folder where an evaluator runs, or where the user names one
+    keeps_run = evaluated or args.run_dir is not None
+    out = o.check_writable(args, read, run_folder=keeps_run)
+    fixed = _options(args, merge)
+    point, rows, evaluator = choose(args, merge, inputs, read[0])
+    t0 = time.perf_counter()
+    soup, details = merge.make(inputs, **fixed, **point)
+    if args.dtype and not merge.casts:  # computed in float32, written in --dtype
+        soup = weighted_average([soup], dtype=parse_dtype(args.dtype))
+    shown = {k: v for k, v in {**fixed, **point}.items() if _shown(k, v)}
+    if evaluator is not None:
+        write_json(
+            o.run_dir(args) / f"{merge.name.replace('-', '_')}.json",
+            {"chosen": point, "grid": rows, "inputs": [i.source for i in read], **details},
+        )
+        if not o.is_rank0():
+            return 0
+        _print_grid(rows or [], point)
+    o.save_soup(
+        args,
+        soup,
+        read,
+        merge.name,
+        evaluator=evaluator,
+        summary={**shown, **details},
+        run_folder=keeps_run,
+    )
+    _report(merge, soup, read, out, shown, details, time.perf_counter() - t0)
+    return 0
+
+
+def _shown(key: str, value: Any) -> bool:
+    return key not in ("integers", "accumulate", "dtype") and value is not None
+
+
+def _print_grid(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> None:
+    cols = [c for c in rows[0] if c not in point and c != "heldout"] or ["heldout"]
+    print("  ".join(f"{k:>8}" for k in point) + "".join(f"{c:>10}" for c in cols))
+    for row in rows:
+        mark = "  <- best held-out" if all(row[k] == v for k, v in point.items()) else ""
+        print(
+            "  ".join(f"{row[k]:8.3g}" for k in point)
+            + "".join(f"{row[c]:>10.4f}" for c in cols)
+            + mark
+        )
+
+
+def _report(
+    merge: Merge,
+    soup: Any,
+    read: Sequence[Ingredient],
+    out: Any,
+    shown: dict[str, Any],
+    details: dict[str, Any],
+    seconds: float,
+) -> None:
+    label = {"lam": "lambda"}
+    chosen = ", ".join(
+        f"{label.get(k, k)} {v:g}" if isinstance(v, float) else f"{label.get(k, k)} {v}"
+        for k, v in shown.items()
+        if k != "weights"
+    )
+    what = {
+        "models": f"{merge.label} of {len(read)} ingredients",
+        "models+base": f"{merge.label} of {len(read) - 1} ingredients on {read[-1].source}",
+        "two": f"{merge.label} of {read[0].source} and {read[1].source}",
+        "base+one": f"{merge.label} of {read[0].source} toward {read[1].source}",
+    }[merge.inputs]
+    layout = soup.layout
+    print(
+        f"wrote {out}: {what} ({chosen or 'no parameters'}), {human_count(layout.numel)} "
+        f"parameters, {human_bytes(layout.nbytes)}, in {seconds:.1f} s"
+    )
+    ratios = details.get("ratios")
+    if ratios:
+        values = list(ratios.values())
+        print(
+            f"ratio t per tensor from {min(values):.3f} to {max(values):.3f} "
+            f"(mean {sum(values) / len(values):.3f})"
+        )
+        clamped = details.get("clamped") or {}
+        if clamped:
+            names = ", ".join(list(clamped)[:5]) + (", ..." if len(clamped) > 5 else "")
+            print(f"{len(clamped)} tensor(s) with a negative mean cosine keep θ0 (t = 0): {names}")

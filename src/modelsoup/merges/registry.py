@@ -1,0 +1,311 @@
+"""The one table of weight-space merges: what each needs and which parameters it takes.
+
+Everything else follows from `MERGES`: the CLI builds one command per entry (its
+arguments from the entry's inputs and parameters), `compare` tunes every entry that fits
+k fine-tunes on a base and declares a grid, `modelsoup merge CONFIG.yml` maps mergekit's
+method names and parameters onto the entries, and docs/commands.md is checked against it
+by a test. Adding a method is one module with its function and one `Merge` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .breadcrumbs import breadcrumbs, breadcrumbs_ties
+from .dare import dare
+from .della import della, della_linear
+from .model_stock import model_stock
+from .slerp import slerp
+from .task_arithmetic import task_arithmetic
+from .ties import ties
+from .uniform import uniform_soup
+from .wiseft import DEFAULT_ALPHAS, wise_ft
+
+# "models": k ingredients; "models+base": k fine-tunes and --base;
+# "two": A and B; "base+one": BASE and FINETUNED.
+Inputs = Literal["models", "models+base", "two", "base+one"]
+
+LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
+DENSITIES = (0.2, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a merge: its keyword in the function, its default, the grid the
+    held-out search tries (empty: not tuned), its help and, where mergekit has it, its
+    name in a mergekit config. ``kind``: float, int, bool or a tuple of choices."""
+
+    name: str
+    default: Any
+    help: str
+    kind: Any = float
+    grid: tuple[float, ...] = ()
+    flag: str = ""
+    mergekit: str | None = None
+
+    @property
+    def option(self) -> str:
+        """The command-line option: ``--lambda`` for ``lam``, ``--density``, ..."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def grid_option(self) -> str:
+        """The option giving the grid: ``--lambdas``, ``--densities``, ``--alphas``."""
+        o = self.option
+        return o[:-1] + "ies" if o.endswith("y") else o + "s"
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A registered merge: its command's name, its label in tables, its function.
+
+    ``function(*inputs, **params)`` returns the lazy merged ingredient (with
+    ``details``, a pair: the merge and a JSON-able record of what it chose).
+    ``casts``: the function takes ``dtype`` and ``accumulate`` (a `Combination`).
+    ``shared()`` makes the state the merges of one grid share (TIES' thresholds).
+    ``mergekit`` maps mergekit's method names for this merge to the keywords it fixes
+    (and the defaults mergekit gives the parameters)."""
+
+    name: str
+    label: str
+    function: Callable[..., Any]
+    summary: str
+    paper: str
+    formula: str
+    inputs: Inputs
+    params: tuple[Param, ...] = ()
+    weights: bool = False
+    min_models: int = 1
+    details: bool = False
+    casts: bool = False
+    shared: Callable[[], dict[str, Any]] | None = None
+    mergekit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tuned(self) -> tuple[Param, ...]:
+        """The parameters with a grid: what the held-out search chooses."""
+        return tuple(p for p in self.params if p.grid)
+
+    def make(self, inputs: tuple[Any, ...], **params: Any) -> tuple[Any, dict[str, Any]]:
+        """The merge of ``inputs`` (as `inputs` says) and what it chose (``details``)."""
+        made = self.function(*inputs, **params)
+        return made if self.details else (made, {})
+
+
+LAM = Param("lam", 1.0, "the task vectors' scale", grid=LAMBDAS, flag="--lambda", mergekit="lambda")
+WEIGHT_NOTE = "one weight per ingredient (default 1)"
+
+
+def density(default: float, grid: tuple[float, ...] = DENSITIES) -> Param:
+    return Param("density", default, "the fraction of entries kept", grid=grid, mergekit="density")
+
+
+SEED = Param("seed", 0, "seed of the random drops", kind=int)
+
+
+def normalize(default: bool) -> Param:
+    return Param(
+        "normalize", default, "divide by the summed weights (of the agreeing entries)",
+        kind=bool, mergekit="normalize",
+    )  # fmt: skip
+
+
+def _model_stock(finetuned: Any, base: Any, **options: Any) -> tuple[Any, dict[str, Any]]:
+    merged, ratios = model_stock(finetuned, base, **options)
+    return merged, {"ratios": dict(ratios), "clamped": ratios.clamped}
+
+
+MERGES: dict[str, Merge] = {
+    m.name: m
+    for m in (
+        Merge(
+            "uniform", "uniform soup", uniform_soup,
+            "average every ingredient (optionally with weights)",
+            "Wortsman et al., Model soups, ICML 2022 (Table 2, uniform soup)",
+            "mean_i theta_i, or sum_i w_i theta_i", "models",
+            params=(
+                Param("arithmetic", "mean", "mean: running mean (a soup of identical "
+                      "checkpoints is that checkpoint bit for bit); sum: sum then divide, "
+                      "bit-identical to mergekit's linear merge", kind=("mean", "sum")),
+            ),
+            weights=True, min_models=2, casts=True,
+            mergekit={"linear": {"arithmetic": "sum"}},
+        ),
+        Merge(
+            "task-arithmetic", "task arithmetic", task_arithmetic,
+            "task arithmetic: the base plus lambda times the weighted sum of task vectors",
+            "Ilharco et al., Editing models with task arithmetic, ICLR 2023",
+            "theta0 + lambda * sum_i w_i (theta_i - theta0)", "models+base",
+            params=(
+                LAM,
+                Param("arithmetic", "anchored", "anchored: on the largest coefficient (a "
+                      "merge of identical checkpoints is that checkpoint bit for bit); sum: "
+                      "base + lambda * sum w_i tau_i in that order, bit-identical to "
+                      "mergekit's task_arithmetic", kind=("anchored", "sum")),
+            ),
+            weights=True, casts=True, mergekit={"task_arithmetic": {"arithmetic": "sum"}},
+        ),
+        Merge(
+            "ties", "TIES", ties,
+            "TIES: trim task vectors to their largest entries, elect signs, merge what agrees",
+            "Yadav et al., TIES-Merging, NeurIPS 2023",
+            "trim each task vector to its top --density by magnitude, elect a sign per entry "
+            "(the sign of the weighted sum), average the agreeing entries, add lambda times "
+            "that", "models+base",
+            params=(LAM, density(0.5), normalize(True)), weights=True,
+            shared=lambda: {"thresholds": {}},
+            mergekit={"ties": {"density": 1.0}},
+        ),
+        Merge(
+            "dare", "DARE", dare,
+            "DARE: drop task-vector entries at random and rescale, then add (or merge by sign)",
+            "Yu et al., Language Models are Super Mario (DARE), ICML 2024",
+            "drop each task-vector entry with probability 1 - --density, rescale the rest "
+            "(by 1/density), then add (dare-linear) or merge by sign (--consensus: "
+            "dare-ties)", "models+base",
+            params=(
+                LAM, density(0.5),
+                Param("consensus", False, "elect signs as TIES does (dare-ties)", kind=bool),
+                normalize(False),
+                Param("rescale", "density", "density: the paper's 1/density; l1: "
+                      "mergekit's (the task vector's L1 norm); none",
+                      kind=("density", "l1", "none")),
+                SEED,
+            ),
+            weights=True,
+            mergekit={
+                "dare_ties": {"consensus": True, "rescale": "l1", "density": 1.0},
+                "dare_linear": {"rescale": "l1", "density": 1.0},
+            },
+        ),
+        *(
+            Merge(
+                name, pretty, fn,
+                f"{pretty}: drop task-vector entries with a probability falling with their "
+                f"magnitude, then {how}",
+                "Deep et al., DELLA-Merging, 2024",
+                "keep each entry of a task vector's row with probability from density - "
+                "epsilon (smallest) to density + epsilon (largest), rescale to its L1 norm, "
+                f"then {how}", "models+base",
+                params=(
+                    LAM, density(0.5),
+                    Param("epsilon", 0.15, "the spread of keep probabilities around the "
+                          "density", mergekit="epsilon"),
+                    normalize(name == "della"),
+                    Param("rescale", "l1", "l1: the kept entries scaled to the task "
+                          "vector's L1 norm; none", kind=("l1", "none")),
+                    SEED,
+                ),
+                weights=True,
+                mergekit={name.replace("-", "_"): {"density": 1.0}},
+            )
+            for name, fn, pretty, how in (
+                ("della", della, "DELLA", "merge by sign (as TIES)"),
+                ("della-linear", della_linear, "linear DELLA", "add"),
+            )
+        ),
+        *(
+            Merge(
+                name, pretty, fn,
+                f"{pretty}: drop each task vector's smallest entries and its largest "
+                f"outliers, then {how}",
+                "Davari and Belilovsky, Model Breadcrumbs, ECCV 2024",
+                "of each task vector, drop the top --gamma fraction by magnitude (outliers) "
+                f"and the smallest, keeping --density, then {how}", "models+base",
+                params=(
+                    LAM, density(0.9, (0.7, 0.8, 0.9)),
+                    Param("gamma", 0.01, "the fraction of largest entries dropped",
+                          mergekit="gamma"),
+                    normalize(False),
+                    Param("rescale", "none", "l1: the kept entries scaled to the task "
+                          "vector's L1 norm; none", kind=("l1", "none")),
+                ),
+                weights=True,
+                mergekit={name.replace("-", "_"): {"density": 1.0}},
+            )
+            for name, fn, pretty, how in (
+                ("breadcrumbs", breadcrumbs, "Model Breadcrumbs", "add"),
+                ("breadcrumbs-ties", breadcrumbs_ties, "Model Breadcrumbs with TIES",
+                 "merge by sign (as TIES)"),
+            )
+        ),
+        Merge(
+            "slerp", "SLERP", slerp,
+            "SLERP: spherical interpolation between two models, tensor by tensor",
+            "Shoemake, SIGGRAPH 1985, as mergekit's slerp",
+            "per tensor, sin((1-t)W)/sin(W) a + sin(tW)/sin(W) b with W the angle between "
+            "the two, linear when they are nearly parallel; t = 0 is A, t = 1 is B", "two",
+            params=(Param("t", None, "where between A and B, in [0, 1]", mergekit="t"),),
+            mergekit={"slerp": {}},
+        ),
+        Merge(
+            "model-stock", "Model Stock", _model_stock,
+            "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
+            "Jang et al., Model Stock, ECCV 2024",
+            "per tensor, t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * "
+            "mean(fine-tunes) + (1 - t) * base; no held-out data needed", "models+base",
+            min_models=2, details=True, casts=True,
+        ),
+        Merge(
+            "wiseft", "WiSE-FT", wise_ft,
+            "WiSE-FT: interpolate a fine-tuned model or soup toward the pretrained weights",
+            "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022",
+            "(1 - alpha) * BASE + alpha * FINETUNED", "base+one",
+            # from 1 down: the first among equal scores is the larger alpha, as best_alpha
+            params=(Param("alpha", None, "the fine-tuned model's share",
+                          grid=tuple(reversed(DEFAULT_ALPHAS))),),
+            casts=True,
+        ),
+    )
+}  # fmt: skip
+
+
+def applies_to_sweep(merge: Merge) -> bool:
+    """Whether `compare` cooks ``merge`` for k fine-tunes on a base."""
+    return merge.inputs == "models+base"
+
+
+__all__ = ["DENSITIES", "LAMBDAS", "MERGES", "Merge", "Param", "applies_to_sweep"]
+
+
+INPUT_WORDS = {
+    "models": "INGREDIENT...",
+    "models+base": "FT... --base BASE",
+    "two": "A B",
+    "base+one": "BASE FINETUNED",
+}
+
+
+def markdown_table() -> str:
+    """The registry as the Markdown table of docs/commands.md (a test keeps them equal;
+    ``python -m modelsoup.merges.registry`` prints it)."""
+    rows = [
+        "| command | inputs | parameters (default; grid searched with an evaluator) | "
+        "mergekit method |",
+        "|---|---|---|---|",
+    ]
+    for m in MERGES.values():
+        params = []
+        if m.weights:
+            params.append("`--weights`")
+        for p in m.params:
+            text = f"`{p.option}`"
+            if p.default is not None and not isinstance(p.default, bool):
+                text += f" {p.default:g}" if isinstance(p.default, float) else f" {p.default}"
+            elif isinstance(p.default, bool):
+                text += " on" if p.default else " off"
+            if p.grid:
+                text += f" (grid {' '.join(f'{v:g}' for v in p.grid)})"
+            params.append(text)
+        mk = ", ".join(f"`{k}`" for k in m.mergekit) or "none"
+        rows.append(
+            f"| `modelsoup {m.name}` | `{INPUT_WORDS[m.inputs]}` | "
+            f"{', '.join(params) or 'none'} | {mk} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,0 +1,118 @@
+"""The core the task-vector merges share (mergekit's "generalized task arithmetic"):
+per tensor, sparsify each task vector tau_i = theta_i - theta0, weight it, sum (or merge
+only the entries whose sign agrees with the weighted sum's, TIES' election), optionally
+normalize by the weights summed, and add lambda times that to theta0.
+
+A method that fits this pattern is a sparsifier: a function of (tensor name, ingredient
+position, task vector) returning the sparsified task vector. DARE, DELLA and Model
+Breadcrumbs are each one such function (see `sparsified_merge`); TIES keeps its own
+streamed implementation (`ties.py`) because its magnitude threshold can be found one task
+vector at a time.
+
+Random drops come from `uniforms`: a CPU generator seeded by the merge's ``seed``, the
+tensor's name and the ingredient's position, so that a seed gives the same merge on any
+machine, whatever the order tensors are read in. (mergekit draws from torch's global
+generator instead; the tests replace `uniforms` and mergekit's ``torch.bernoulli`` by the
+same deterministic draws and find the merges equal.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from ..checkpoints.ingredients import Ingredient
+from ..errors import SoupError
+from ..ops.arithmetic import IntegerPolicy
+from ..ops.tensorwise import Tensorwise
+
+# sparsify(name, i, tau) -> tau with entries dropped (and rescaled)
+Sparsifier = Callable[[str, int, torch.Tensor], torch.Tensor]
+Rescale = Literal["l1", "none"]
+
+
+def uniforms(shape: Sequence[int], seed: int, name: str, i: int) -> torch.Tensor:
+    """Uniform [0, 1) draws of ``shape`` from a generator seeded by ``(seed, name, i)``."""
+    key = hashlib.sha256(f"{seed}:{name}:{i}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+    return torch.rand(tuple(shape), generator=g)
+
+
+def rescale_l1(tau: torch.Tensor, kept: torch.Tensor, rescale: Rescale) -> torch.Tensor:
+    """``tau * kept``; with ``rescale="l1"`` scaled so that its L1 norm is tau's (as
+    mergekit's ``rescale: true``), unless either norm is under 1e-7."""
+    masked = tau * kept
+    if rescale == "none":
+        return masked
+    before, after = tau.abs().sum(), masked.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return masked
+    return masked * (before / after)
+
+
+def merge_task_vectors(
+    taus: list[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+) -> torch.Tensor:
+    """Sum of ``w_i tau_i``: with ``consensus``, only entries whose sign agrees with the
+    sign of the weighted sum; with ``normalize``, divided per entry by the weights
+    summed (of the agreeing entries, with consensus)."""
+    w = torch.tensor(list(weights), dtype=taus[0].dtype).view(-1, *([1] * taus[0].dim()))
+    weighted = torch.stack(taus) * w
+    if consensus:
+        sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
+        mask = (weighted.sign() == sign).to(weighted.dtype)
+        mixed = (weighted * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(0)
+        divisor = w.sum(0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if normalize else mixed
+
+
+def check_weights(k: int, weights: Sequence[float] | None) -> list[float]:
+    """One weight per ingredient (default 1 each)."""
+    w = [1.0] * k if weights is None else [float(x) for x in weights]
+    if len(w) != k:
+        raise SoupError(f"{len(w)} weights for {k} ingredients; give one each")
+    return w
+
+
+def check_density(density: float, low: float = 0.0) -> None:
+    if not low < density <= 1:
+        raise SoupError(f"--density must be in ({low:g}, 1], got {density}")
+
+
+def sparsified_merge(
+    ingredients: Sequence[Ingredient],
+    base: Ingredient,
+    sparsify: Sparsifier,
+    *,
+    kind: str,
+    weights: Sequence[float] | None,
+    lam: float,
+    consensus: bool,
+    normalize: bool,
+    integers: IntegerPolicy,
+) -> Tensorwise:
+    """theta0 + lam * merge(sparsify(tau_i)), one tensor at a time, lazy (memory: k + 1
+    copies of one tensor)."""
+    w = check_weights(len(ingredients), weights)
+
+    def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        *fts, theta0 = tensors
+        taus = [sparsify(name, i, t - theta0) for i, t in enumerate(fts)]
+        merged = merge_task_vectors(taus, w, consensus=consensus, normalize=normalize)
+        return theta0 + lam * merged
+
+    return Tensorwise(
+        [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers
+    )

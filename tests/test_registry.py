@@ -1,0 +1,58 @@
+"""The registry of merges is the one table: the CLI's commands, docs/commands.md and
+mergekit's method names follow from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from modelsoup.cli.main import build_parser
+from modelsoup.merges.registry import MERGES, markdown_table
+
+DOCS = Path(__file__).parents[1] / "docs" / "commands.md"
+
+
+def _help_commands() -> set[str]:
+    text = build_parser().format_help()
+    return set(re.findall(r"^    ([a-z][a-z-]+)\s", text, re.M))
+
+
+def test_registry_help_and_docs_list_the_same_merges():
+    docs = DOCS.read_text()
+    table = docs[docs.index("<!-- registry table -->") : docs.index("<!-- end registry table -->")]
+    assert markdown_table() in table, "docs/commands.md: rerun python -m modelsoup.merges.registry"
+    in_docs = set(re.findall(r"^\| `modelsoup ([a-z-]+)`", table, re.M))
+    assert in_docs == set(MERGES)
+    assert set(MERGES) <= _help_commands()
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_each_command_has_an_option_per_declared_parameter(name):
+    merge = MERGES[name]
+    sub = build_parser()._subparsers._group_actions[0].choices[name]  # noqa: SLF001
+    options = {o for a in sub._actions for o in a.option_strings}  # noqa: SLF001
+    for p in merge.params:
+        assert p.option in options, p.option
+        if p.grid:
+            assert p.grid_option in options
+    assert ("--weights" in options) == merge.weights
+    assert ("--base" in options) == (merge.inputs == "models+base")
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_numeric_options_are_refused_at_parse_time(name, capsys):
+    """nan and inf never reach a merge: argparse refuses them with exit 2."""
+    merge = MERGES[name]
+    numeric = [p for p in merge.params if p.kind in (int, float)]
+    if not numeric:
+        pytest.skip("no numeric parameter")
+    inputs = {"models": ["a", "b"], "models+base": ["a", "--base", "b"], "two": ["a", "b"],
+              "base+one": ["a", "b"]}[merge.inputs]  # fmt: skip
+    for p in numeric:
+        for bad in ("nan", "inf"):
+            with pytest.raises(SystemExit) as e:
+                build_parser().parse_args([name, *inputs, "-o", "x.safetensors", p.option, bad])
+            assert e.value.code == 2
+            assert p.option in capsys.readouterr().err
