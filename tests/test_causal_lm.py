@@ -375,3 +375,55 @@ def test_a_language_model_refuses_a_metric_it_cannot_compute(gpt2, tmp_path, cap
 
     with pytest.raises(ms.SoupError, match="token loss"):
         hf_evaluator("causal-lm", ms.open_ingredient(folders[0]), str(val), metric=metric)
+
+
+def _lora(base: Path, out: Path, seed: int, alpha: float) -> Path:
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    lora = peft.get_peft_model(model, peft.LoraConfig(
+        r=2, lora_alpha=alpha, target_modules=["c_attn"], fan_in_fan_out=True,
+        init_lora_weights=False))  # fmt: skip
+    lora.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("edit", ["adapter_config.json", "adapter_model.safetensors"])
+def test_an_edited_adapter_file_is_scored_again(gpt2, tmp_path, capsys, edit):
+    """An adapter's identity covers every file its reading opens: its config (alpha), its
+    weights and its base. Editing one and rerunning with the same run folder scores it
+    again, equal to a fresh run."""
+    folders, val, _ = gpt2
+    adapters = [_lora(folders[0], tmp_path / f"lora{i}", i, 4.0) for i in range(2)]
+    lm = ["--task", "causal-lm", "--data", str(val), "--batch-size", "4", "-q"]
+
+    def ensemble(run: Path) -> list[float]:
+        assert main(["ensemble", *map(str, adapters), "--run-dir", str(run), *lm]) == 0
+        capsys.readouterr()
+        table = json.loads((run / "ensemble.json").read_text())
+        return [r["val"] for r in table["individual"]]
+
+    before = ensemble(tmp_path / "run")
+    if edit == "adapter_config.json":
+        cfg = json.loads((adapters[0] / edit).read_text())
+        (adapters[0] / edit).write_text(json.dumps({**cfg, "lora_alpha": 16.0}))
+    else:
+        donor = _lora(folders[0], tmp_path / "donor", 7, 4.0)
+        (adapters[0] / edit).write_bytes((donor / edit).read_bytes())
+    after = ensemble(tmp_path / "run")
+    assert after == ensemble(tmp_path / "fresh") and after[0] != before[0]
+    assert after[1] == before[1]
+
+
+def test_a_sharded_folders_fingerprint_covers_its_index(tmp_path):
+    from modelsoup.checkpoints.fingerprint import fingerprint
+
+    cfg = _config("gpt2", 30)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "m", max_shard_size="20KB")
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    assert index.is_file()
+    before = fingerprint(ms.open_ingredient(tmp_path / "m"))
+    data = json.loads(index.read_text())
+    data["metadata"]["note"] = "edited"
+    index.write_text(json.dumps(data))
+    assert fingerprint(ms.open_ingredient(tmp_path / "m")) != before

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -255,31 +254,6 @@ MERGEKIT = shutil.which("mergekit-yaml") or str(
 )
 
 
-@pytest.mark.skipif(not Path(MERGEKIT).exists(), reason="mergekit not installed")
-def test_mergekit_linear_merge_equals_our_uniform_soup(tmp_path):
-    """Where mergekit is installed (on PATH, or benchmarks/.venv-mergekit): we read its
-    output folder, and its linear merge equals our soup: bit for bit with --arithmetic
-    sum, to within float32 rounding with the default running mean."""
-    _, _, folders, _ = _sweep(tmp_path)
-    cfg = tmp_path / "linear.yml"
-    models = "\n".join(f"  - model: {f}\n    parameters:\n      weight: 1.0" for f in folders)
-    cfg.write_text(f"merge_method: linear\ndtype: float32\nmodels:\n{models}\n")
-    merged = tmp_path / "merged"
-    subprocess.run([MERGEKIT, str(cfg), str(merged)], check=True, capture_output=True)
-    theirs = ms.materialize(ms.open_ingredient(merged))  # we read mergekit's output
-    for arithmetic in ("sum", "mean"):
-        out = tmp_path / f"ours-{arithmetic}"
-        args = ["uniform", *map(str, folders), "-o", str(out), "--arithmetic", arithmetic]
-        assert main(args) == 0
-        ours = ms.materialize(ms.open_ingredient(out))
-        assert set(theirs) == set(ours)
-        for n, t in ours.items():
-            if arithmetic == "sum":
-                assert torch.equal(theirs[n], t), n
-            else:
-                torch.testing.assert_close(theirs[n], t, rtol=3e-7, atol=1e-7)
-
-
 @pytest.mark.parametrize("order", ["safetensors first", "bin first"])
 def test_a_tied_bin_beside_a_safetensors_folder(tmp_path, order):
     """save_pretrained leaves the tied lm_head.weight out of model.safetensors;
@@ -310,54 +284,3 @@ def test_a_tied_bin_beside_a_safetensors_folder(tmp_path, order):
     x = torch.randint(0, 50, (3, 9))
     with torch.no_grad():
         torch.testing.assert_close(soup(x).logits, ref(x).logits, rtol=0, atol=1e-5)
-
-
-MERGES = {
-    "task_arithmetic": (
-        "parameters:\n  lambda: 0.7\n",
-        {"weight": [1.0, 0.5, 2.0]},
-        ["task-arithmetic", "--weights", "1", "0.5", "2", "--lambda", "0.7"],
-    ),
-    "ties": (
-        "parameters:\n  lambda: 0.9\n",
-        {"weight": [1.0, 0.5, 2.0], "density": [0.4, 0.4, 0.4]},
-        ["ties", "--weights", "1", "0.5", "2", "--lambda", "0.9", "--density", "0.4"],
-    ),
-}
-
-
-@pytest.mark.skipif(not Path(MERGEKIT).exists(), reason="mergekit not installed")
-@pytest.mark.parametrize("method", [*MERGES, "slerp"])
-def test_mergekit_task_arithmetic_ties_and_slerp_equal_ours(tmp_path, method):
-    """Where mergekit is installed: its task_arithmetic, ties and slerp merges of the same
-    folders equal our commands' outputs, tensor for tensor (1e-6)."""
-    _, _, folders, _ = _sweep(tmp_path, k=4)
-    base, fts = folders[0], folders[1:]
-    cfg = tmp_path / "merge.yml"
-    if method == "slerp":
-        models = f"  - model: {fts[0]}\n  - model: {fts[1]}\n"
-        cfg.write_text(
-            f"merge_method: slerp\nbase_model: {fts[0]}\ndtype: float32\n"
-            f"parameters:\n  t: 0.3\nmodels:\n{models}"
-        )
-        ours = ["slerp", str(fts[0]), str(fts[1]), "--t", "0.3"]
-    else:
-        shared, per_model, ours = MERGES[method]
-        models = ""
-        for i, f in enumerate(fts):
-            params = "".join(f"      {k}: {v[i]}\n" for k, v in per_model.items())
-            models += f"  - model: {f}\n    parameters:\n{params}"
-        cfg.write_text(
-            f"merge_method: {method}\nbase_model: {base}\ndtype: float32\n{shared}models:\n{models}"
-        )
-        ours = [ours[0], *map(str, fts), "--base", str(base), *ours[1:]]
-    merged = tmp_path / "merged"
-    r = subprocess.run([MERGEKIT, str(cfg), str(merged)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = tmp_path / "ours"
-    assert main([*ours, "-o", str(out), "-q"]) == 0
-    theirs = ms.materialize(ms.open_ingredient(merged))
-    mine = ms.materialize(ms.open_ingredient(out))
-    assert set(theirs) == set(mine)
-    for n, t in mine.items():
-        torch.testing.assert_close(theirs[n], t, rtol=0, atol=1e-6, msg=n)

@@ -206,6 +206,54 @@ def _hf_pair(tmp: Path) -> list[Path]:
     return [write_hf_folder(tmp / name, _sd(i)) for i, name in enumerate(["A", "B"])]
 
 
+def hf_folder_holding(name: str, make: Callable[[Path, Path], None]) -> Callable[[Path], Built]:
+    """`modelsoup uniform A B -o soup/` where A's file ``name`` is made by ``make(path,
+    tmp)``: a link out of the folder, a FIFO, JSON nested too deep."""
+
+    def build(tmp: Path) -> Built:
+        ins = _hf_pair(tmp)
+        target = ins[0] / name
+        target.unlink(missing_ok=True)
+        make(target, tmp)
+        return ["uniform", *map(str, ins), "-o", str(tmp / "soup")], ins, tmp / "soup"
+
+    return build
+
+
+def _link_outside(path: Path, tmp: Path) -> None:
+    (tmp / "secret.txt").write_text("a private file beside the model folder")
+    path.symlink_to(tmp / "secret.txt")
+
+
+def _fifo(path: Path, tmp: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+def _deep_json(path: Path, tmp: Path) -> None:
+    path.write_text("[" * 200_000 + "]" * 200_000)
+
+
+def deep_index(tmp: Path) -> Built:
+    ins = _pair(tmp)
+    folder = tmp / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text("{" + '"a":{' * 100_000 + "}" * 100_001)
+    out = tmp / "soup.safetensors"
+    return ["uniform", str(ins[0]), str(folder), "-o", str(out)], [*ins, folder], out
+
+
+def deep_adapter_config(tmp: Path) -> Built:
+    ins = _hf_pair(tmp)
+    adapter = tmp / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("[" * 200_000 + "]" * 200_000)
+    save_file({"x": torch.zeros(1)}, adapter / "adapter_model.safetensors")
+    out = tmp / "soup"
+    return ["uniform", str(adapter), str(ins[1]), "-o", str(out)], [*ins, adapter], out
+
+
 def run_dir_in_input(cmd: str) -> Callable[[Path], Built]:
     """A run folder (or analysis folder) inside the input folder A."""
 
@@ -351,6 +399,27 @@ CASES = [
     Case("ensemble on an empty split", empty_split("ensemble"), ["'val' split has no examples"]),
     Case("learned on an empty split", empty_split("learned"), ["'val' split has no examples"]),
     Case("weights a hair off 1", uniform("--weights", "0.5", "0.500001"), ["sum to 1.000001"]),
+    Case(
+        "merges.txt links outside the folder",
+        hf_folder_holding("merges.txt", _link_outside),
+        ["merges.txt", "outside", "copy"],
+    ),
+    Case(
+        "a FIFO as tokenizer_config.json",
+        hf_folder_holding("tokenizer_config.json", _fifo),
+        ["tokenizer_config.json", "FIFO"],
+    ),
+    Case(
+        "JSON nested 200,000 deep in tokenizer_config.json",
+        hf_folder_holding("tokenizer_config.json", _deep_json),
+        ["tokenizer_config.json", "nested too deeply"],
+    ),
+    Case("JSON nested 100,000 deep in an index", deep_index, ["index.json", "nested too deeply"]),
+    Case(
+        "JSON nested 200,000 deep in adapter_config.json",
+        deep_adapter_config,
+        ["adapter_config.json", "nested too deeply"],
+    ),
     Case("infinite weights", uniform("--weights", "inf", "-inf"), ["--weights", "finite", "inf"]),
     Case(
         "dangling symlink output", dangling_symlink_output, ["symbolic link", "nowhere", "--force"]

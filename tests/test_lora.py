@@ -189,3 +189,83 @@ def test_adapter_output_at_full_rank_is_the_full_soup(adapters, tmp_path):
     cfg = json.loads((low / "adapter_config.json").read_text())
     assert cfg["r"] == 1 and cfg["modules_to_save"] == ["lm_head"]
     _merged(base, low)  # peft loads it
+
+
+# --- every LoraConfig field: honoured as peft does, inert, or refused by name ------------
+
+
+def _copy(folder: Path, to: Path, **changes) -> Path:
+    """The adapter folder copied with its config's fields changed (None: removed)."""
+    to.mkdir()
+    for f in folder.iterdir():
+        (to / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (to / "adapter_config.json").write_text(json.dumps(cfg))
+    return to
+
+
+def test_every_field_of_peft_lora_config_is_classified():
+    """A new peft field fails here until it is classified (read, inert or refused)."""
+    import dataclasses
+
+    from modelsoup.checkpoints.adapters import INERT_FIELDS, READ_FIELDS, REFUSED_UNLESS
+
+    fields = {f.name: f for f in dataclasses.fields(peft.LoraConfig)}
+    known = set(READ_FIELDS) | set(INERT_FIELDS) | set(REFUSED_UNLESS)
+    assert set(fields) <= known, sorted(set(fields) - known)
+    for name, (default, _) in REFUSED_UNLESS.items():  # what is accepted is peft's default
+        if name in fields:
+            f = fields[name]
+            peft_default = (
+                f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            )
+            assert peft_default == default, name
+
+
+def _non_default(default):
+    """A value other than peft's default for a refused field."""
+    if default is False:
+        return True
+    if default == "none":
+        return "all"
+    return {"q_proj": 2}  # for the fields whose default is None or {}
+
+
+@pytest.mark.parametrize("field", sorted(__import__("modelsoup.checkpoints.adapters",
+                                                    fromlist=["x"]).REFUSED_UNLESS))  # fmt: skip
+def test_a_field_modelsoup_does_not_read_is_refused_by_name(field, adapters, tmp_path, capsys):
+    from modelsoup.checkpoints.adapters import REFUSED_UNLESS
+
+    base, folders = adapters
+    bad = _copy(folders[0], tmp_path / "bad", **{field: _non_default(REFUSED_UNLESS[field][0])})
+    out = tmp_path / "soup"
+    assert main(["uniform", str(bad), str(folders[1]), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "adapter_config.json" in err and "Traceback" not in err
+    assert "is --base-model" not in err  # the real cause, not a guess
+    assert not out.exists()
+
+
+def test_peft_defaults_are_honoured_and_rank_0_is_refused(adapters, tmp_path, capsys):
+    """Without lora_alpha peft uses 8 (scale 8 / r), not r: the reading equals
+    merge_and_unload of the same folder."""
+    base, folders = adapters  # folders[0]: r 4, lora_alpha 8
+    no_alpha = _copy(folders[0], tmp_path / "no_alpha", lora_alpha=None, lora_dropout=0.3)
+    want = _merged(base, no_alpha)
+    got = ms.materialize(ms.open_ingredient(no_alpha))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(want[name], _merged(base, _copy(folders[0], tmp_path / "a4",
+                                                             lora_alpha=4))[name])  # fmt: skip
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6)
+    zero = _copy(folders[0], tmp_path / "zero", r=0)
+    assert main(["uniform", str(zero), str(folders[1]), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert "r = 0" in capsys.readouterr().err
+    wrong = _copy(folders[0], tmp_path / "wrong", r=None)  # peft's default 8, tensors of 4
+    assert main(["uniform", str(wrong), str(folders[1]), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert "rank 4" in capsys.readouterr().err

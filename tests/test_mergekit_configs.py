@@ -116,6 +116,48 @@ def test_modelsoup_merge_equals_mergekit_yaml(method, mergekit_outputs, tmp_path
             torch.testing.assert_close(theirs[name], t, rtol=0, atol=1e-6, msg=name)
 
 
+# The same merges through the dedicated commands: (arguments after the inputs, exact)
+COMMANDS = {
+    "linear": (["uniform", "{a}", "{b}", "--arithmetic", "sum"], True),
+    "linear-weighted": (["uniform", "{a}", "{b}", "--weights", "0.6", "0.4"], False),
+    "task_arithmetic": (["task-arithmetic", "{a}", "{b}", "--base", "{base}", "--weights",
+                         "0.6", "0.4", "--lambda", "0.8", "--arithmetic", "sum"], True),
+    "ties": (["ties", "{a}", "{b}", "--base", "{base}", "--weights", "0.6", "0.4",
+              "--density", "0.3", "--lambda", "1"], True),
+    "dare_ties": (["dare", "{a}", "{b}", "--base", "{base}", "--weights", "0.6", "0.4",
+                   "--density", "0.66", "--lambda", "1", "--consensus", "--rescale", "l1"], True),
+    "della": (["della", "{a}", "{b}", "--base", "{base}", "--weights", "0.6", "0.4",
+               "--density", "0.5", "--epsilon", "0.1", "--lambda", "0.9"], True),
+    "breadcrumbs_ties": (["breadcrumbs-ties", "{a}", "{b}", "--base", "{base}", "--weights",
+                          "0.6", "0.4", "--density", "0.8", "--gamma", "0.05", "--lambda",
+                          "1"], True),
+    "slerp": (["slerp", "{base}", "{a}", "--t", "0.35"], True),
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not MERGEKIT_PYTHON.exists(), reason="mergekit not installed")
+@pytest.mark.parametrize("method", COMMANDS)
+def test_the_commands_equal_mergekit(method, folders, mergekit_outputs, tmp_path, monkeypatch):
+    """The dedicated command with the configuration's values as options writes
+    mergekit's merge (mergekit's defaults given explicitly where modelsoup's differ)."""
+    argv, exact = COMMANDS[method]
+    for module in ("dare", "della"):
+        monkeypatch.setattr(
+            importlib.import_module(f"modelsoup.merges.{module}"), "uniforms", draws
+        )
+    names = {"a": str(folders[0]), "b": str(folders[1]), "base": str(folders[2])}
+    out = tmp_path / "ours"
+    assert main([a.format(**names) for a in argv] + ["-o", str(out), "-q"]) == 0
+    theirs = ms.materialize(ms.open_ingredient(mergekit_outputs / method))
+    ours = ms.materialize(ms.open_ingredient(out))
+    assert set(theirs) == set(ours)
+    for name, t in ours.items():
+        if exact:
+            assert torch.equal(theirs[name], t), name
+        else:
+            torch.testing.assert_close(theirs[name], t, rtol=0, atol=1e-6, msg=name)
+
+
 def test_the_merged_folder_carries_its_record_and_card(folders, tmp_path):
     cfg = tmp_path / "ties.yml"
     cfg.write_text(_yaml("ties", folders[2], folders[:2], {"density": 0.3}, {"weight": [1, 1]}))

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output folder (default: runs/reproduce-CONFIG); reused if it exists",
     )
     p.add_argument(
+        "--force", action="store_true", help="write into a folder modelsoup did not write"
+    )
+    p.add_argument(
         "--ingredients",
         type=int,
         metavar="K",
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise SoupError(f"--workers must be at least 1 (got {args.workers})")
     out = Path(args.out or f"runs/reproduce-{config.name}")
     t0 = time.perf_counter()
-    options.LOCKS.enter_context(run_lock(out))  # one run at a time in a folder
+    options.claim_run_dir(out, [], args.force)  # one run at a time; never a foreign folder
     try:
         results = experiment.reproduce(
             config,

@@ -24,8 +24,45 @@ import torch
 from ..errors import CheckpointError, MismatchError, SoupError
 from .files import open_file
 from .folders import ShardedCheckpoint
+from .inputs import read_json, regular_file
 from .layout import Layout
 from .recent import RecentTensors
+
+# Every field of peft's LoraConfig (up to peft 0.21) and what reading an adapter does with
+# it. "read": honoured as peft honours it, peft's defaults included. "inert": it changes
+# nothing in the merged weights (training, initialization, bookkeeping). Any other field
+# is refused, naming it, unless it holds peft's default (the value given here): those
+# change how peft builds or merges the model in ways modelsoup does not reproduce.
+READ_FIELDS = (
+    "peft_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora",
+    "fan_in_fan_out", "modules_to_save", "target_modules", "exclude_modules",
+    "layers_to_transform", "layers_pattern",
+)  # fmt: skip
+INERT_FIELDS = (
+    "task_type", "auto_mapping", "peft_version", "revision", "inference_mode",
+    "lora_dropout", "init_lora_weights", "loftq_config", "eva_config", "corda_config",
+    "lora_ga_config", "runtime_config", "megatron_core", "qalora_group_size",
+)  # fmt: skip
+REFUSED_UNLESS = {
+    "bias": ("none", "trained biases"),
+    "rank_pattern": ({}, "per-module ranks"),
+    "alpha_pattern": ({}, "per-module alphas"),
+    "use_dora": (False, "a DoRA adapter (a learned magnitude per column)"),
+    "trainable_token_indices": (None, "trained embedding rows (trainable tokens)"),
+    "layer_replication": (None, "layers replicated in the base (the model differs from it)"),
+    "lora_bias": (False, "a trained bias on lora_B"),
+    "use_qalora": (False, "QALoRA (pooled inputs)"),
+    "monteclora_config": (None, "MonteCLoRA"),
+    "alora_invocation_tokens": (None, "an activated LoRA (applied after invocation tokens)"),
+    "velora_config": (None, "VeLoRA"),
+    "use_bdlora": (None, "block-diagonal LoRA"),
+    "arrow_config": (None, "Arrow routing between adapters"),
+    "kasa_config": (None, "KaSA"),
+    "megatron_config": (None, "Megatron-parallel layers"),
+    "target_parameters": (None, "LoRA on raw parameters (target_parameters)"),
+    "ensure_weight_tying": (False, "adapters tied across tied weights"),
+}
+PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8, "use_rslora": False, "fan_in_fan_out": False}
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -62,7 +99,7 @@ class LoraAdapter:
             raise CheckpointError(
                 f"{self.folder}: no {' or '.join(ADAPTER_WEIGHTS)} beside {ADAPTER_CONFIG}"
             )
-        self._file = open_file(weights[0], None)
+        self._file = open_file(regular_file(weights[0], self.folder), None)
         self._pairs, self._replaced = self._parse(self._file)
         self._recent = RecentTensors()
 
@@ -70,28 +107,45 @@ class LoraAdapter:
 
     def _read_config(self) -> dict:
         path = self.folder / ADAPTER_CONFIG
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot read the adapter's config ({e})") from e
+        config = read_json(path, self.folder)
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path}: an adapter's config is a JSON object")
         kind = config.get("peft_type")
-        bias = config.get("bias", "none")
-        refuse = [
-            (kind != "LORA", f"peft_type {kind!r}; only LORA adapters are supported"),
-            (bool(config.get("use_dora")), "a DoRA adapter (use_dora); only plain LoRA is"),
-            (
-                bool(config.get("rank_pattern") or config.get("alpha_pattern")),
-                "per-module rank_pattern / alpha_pattern, which modelsoup does not read",
-            ),
-            (bias != "none", f"trained biases (bias={bias!r})"),
-        ]
-        for bad, why in refuse:
-            if bad:
-                raise CheckpointError(
-                    f"{self.folder}: {why}; merge it into the base with peft's "
-                    "merge_and_unload() and save_pretrained(), then use that folder"
+        if kind != "LORA":
+            self._refuse(f"peft_type {kind!r}; only LORA adapters are supported")
+        for key, value in config.items():
+            if key in REFUSED_UNLESS:
+                default, what = REFUSED_UNLESS[key]
+                if value != default and not (default is None and value in ({}, [], False)):
+                    self._refuse(
+                        f"{key} = {json.dumps(value)[:80]}: {what}, which modelsoup does not read"
+                    )
+            elif (
+                key not in READ_FIELDS
+                and key not in INERT_FIELDS
+                and value not in (None, False, {}, [], "")
+            ):
+                self._refuse(
+                    f"{key} = {json.dumps(value)[:80]}: a LoraConfig field modelsoup does not know "
+                    "(a newer peft?)"
                 )
+        r = config.get("r", PEFT_DEFAULTS["r"])
+        if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+            self._refuse(f"r = {r!r}: the rank must be a positive integer")
+        alpha = config.get("lora_alpha", PEFT_DEFAULTS["lora_alpha"])
+        if (
+            not isinstance(alpha, (int, float))
+            or isinstance(alpha, bool)
+            or not math.isfinite(alpha)
+        ):
+            self._refuse(f"lora_alpha = {alpha!r}: must be a finite number")
         return config
+
+    def _refuse(self, why: str) -> None:
+        raise CheckpointError(
+            f"{self.folder / ADAPTER_CONFIG}: {why}; merge it into the base with peft's "
+            "merge_and_unload() and save_pretrained(), then use that folder"
+        )
 
     def _named_base(self) -> Path:
         name = self.config.get("base_model_name_or_path")
@@ -130,6 +184,12 @@ class LoraAdapter:
         for target, (a, b) in out.items():
             sa, sb = file.layout.spec(a).shape, file.layout.spec(b).shape
             shape = (sb[0], sa[1]) if not self.config.get("fan_in_fan_out") else (sa[1], sb[0])
+            if len(sa) == 2 and len(sb) == 2 and sa[0] == sb[1] and sa[0] != self.rank:
+                raise MismatchError(
+                    f"{self.folder}: LoRA {a} has rank {sa[0]} but the config's r is "
+                    f"{self.rank} (peft's default 8 when r is left out); fix r in "
+                    f"{ADAPTER_CONFIG}"
+                )
             if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1] or shape != base.spec(target).shape:
                 raise MismatchError(
                     f"{self.folder}: LoRA {a} {list(sa)} and {b} {list(sb)} do not fit "
@@ -146,8 +206,16 @@ class LoraAdapter:
             )
         return base.canonical(name)
 
-    def scale(self, r: int) -> float:
-        alpha = float(self.config.get("lora_alpha", r))
+    @property
+    def rank(self) -> int:
+        """The config's r (peft's default 8): the stored tensors' rank."""
+        return int(self.config.get("r", PEFT_DEFAULTS["r"]))
+
+    def scale(self, r: int | None = None) -> float:
+        """s = lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA, with peft's defaults
+        (r 8, lora_alpha 8) for fields the config leaves out."""
+        r = self.rank if r is None else r
+        alpha = float(self.config.get("lora_alpha", PEFT_DEFAULTS["lora_alpha"]))
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
     # -- the Ingredient protocol ----------------------------------------------------------
@@ -167,7 +235,8 @@ class LoraAdapter:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return (self.folder, *self._file.files, *self.base.files)
+        # every file the reading opens: the config (its alpha, r, ...), the weights, the base
+        return (self.folder, self.folder / ADAPTER_CONFIG, *self._file.files, *self.base.files)
 
     def get(self, name: str) -> torch.Tensor:
         name = self.layout.canonical(name)
@@ -195,7 +264,7 @@ class LoraAdapter:
         a_name, b_name = self._pairs[name]
         a = self._file.get(a_name).float()
         b = self._file.get(b_name).float()
-        delta = (b @ a) * self.scale(a.shape[0])
+        delta = (b @ a) * self.scale()
         if self.config.get("fan_in_fan_out"):
             delta = delta.T
         return (self.base.get(name).float() + delta).to(spec.dtype)

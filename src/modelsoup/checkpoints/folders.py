@@ -11,6 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from .files import SafetensorsFile, TorchFile, open_file
+from .inputs import read_json, regular_file
 from .layout import Layout, TensorSpec
 
 # Files that make a Hugging Face model folder, in order of preference.
@@ -20,6 +21,59 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
+
+
+# Files of a Hugging Face model folder that describe the model rather than hold weights
+# or training state; copied from the first ingredient into a folder output.
+# What a soup folder takes from the first ingredient's folder: the files transformers
+# reads to load a model, its tokenizer and its processor, by name. Anything else there
+# (eval_results.json, trainer_state.json, optimizer state, README) describes another model.
+HF_LOAD_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "video_preprocessor_config.json",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+
+
+def hf_load_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` a copy of the model needs to load (`HF_LOAD_FILES`,
+    ``*.tiktoken``, and the Python files its ``auto_map`` names for trust_remote_code),
+    each checked: a regular file inside the folder (`inputs.regular_file`), its JSON
+    parsed when small (a broken or hostile config fails here, not in transformers)."""
+    code: set[str] = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        if not os.path.lexists(folder / name):
+            continue
+        data = read_json(folder / name, folder)
+        auto = data.get("auto_map") if isinstance(data, dict) else None
+        for ref in (auto or {}).values() if isinstance(auto, dict) else ():
+            for r in ref if isinstance(ref, list) else [ref]:
+                if isinstance(r, str) and "." in r:
+                    code.add(r.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.name in HF_LOAD_FILES or f.name in code or f.suffix == ".tiktoken":
+            regular_file(f, folder)
+            if f.suffix == ".json" and f.stat().st_size <= 1 << 20:
+                read_json(f, folder)
+            out.append(f)
+    return out
 
 
 class ShardedCheckpoint:
@@ -48,7 +102,11 @@ class ShardedCheckpoint:
             shard_names = sorted(set(weight_map.values()))
         else:
             shard_names = [index]
-        self._shards = [open_file(self.folder / s, key) for s in shard_names]
+        self._shards = [
+            open_file(regular_file(self.folder / s, self.folder), key) for s in shard_names
+        ]
+        # what a soup folder copies from this one, checked now: before any work is done
+        self.load_files = hf_load_files(self.folder)
         self._owner: dict[str, SafetensorsFile | TorchFile] = {}
         specs: dict[str, TensorSpec] = {}
         aliases: dict[str, str] = {}
@@ -74,14 +132,16 @@ class ShardedCheckpoint:
 
     def _read_index(self, path: Path) -> dict[str, str]:
         """The index's weight map (tensor name -> shard file name), checked."""
+        index = read_json(path, self.folder)
         try:
-            index = json.loads(path.read_text())
             weight_map = index["weight_map"]
             if not isinstance(weight_map, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
             ):
                 raise TypeError("weight_map is not a map of names to file names")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (
+            OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, RecursionError
+        ) as e:  # fmt: skip
             raise CheckpointError(
                 f"{path}: not a valid index ({type(e).__name__}: {e}); an index is JSON with a "
                 '"weight_map" from tensor names to shard file names'
@@ -108,7 +168,9 @@ class ShardedCheckpoint:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return (self.folder, *(s.path for s in self._shards))
+        """The folder and every file read: the index (when sharded) and the shards."""
+        index = (self.folder / self.weights_file,) if self.weights_file.endswith(".json") else ()
+        return (self.folder, *index, *(s.path for s in self._shards))
 
     def get(self, name: str) -> torch.Tensor:
         return self._owner[name].get(name)

@@ -29,50 +29,6 @@ from .layout import SAFETENSORS_CODES, Layout
 from .stream import materialize, stream_chunks
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-# Files of a Hugging Face model folder that describe the model rather than hold weights
-# or training state; copied from the first ingredient into a folder output.
-# What a soup folder takes from the first ingredient's folder: the files transformers
-# reads to load a model, its tokenizer and its processor, by name. Anything else there
-# (eval_results.json, trainer_state.json, optimizer state, README) describes another model.
-HF_LOAD_FILES = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.txt",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer.model",
-        "spiece.model",
-        "sentencepiece.bpe.model",
-        "preprocessor_config.json",
-        "processor_config.json",
-        "video_preprocessor_config.json",
-        "chat_template.jinja",
-        "chat_template.json",
-    }
-)
-
-
-def hf_load_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` a copy of the model needs to load (`HF_LOAD_FILES`,
-    ``*.tiktoken``, and the Python files its ``auto_map`` names for trust_remote_code)."""
-    code: set[str] = set()
-    for name in ("config.json", "tokenizer_config.json"):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            auto = json.loads((folder / name).read_text()).get("auto_map") or {}
-            for ref in auto.values():
-                for r in ref if isinstance(ref, list) else [ref]:
-                    if isinstance(r, str) and "." in r:
-                        code.add(r.split("--")[-1].rsplit(".", 1)[0] + ".py")
-    return [
-        f
-        for f in sorted(folder.iterdir())
-        if f.is_file() and (f.name in HF_LOAD_FILES or f.name in code or f.suffix == ".tiktoken")
-    ]
 
 
 def parse_size(text: str | int) -> int:
@@ -378,7 +334,7 @@ def save_hf_folder(
                 },
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        for src in hf_load_files(template.folder):
+        for src in template.load_files:  # checked when the folder was opened
             shutil.copy2(src, tmp / src.name)
         for fname, text in (extra_files or {}).items():  # the record and model card
             (tmp / fname).write_text(text)

@@ -65,7 +65,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="landscape grid points per axis (default 9; 7 in reproduce)",
     )
     p.add_argument("--no-landscape", action="store_true", help="reproduce folder: skip it")
-    p.add_argument("-o", "--out", default="analysis", help="output folder (default: analysis)")
+    p.add_argument(
+        "-o", "--out", "--run-dir", dest="out", default="analysis",
+        help="output folder, also the run folder of its caches (default: analysis)",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true", help="write into a folder modelsoup did not write"
+    )
     p.set_defaults(run=run)
 
 
@@ -84,19 +90,22 @@ def run(args: argparse.Namespace) -> int:
     base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
     k = len(ingredients)
     out = Path(args.out)
-    o.claim_run_dir(out, [*ingredients, base])
-    evaluator = o.make_evaluator(args, ingredients[0]) if o.wants_evaluator(args) else None
-    if evaluator is None and (args.landscape or args.curve):
+    wants = o.wants_evaluator(args)
+    if not wants and (args.landscape or args.curve):
         raise SoupError(
             "--landscape and --curve need an evaluator: --model and --data, or --evaluator"
         )
+    curve = pair(args.curve, k, "--curve")
+    landscape = pair(args.landscape, k, "--landscape")
+    evaluator = o.make_evaluator(args, ingredients[0]) if wants else None
+    o.claim_run_dir(out, [*ingredients, base], args.force)  # every check done: now write
     result = analyze_sweep(
         ingredients,
         base,
         evaluator,
         out,
-        curve=pair(args.curve, k, "--curve"),
-        landscape=pair(args.landscape, k, "--landscape"),
+        curve=curve,
+        landscape=landscape,
         grid=args.grid or 9,
         integers=args.integers,
         budget=o.cache_budget(args),

@@ -29,7 +29,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--base", metavar="THETA0", help="the model the ingredients were fine-tuned from"
     )
-    p.add_argument("-o", "--out", default="compare", help="output folder (default: compare)")
+    p.add_argument(
+        "-o", "--out", "--run-dir", dest="out", default="compare",
+        help="output folder, also the run folder of its caches and journals (default: compare)",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true",
+        help="start afresh: journals of another run are discarded, and a folder modelsoup did "
+        "not write is written into",
+    )  # fmt: skip
     p.add_argument("--orders", type=int, default=3, help="random orders of the greedy soup (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders and DARE")
     p.add_argument(
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.base:
         base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
     out = Path(args.out)
-    o.claim_run_dir(out, [*ingredients, *([base] if base else [])])
+    o.claim_run_dir(out, [*ingredients, *([base] if base else [])], args.force)
     evaluator = o.make_evaluator(args, ingredients[0])
     results = compare(
         ingredients,
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             densities=args.densities,
             budget=o.cache_budget(args),
             progress=not args.quiet,
+            restart=args.force,
             log=(lambda line: None) if args.quiet else partial(print, file=sys.stderr),
         ),
     )

@@ -26,13 +26,16 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
         metavar="DIR",
         help="run folder with the logit cache (default: runs/ensemble)",
     )
+    p.add_argument(
+        "--force", action="store_true", help="write into a folder modelsoup did not write"
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    o.claim_run_dir(Path(args.run_dir), ingredients)
     evaluator = o.make_evaluator(args, ingredients[0])
+    o.claim_run_dir(Path(args.run_dir), ingredients, args.force)  # checks done: now write
     result = ensemble_run(
         ingredients,
         evaluator,

@@ -20,7 +20,7 @@ from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
-from ..store.lock import run_lock
+from ..store.lock import LOCK_NAME, run_lock
 from ..store.provenance import model_card, record_run, versions, write_json
 from ..version import package_version
 
@@ -343,10 +343,21 @@ ANNOUNCE_BYTES = 10**9
 LOCKS = contextlib.ExitStack()
 
 
-def claim_run_dir(folder: Path, inputs: Sequence[Ingredient]) -> Path:
-    """Refuse a run folder in an input, then take its lock for the rest of the command
-    (a second run on it stops at once with exit 2); returns the folder."""
+def claim_run_dir(folder: Path, inputs: Sequence[Ingredient], force: bool = False) -> Path:
+    """Refuse a run folder in an input, or a folder that holds files modelsoup did not
+    write (it has no ``.lock``, the mark every run folder carries) unless ``force``; then
+    take its lock for the rest of the command (a second run on it stops at once with
+    exit 2); returns the folder."""
     check_output(folder, input_paths(inputs), True, what="run folder")
+    if folder.is_dir() and not (folder / LOCK_NAME).exists() and not force:
+        found = sorted(p.name for p in folder.iterdir())
+        if found:
+            listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise SoupError(
+                f"{folder} holds files modelsoup did not write ({listing}); give a new or "
+                "empty folder, or --force to write into it (files of the same names are "
+                "replaced)"
+            )
     LOCKS.enter_context(run_lock(folder))
     return folder
 
@@ -361,7 +372,7 @@ def check_writable(
     out = Path(args.output)
     check_output(out, input_paths(inputs), args.force)
     if run_folder or getattr(args, "adapter_rank", None) is not None:
-        claim_run_dir(run_dir(args), inputs)
+        claim_run_dir(run_dir(args), inputs, args.force)
     return out
 
 

@@ -89,8 +89,9 @@ class Settings:
     """What `compare` cooks beyond the sweep: random orders of the greedy soup (and the
     seed of those orders, DARE and DELLA), the integer policy, grids that replace the
     registered merges' own (``lambdas`` for ``lam``, ``densities`` for ``density``; None
-    keeps each merge's), the logit budget of a language model's ensembles, progress bars
-    and a log line per method."""
+    keeps each merge's), the logit budget of a language model's ensembles, progress bars,
+    ``restart`` (journals of another run are discarded, not refused) and a log line per
+    method."""
 
     random_orders: int = 3
     seed: int = 0
@@ -99,6 +100,7 @@ class Settings:
     densities: Sequence[float] | None = None
     budget: int | None = None
     progress: bool = False
+    restart: bool = False
     log: Callable[[str], None] = field(default=lambda _: None)
 
 
@@ -172,7 +174,7 @@ class _Kitchen:
             made[name] = greedy_soup(
                 ings, self.evaluator, order=order, seed=seed, progress=s.progress,
                 scores=scores if order == "sorted" else None,
-                journal=journal_at(self.out / name), **self.opts,
+                journal=journal_at(self.out / name, restart=s.restart), **self.opts,
             )  # fmt: skip
             return made[name].soup
 

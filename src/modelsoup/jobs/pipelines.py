@@ -128,7 +128,6 @@ def greedy_run(
         raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    record_run(run_dir, "greedy", args=args, inputs=ingredients, evaluator=evaluator)
     scoring_reads = 0
     cacheable = isinstance(evaluator, LogitEvaluator) and isinstance(evaluator, Identified)
     if scores is None and order == "sorted" and cacheable:
@@ -155,6 +154,9 @@ def greedy_run(
             )
         )
     first = runs[0]
+    # recorded once the journals are known to be this run's: a refused run (a journal of
+    # another run) leaves the folder's record as it was
+    record_run(run_dir, "greedy", args=args, inputs=ingredients, evaluator=evaluator)
     _write_scores(run_dir, ingredients, evaluator, first)
     splits = (
         split_scores(evaluator, materialize(first.soup))
