@@ -427,3 +427,51 @@ def test_a_sharded_folders_fingerprint_covers_its_index(tmp_path):
     data["metadata"]["note"] = "edited"
     index.write_text(json.dumps(data))
     assert fingerprint(ms.open_ingredient(tmp_path / "m")) != before
+
+
+@pytest.mark.parametrize("command", ["greedy", "ensemble"])
+def test_data_with_no_token_to_predict_is_refused(gpt2, tmp_path, capsys, command):
+    """Lines of one token (or --max-length 1) leave nothing to predict: exit 2 naming the
+    data, not a NaN score with exit 0."""
+    folders, val, _ = gpt2
+    one = tmp_path / "one.txt"
+    one.write_text("the\ncat\ndog\n")
+    run = ["--run-dir", str(tmp_path / "run")]
+    out = ["-o", str(tmp_path / "soup")] if command == "greedy" else []
+    lm = ["--task", "causal-lm", "--batch-size", "4", "-q"]
+    for data, extra in ((one, []), (val, ["--max-length", "1"])):
+        argv = [command, *map(str, folders), *out, *run, *lm, "--data", str(data), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no token to predict" in err and str(data) in err
+        assert not (tmp_path / "soup").exists() and not (tmp_path / "run" / "args.json").exists()
+
+
+def test_a_line_longer_than_the_model_is_truncated_not_an_error(gpt2, tmp_path, capsys):
+    """GPT-2 here has 32 positions: --max-length defaults to 32, a 100-word line is
+    truncated and scored as the docs say; asking for more than 32 is refused."""
+    folders, _, _ = gpt2
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join(["the cat sat on the mat"] * 20) + "\nthe dog ran\n")
+    lm = ["--task", "causal-lm", "--data", str(long), "--batch-size", "4", "-q"]
+    run = tmp_path / "run"
+    assert main(["ensemble", *map(str, folders), "--run-dir", str(run), *lm]) == 0
+    table = json.loads((run / "ensemble.json").read_text())
+    want, _ = _plain_loss(folders[0], long.read_text().splitlines(), max_length=32)
+    assert table["individual"][0]["val"] == pytest.approx(-want, abs=1e-5)
+    capsys.readouterr()
+    argv = ["ensemble", *map(str, folders), "--run-dir", str(tmp_path / "r2"), *lm]
+    assert main([*argv, "--max-length", "64"]) == 2
+    assert "32 positions" in capsys.readouterr().err
+
+
+def test_json_outputs_are_strict(tmp_path):
+    from modelsoup.store.provenance import write_json
+
+    write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2})
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-strict JSON: {token}")
+
+    data = json.loads((tmp_path / "x.json").read_text(), parse_constant=refuse)
+    assert data == {"a": None, "b": [1.0, None], "c": 2}

@@ -41,11 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ingredients",
-        type=int,
+        type=options.number(int, 2, 1000, option="--ingredients"),
         metavar="K",
         help="number of ingredients, model_0 (the LP initialization) included",
     )
-    p.add_argument("--seed", type=int, help="seed of the hyperparameter search and training")
+    p.add_argument(
+        "--seed",
+        type=options.number(int, 0, options.SEED_MAX, option="--seed"),
+        help="seed of the hyperparameter search and training",
+    )
     p.add_argument(
         "--bn",
         choices=["frozen", "train"],
@@ -64,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=options.number(int, 1, 1024, option="--workers"),
         metavar="N",
         help="fine-tunes trained side by side, one thread each (default: one per available "
         "CPU); the results are the same for any N",

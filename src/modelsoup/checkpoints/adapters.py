@@ -285,8 +285,11 @@ def save_adapter(
     *,
     force: bool = False,
     progress: bool = False,
-) -> dict[str, float]:
-    """Write ``soup`` as a PEFT LoRA adapter of rank ``rank`` on the adapters' base.
+) -> tuple[dict[str, float], int]:
+    """Write ``soup`` as a PEFT LoRA adapter of rank ``rank`` on the adapters' base;
+    return each module's error and the rank written: ``rank``, or the largest full rank
+    of the modules (min(out, in)) when ``rank`` is more (beyond it the adapter would
+    hold zeros only).
 
     For each module any adapter targets, ΔW = soup − base (as [out, in]) is replaced by
     its truncated SVD at rank ``rank``: B = U·√S, A = √S·Vᵀ, with lora_alpha = r so the
@@ -308,6 +311,8 @@ def save_adapter(
         raise SoupError("the adapters disagree on fan_in_fan_out; write the full model instead")
     targets = sorted({n for a in adapters for n in a._pairs})
     whole = sorted({n for a in adapters for n in a._replaced})
+    full = max((min(base.layout.spec(n).shape) for n in targets), default=rank)
+    rank = min(rank, full)
     path = Path(path)
     check_output(path, tuple(f for a in adapters for f in a.files), force)
     tensors: dict[str, torch.Tensor] = {}
@@ -355,4 +360,4 @@ def save_adapter(
     with atomic_output(path, force=force, folder=True) as tmp:
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return errors
+    return errors, rank

@@ -49,18 +49,22 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--landscape",
         nargs=2,
-        type=int,
+        type=o.number(int, 0, 10**6, option="--landscape"),
         metavar=("I", "J"),
         help="draw the landscape on the plane through θ0 and ingredients I and J "
         "(1-based; for a reproduce folder: model_I and model_J; default there: the two "
         "best on held-out)",
     )
     p.add_argument(
-        "--curve", nargs=2, type=int, metavar=("I", "J"), help="interpolation curve pair (1-based)"
+        "--curve",
+        nargs=2,
+        type=o.number(int, 0, 10**6, option="--curve"),
+        metavar=("I", "J"),
+        help="interpolation curve pair (1-based)",
     )
     p.add_argument(
         "--grid",
-        type=int,
+        type=o.number(int, 2, 101, option="--grid"),
         metavar="N",
         help="landscape grid points per axis (default 9; 7 in reproduce)",
     )

@@ -38,14 +38,21 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="start afresh: journals of another run are discarded, and a folder modelsoup did "
         "not write is written into",
     )  # fmt: skip
-    p.add_argument("--orders", type=int, default=3, help="random orders of the greedy soup (3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random orders and DARE")
     p.add_argument(
-        "--lambdas", nargs="+", type=float, help="the lambda grid of every merge (default: "
-        "each merge's own, 0.2 0.4 0.6 0.8 1)",
+        "--orders", type=o.number(int, 0, 1000, option="--orders"), default=3,
+        help="random orders of the greedy soup (3)",
     )  # fmt: skip
     p.add_argument(
-        "--densities", nargs="+", type=float, help="the density grid of every merge "
+        "--seed", type=o.number(int, 0, o.SEED_MAX, option="--seed"), default=0,
+        help="seed of the random orders, DARE and DELLA",
+    )  # fmt: skip
+    p.add_argument(
+        "--lambdas", nargs="+", type=o.number(float, option="--lambdas"),
+        help="the lambda grid of every merge (default: each merge's own, 0.2 0.4 0.6 0.8 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--densities", nargs="+", type=o.number(float, 0, 1, open_low=True, option="--densities"),
+        help="the density grid of every merge "
         "(default: each merge's own, 0.2 0.5 0.8; Model Breadcrumbs 0.7 0.8 0.9)",
     )  # fmt: skip
     p.set_defaults(run=run)

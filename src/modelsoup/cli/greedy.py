@@ -27,10 +27,13 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
         default="sorted",
         help="candidates by held-out score (sorted, default) or in a random order",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
+    p.add_argument(
+        "--seed", type=o.number(int, 0, o.SEED_MAX, option="--seed"), default=0,
+        help="seed of the random order (default 0)",
+    )  # fmt: skip
     p.add_argument(
         "--repeats",
-        type=int,
+        type=o.number(int, 1, 10_000, option="--repeats"),
         default=1,
         help="with --order random: run R orders (seeds S..S+R-1), report mean ± std",
     )
@@ -49,9 +52,10 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    out = o.check_writable(args, ingredients)
+    out = o.check_writable(args, ingredients, run_folder=False)
     folder = o.run_dir(args)
     evaluator = o.make_evaluator(args, ingredients[0])
+    o.claim_run_dir(folder, ingredients, args.force)  # every check done: now write
     scores = read_scores(args.scores, ingredients) if args.scores else None
     soup, result = greedy_run(
         ingredients,

@@ -28,11 +28,14 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=o.number(int, 1, 100_000, option="--epochs"),
         default=5,
         help="passes over the held-out split (default 5, as the paper's code)",
     )
-    p.add_argument("--lr", type=float, default=0.05, help="AdamW learning rate (default 0.05)")
+    p.add_argument(
+        "--lr", type=o.number(float, 0, 1000, open_low=True, option="--lr"), default=0.05,
+        help="AdamW learning rate (default 0.05)",
+    )  # fmt: skip
     p.add_argument(
         "--mode",
         choices=["auto", "streamed", "memory"],
@@ -45,9 +48,10 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    out = o.check_writable(args, ingredients)
+    out = o.check_writable(args, ingredients, run_folder=False)
     folder = o.run_dir(args)
     evaluator = o.make_evaluator(args, ingredients[0])
+    o.claim_run_dir(folder, ingredients, args.force)  # every check done: now write
     res = recipe.function(
         ingredients,
         evaluator,

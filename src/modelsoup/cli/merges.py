@@ -33,19 +33,10 @@ POSITIONAL = {
 }
 
 
-def _number(kind: Any, option: str) -> Any:
-    """argparse type: a finite number (ints for int parameters), checked at parse time."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option}: not a number: {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{option} must be finite, got {text}")
-        return value
-
-    return parse
+def _typed(param: Param, option: str) -> Any:
+    """The parse-time check of ``param``'s values: finite, within its declared range."""
+    low, high = param.bounds
+    return o.number(param.kind, low, high, open_low=param.open_low, option=option)
 
 
 def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
@@ -65,13 +56,13 @@ def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
     if param.grid:
         default += ", or chosen on the held-out split with an evaluator"
     p.add_argument(
-        param.option, dest=param.name, type=_number(param.kind, param.option),
+        param.option, dest=param.name, type=_typed(param, param.option),
         metavar=param.option.lstrip("-").upper(), help=f"{param.help} ({default})",
     )  # fmt: skip
     if param.grid:
         p.add_argument(
             param.grid_option, dest=f"{param.name}_grid", nargs="+",
-            type=_number(param.kind, param.grid_option), default=list(param.grid),
+            type=_typed(param, param.grid_option), default=list(param.grid),
             metavar=param.option.lstrip("-").upper(),
             help=f"with an evaluator: the values of {param.option} to score (default "
             f"{' '.join(f'{v:g}' for v in param.grid)})",
@@ -105,7 +96,7 @@ def add(sub: argparse._SubParsersAction, merge: Merge) -> argparse.ArgumentParse
         p.add_argument("--base", required=True, metavar="THETA0", help="the model fine-tuned from")
     if merge.weights:
         p.add_argument(
-            "--weights", nargs="+", type=_number(float, "--weights"), metavar="W",
+            "--weights", nargs="+", type=o.number(float, option="--weights"), metavar="W",
             help="one weight per ingredient (default: equal)",
         )  # fmt: skip
     for param in merge.params:
@@ -155,30 +146,33 @@ def _options(args: argparse.Namespace, merge: Merge) -> dict[str, Any]:
     return out
 
 
+def _missing(args: argparse.Namespace, merge: Merge) -> list[Param]:
+    """The tuned parameters the command line leaves out."""
+    return [p for p in merge.tuned if getattr(args, p.name) is None]
+
+
 def choose(
-    args: argparse.Namespace, merge: Merge, inputs: tuple[Any, ...], first: Ingredient
-) -> tuple[dict[str, Any], list[dict[str, Any]] | None, Any]:
-    """The tuned parameters' values: as given, chosen on the held-out split (with an
-    evaluator) or their defaults; the grid's rows and the evaluator, if one ran."""
+    args: argparse.Namespace, merge: Merge, inputs: tuple[Any, ...], evaluator: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The tuned parameters' values: as given, chosen on the held-out split by
+    ``evaluator`` (None: none), or their defaults; and the grid's rows, if one ran."""
     given = {p.name: getattr(args, p.name) for p in merge.tuned}
-    missing = [p for p in merge.tuned if given[p.name] is None]
+    missing = _missing(args, merge)
     if not missing:
-        return given, None, None
-    if not o.wants_evaluator(args):
+        return given, None
+    if evaluator is None:
         required = [p.option for p in missing if p.default is None]
         if required:
             raise SoupError(
                 f"give {' and '.join(required)}, or --model and --data (or --evaluator, "
                 "--task) to choose it on the held-out split"
             )
-        return {k: v if v is not None else _default(merge, k) for k, v in given.items()}, None, None
-    evaluator = o.make_evaluator(args, first)
+        return {k: v if v is not None else _default(merge, k) for k, v in given.items()}, None
     axes = {
         p.name: [given[p.name]] if given[p.name] is not None else getattr(args, f"{p.name}_grid")
         for p in merge.tuned
     }
-    point, rows = tune(merge, inputs, evaluator, axes, fixed=_options(args, merge))
-    return point, rows, evaluator
+    return tune(merge, inputs, evaluator, axes, fixed=_options(args, merge))
 
 
 def _default(merge: Merge, name: str) -> Any:
@@ -187,12 +181,15 @@ def _default(merge: Merge, name: str) -> Any:
 
 def run(args: argparse.Namespace, merge: Merge) -> int:
     inputs, read = open_inputs(args, merge)
-    evaluated = bool(merge.tuned) and o.wants_evaluator(args)
-    # a run folder where an evaluator runs, or where the user names one
-    keeps_run = evaluated or args.run_dir is not None
-    out = o.check_writable(args, read, run_folder=keeps_run)
+    out = o.check_writable(args, read, run_folder=False)
     fixed = _options(args, merge)
-    point, rows, evaluator = choose(args, merge, inputs, read[0])
+    searches = bool(_missing(args, merge)) and o.wants_evaluator(args)
+    evaluator = o.make_evaluator(args, read[0]) if searches else None
+    # a run folder where an evaluator runs, or where the user names one
+    keeps_run = evaluator is not None or args.run_dir is not None
+    if keeps_run:  # every check done: now write
+        o.claim_run_dir(o.run_dir(args), read, args.force)
+    point, rows = choose(args, merge, inputs, evaluator)
     t0 = time.perf_counter()
     soup, details = merge.make(inputs, **fixed, **point)
     if args.dtype and not merge.casts:  # computed in float32, written in --dtype

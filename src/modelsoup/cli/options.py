@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,40 @@ def _size(text: str) -> str:
     except SoupError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return text
+
+
+SEED_MAX = 2**63 - 1
+BIG = 2**20  # the most batch rows, tokens per example, adapter rank... a command takes
+
+
+def number(
+    kind: type = float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    option: str = "the value",
+) -> Any:
+    """argparse type: a finite number of ``kind`` within [``low``, ``high``] (``low``
+    excluded with ``open_low``), checked at parse time so that no bad value reaches the
+    work: a usage error, exit 2."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{option}: {text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{option} must be finite, got {text}")
+        if low is not None and (value <= low if open_low else value < low):
+            bound = f"more than {low:g}" if open_low else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{option} must be {bound}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{option} must be at most {high:g}, got {text}")
+        return value
+
+    return parse
 
 
 KEY = _parent()
@@ -85,7 +120,7 @@ OUTPUT.add_argument(
 )
 OUTPUT.add_argument(
     "--adapter-rank",
-    type=int,
+    type=number(int, 1, BIG, option="--adapter-rank"),
     metavar="R",
     help="LoRA adapter inputs: write the soup as a PEFT adapter of rank R (truncated SVD of "
     "each module's change to the base; the errors go to RUN/adapter.json) instead of the "
@@ -174,7 +209,7 @@ EVAL.add_argument(
 )
 EVAL.add_argument(
     "--lm-eval-limit",
-    type=int,
+    type=number(int, 1, 10**9, option="--lm-eval-limit"),
     metavar="N",
     help="--lm-eval: score the first N examples only (lm-eval's --limit)",
 )
@@ -191,11 +226,14 @@ EVAL.add_argument(
     "--image-column", default="image", help="--task: column of image paths (default: image)"
 )
 EVAL.add_argument(
-    "--max-length", type=int, default=256, help="--task: tokens per example (default 256)"
+    "--max-length",
+    type=number(int, 1, BIG, option="--max-length"),
+    help="--task: tokens per example, longer ones truncated (default: the smaller of 256 and "
+    "the model's positions)",
 )
 EVAL.add_argument(
     "--batch-size",
-    type=int,
+    type=number(int, 1, BIG, option="--batch-size"),
     help="evaluation batch size (default: 256 examples; 8 for --task causal-lm)",
 )
 EVAL.add_argument(
@@ -443,18 +481,24 @@ def _save_adapter(
             "--adapter-rank writes a PEFT adapter folder: give LoRA adapter folders as "
             "ingredients and an output folder name without a suffix"
         )
-    errors = save_adapter(
+    errors, rank = save_adapter(
         soup, adapters, args.output, args.adapter_rank, force=args.force, progress=not args.quiet
     )
+    if rank < args.adapter_rank:
+        print(
+            f"--adapter-rank {args.adapter_rank} is more than the modules' full rank; the "
+            f"adapter is written at rank {rank}, which is exact",
+            file=sys.stderr,
+        )
     if record:
         record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
     worst = max(errors.values(), default=0.0)
     write_json(
         folder / "adapter.json",
-        {"rank": args.adapter_rank, "relative_frobenius_error": errors, "max_error": worst},
+        {"rank": rank, "relative_frobenius_error": errors, "max_error": worst},
     )
     print(
-        f"adapter of rank {args.adapter_rank}: {len(errors)} modules, relative Frobenius "
+        f"adapter of rank {rank}: {len(errors)} modules, relative Frobenius "
         f"error at most {worst:.2e} (per module in {folder / 'adapter.json'})"
     )
     return Path(args.output)

@@ -30,7 +30,7 @@ from .hf_folders import (
     model_folder,
     read_table,
 )
-from .hf_lm import causal_lm_evaluator, multiple_choice_evaluator
+from .hf_lm import causal_lm_evaluator, fit_length, multiple_choice_evaluator
 from .protocols import Metric
 
 HF_TASKS = ("text-classification", "image-classification", "causal-lm", "multiple-choice")
@@ -98,7 +98,7 @@ def hf_evaluator(
     text_pair_column: str | None = None,
     label_column: str = "label",
     image_column: str = "image",
-    max_length: int = 256,
+    max_length: int | None = None,
     metric: Metric | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -141,6 +141,7 @@ def hf_evaluator(
     table = read_table(data)
     y = encode_labels(column(table, label_column, data, "--label-column"), config, data)
     if task == "text-classification":
+        max_length = fit_length(max_length, _positions(config), folder)
         inputs = _text_inputs(folder, table, data, text_column, text_pair_column, max_length)
     else:
         inputs = _image_inputs(folder, table, data, image_column)
@@ -164,6 +165,15 @@ def hf_evaluator(
         device=device,
         identity=identity,
     )
+
+
+def _positions(config: Any) -> int:
+    """The longest input a classifier's config allows (512 when it does not say)."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return 512
 
 
 def _text_inputs(

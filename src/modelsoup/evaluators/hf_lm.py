@@ -42,25 +42,34 @@ def causal_lm_evaluator(
     data: str,
     *,
     text_column: str = "text",
-    max_length: int = 256,
+    max_length: int | None = None,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     eval_dtype: torch.dtype | None = None,
 ) -> Any:
     """``--task causal-lm``: AutoModelForCausalLM from the first ingredient's config (an
     adapter's: its base's), the tokenizer of that folder, the examples of ``data``
-    (truncated to ``max_length`` tokens) as the held-out split "val"."""
+    (truncated to ``max_length`` tokens: default the smaller of 256 and the model's
+    positions) as the held-out split "val". Data with no token to predict (every line
+    shorter than two tokens) is refused."""
     import transformers
 
     from .causal_lm import CausalLMEvaluator
 
     folder = model_folder(first)
-    model, _ = build_model("causal-lm", folder)
+    model, config = build_model("causal-lm", folder)
     tok = from_folder(transformers.AutoTokenizer, folder, "tokenizer")
+    max_length = fit_length(max_length, context_length(config, tok), folder)
     texts = read_texts(data, text_column)
     if not texts:
         raise SoupError(f"{data}: no examples (empty lines are skipped)")
     ids = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    if all(len(x) < 2 for x in ids):
+        raise SoupError(
+            f"{data}: no token to predict: every example is shorter than 2 tokens (with "
+            f"--max-length {max_length}); a language model is scored on the tokens after the "
+            "first"
+        )
     pad = pad_id(tok)
     identity = {
         "task": "causal-lm",
@@ -80,6 +89,22 @@ def causal_lm_evaluator(
         loader=HFLoader(),
         identity=identity,
     )
+
+
+DEFAULT_MAX_LENGTH = 256
+
+
+def fit_length(asked: int | None, context: int, folder: Path) -> int:
+    """Tokens per example: ``asked``, or the smaller of 256 and the model's ``context``;
+    more than the model takes is refused (positions past it do not exist)."""
+    if asked is None:
+        return min(DEFAULT_MAX_LENGTH, context)
+    if asked > context:
+        raise SoupError(
+            f"--max-length {asked} is more than the {context} positions of the model in "
+            f"{folder}; give at most {context} (the default is the smaller of 256 and that)"
+        )
+    return asked
 
 
 def context_length(config: Any, tokenizer: Any) -> int:

@@ -35,7 +35,8 @@ DENSITIES = (0.2, 0.5, 0.8)
 class Param:
     """One parameter of a merge: its keyword in the function, its default, the grid the
     held-out search tries (empty: not tuned), its help and, where mergekit has it, its
-    name in a mergekit config. ``kind``: float, int, bool or a tuple of choices."""
+    name in a mergekit config. ``kind``: float, int, bool or a tuple of choices;
+    ``bounds``: the range of values (checked when the command line is parsed)."""
 
     name: str
     default: Any
@@ -44,6 +45,8 @@ class Param:
     grid: tuple[float, ...] = ()
     flag: str = ""
     mergekit: str | None = None
+    bounds: tuple[float | None, float | None] = (None, None)  # the values allowed
+    open_low: bool = False  # the lower bound itself is not allowed
 
     @property
     def option(self) -> str:
@@ -99,10 +102,13 @@ WEIGHT_NOTE = "one weight per ingredient (default 1)"
 
 
 def density(default: float, grid: tuple[float, ...] = DENSITIES) -> Param:
-    return Param("density", default, "the fraction of entries kept", grid=grid, mergekit="density")
+    return Param(
+        "density", default, "the fraction of entries kept", grid=grid, mergekit="density",
+        bounds=(0, 1), open_low=True,
+    )  # fmt: skip
 
 
-SEED = Param("seed", 0, "seed of the random drops", kind=int)
+SEED = Param("seed", 0, "seed of the random drops", kind=int, bounds=(0, 2**63 - 1))
 
 
 def normalize(default: bool) -> Param:
@@ -192,7 +198,7 @@ MERGES: dict[str, Merge] = {
                 params=(
                     LAM, density(0.5),
                     Param("epsilon", 0.15, "the spread of keep probabilities around the "
-                          "density", mergekit="epsilon"),
+                          "density", mergekit="epsilon", bounds=(0, 0.5)),
                     normalize(name == "della"),
                     Param("rescale", "l1", "l1: the kept entries scaled to the task "
                           "vector's L1 norm; none", kind=("l1", "none")),
@@ -217,7 +223,7 @@ MERGES: dict[str, Merge] = {
                 params=(
                     LAM, density(0.9, (0.7, 0.8, 0.9)),
                     Param("gamma", 0.01, "the fraction of largest entries dropped",
-                          mergekit="gamma"),
+                          mergekit="gamma", bounds=(0, 1)),
                     normalize(False),
                     Param("rescale", "none", "l1: the kept entries scaled to the task "
                           "vector's L1 norm; none", kind=("l1", "none")),
@@ -237,7 +243,8 @@ MERGES: dict[str, Merge] = {
             "Shoemake, SIGGRAPH 1985, as mergekit's slerp",
             "per tensor, sin((1-t)W)/sin(W) a + sin(tW)/sin(W) b with W the angle between "
             "the two, linear when they are nearly parallel; t = 0 is A, t = 1 is B", "two",
-            params=(Param("t", None, "where between A and B, in [0, 1]", mergekit="t"),),
+            params=(Param("t", None, "where between A and B, in [0, 1]", mergekit="t",
+                          bounds=(0, 1)),),
             mergekit={"slerp": {}},
         ),
         Merge(

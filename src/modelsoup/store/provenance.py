@@ -4,6 +4,7 @@ fingerprints and the evaluator's identity (``args.json``), written atomically.""
 from __future__ import annotations
 
 import json
+import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,12 +37,26 @@ def versions() -> dict[str, str]:
     return out
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: strict JSON has no
+    NaN, and a reader in another language rejects the bare ``NaN`` Python writes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename); only rank 0 writes."""
+    """Write strict JSON (no NaN: see `strict`) atomically (temporary file, then
+    rename); only rank 0 writes."""
     if world()[0] != 0:
         return
+    text = json.dumps(strict(obj), indent=2, default=str, allow_nan=False)
     with atomic_output(path, force=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def inputs_record(ingredients: Sequence[Ingredient]) -> list[dict[str, Any]]:
