@@ -254,6 +254,41 @@ def deep_adapter_config(tmp: Path) -> Built:
     return ["uniform", str(adapter), str(ins[1]), "-o", str(out)], [*ins, adapter], out
 
 
+def rank_0_adapter(tmp: Path) -> Built:
+    """A LoRA adapter of rank 0 on folder A (peft's config says r = 0)."""
+    ins = _hf_pair(tmp)
+    adapter = tmp / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "r": 0, "lora_alpha": 8, "base_model_name_or_path": str(ins[0])}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    save_file(
+        {"base_model.model.body.lora_A.weight": torch.zeros(0, 4),
+         "base_model.model.body.lora_B.weight": torch.zeros(4, 0)},
+        adapter / "adapter_model.safetensors",
+    )  # fmt: skip
+    out = tmp / "soup"
+    return ["uniform", str(adapter), str(ins[1]), "-o", str(out)], [*ins, adapter], out
+
+
+def users_folder(cmd: str) -> Callable[[Path], Built]:
+    """A run folder that holds the user's own files."""
+
+    def build(tmp: Path) -> Built:
+        ins = _pair(tmp)
+        folder = tmp / "mydocs"
+        folder.mkdir()
+        (folder / "results.md").write_text("my notes")
+        ev = ["--evaluator", f"{_evaluators(tmp)}:one", "-q"]
+        argv = {
+            "ensemble": ["ensemble", *map(str, ins), "--run-dir", str(folder), *ev],
+            "greedy": ["greedy", *map(str, ins), "-o", str(tmp / "s.safetensors"), "--run-dir",
+                       str(folder), *ev],
+        }[cmd]  # fmt: skip
+        return argv, [*ins, folder], tmp / "s.safetensors"
+
+    return build
+
+
 def run_dir_in_input(cmd: str) -> Callable[[Path], Built]:
     """A run folder (or analysis folder) inside the input folder A."""
 
@@ -420,6 +455,16 @@ CASES = [
         deep_adapter_config,
         ["adapter_config.json", "nested too deeply"],
     ),
+    Case("a rank-0 adapter", rank_0_adapter, ["adapter_config.json", "r = 0", "positive"]),
+    Case(
+        "greedy into the user's folder", users_folder("greedy"), ["mydocs", "results.md", "--force"]
+    ),
+    Case(
+        "ensemble into the user's folder",
+        users_folder("ensemble"),
+        ["mydocs", "results.md", "--force"],
+    ),
+    Case("--adapter-rank 0", uniform("--adapter-rank", "0"), ["--adapter-rank", "at least 1"]),
     Case("infinite weights", uniform("--weights", "inf", "-inf"), ["--weights", "finite", "inf"]),
     Case(
         "dangling symlink output", dangling_symlink_output, ["symbolic link", "nowhere", "--force"]
