@@ -159,13 +159,13 @@ def test_console_script_runs(tmp_path, files):
 def test_a_large_soup_is_announced_with_its_size_before_it_is_written(
     tmp_path, files, capsys, monkeypatch
 ):
-    from modelsoup.cli import options
+    from modelsoup.cli import output
 
     paths, _ = files
     out = tmp_path / "soup.safetensors"
     assert main(["uniform", *map(str, paths), "-o", str(out), "-q"]) == 0
     assert "writing" not in capsys.readouterr().err  # small: nothing said
     nbytes = sum(t.numel() * t.element_size() for t in load_file(out).values())
-    monkeypatch.setattr(options, "ANNOUNCE_BYTES", nbytes - 1)
+    monkeypatch.setattr(output, "ANNOUNCE_BYTES", nbytes - 1)
     assert main(["uniform", *map(str, paths), "-o", str(out), "-q", "--force"]) == 0
     assert f"writing {nbytes / 1e9:.1f} GB to {out}" in capsys.readouterr().err

@@ -162,7 +162,7 @@ def _hf_sweep(tmp_path):
 def test_task_options_enter_the_identity(flag, value, tmp_path, capsys):
     folders, val = _hf_sweep(tmp_path)
     args = ["--task", "text-classification", "--data", str(val), "--text-column", "sentence"]
-    args += ["--label-column", "y", "--max-length", "64", "--device", "cpu", "-q"]
+    args += ["--label-column", "y", "--max-length", "32", "--device", "cpu", "-q"]
     run = tmp_path / "run"
     before, reads = _ensemble(folders, run, args, capsys)
     changed = _with(args, flag, value)

@@ -345,7 +345,19 @@ def save_adapter(
             f"{changed[0]!r}), so it is no adapter of the base; write the full model (drop "
             "--adapter-rank)"
         )
-    config = {
+    config = _adapter_config(first, rank, targets, whole)
+    with atomic_output(path, force=force, folder=True) as tmp:
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return errors, rank
+
+
+def _adapter_config(
+    first: LoraAdapter, rank: int, targets: Sequence[str], whole: Sequence[str]
+) -> dict[str, Any]:
+    """The written adapter's config: the first adapter's, at rank ``rank`` with scale 1,
+    its targets and whole modules, on the same base."""
+    return {
         **first.config,
         "r": rank,
         "lora_alpha": rank,
@@ -355,9 +367,5 @@ def save_adapter(
         "alpha_pattern": {},
         "target_modules": sorted({n.removesuffix(".weight") for n in targets}),
         "modules_to_save": sorted({n.rsplit(".", 1)[0] for n in whole}) or None,
-        "base_model_name_or_path": str(base.folder),
+        "base_model_name_or_path": str(first.base.folder),
     }
-    with atomic_output(path, force=force, folder=True) as tmp:
-        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return errors, rank

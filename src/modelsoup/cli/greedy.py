@@ -9,6 +9,7 @@ from ..checkpoints.layout import parse_dtype
 from ..jobs.pipelines import greedy_run, read_scores
 from ..jobs.recipes import Recipe
 from . import options as o
+from .output import save_soup
 
 
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not o.is_rank0():
         return 0
-    o.save_soup(
+    save_soup(
         args,
         soup.soup,
         ingredients,

@@ -10,6 +10,7 @@ from ..evaluators.protocols import evaluate
 from ..jobs.recipes import Recipe
 from ..store.provenance import write_json
 from . import options as o
+from .output import save_soup
 
 
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     )
     if not o.is_rank0():
         return 0
-    o.save_soup(
+    save_soup(
         args,
         res.soup,
         ingredients,

@@ -14,6 +14,7 @@ from ..ops.arithmetic import weighted_average
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes
 from . import options as o
+from .output import save_soup
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     soup, details = p.merge.make(inputs, **keywords)
     if p.dtype is not None:  # mergekit's out_dtype (or dtype): the written dtype
         soup = weighted_average([soup], dtype=parse_dtype(p.dtype))
-    o.save_soup(
+    save_soup(
         args, soup, [template, *[i for i in read if i is not template]], p.merge.name,
         summary={"mergekit_config": str(p.config), "merge_method": p.method, **keywords,
                  **details},

@@ -23,6 +23,7 @@ from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes, human_count
 from ..store.provenance import write_json
 from . import options as o
+from .output import save_soup
 
 POSITIONAL = {
     "two": (("a", "A", "the model at t = 0"), ("b", "B", "the model at t = 1")),
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
         if not o.is_rank0():
             return 0
         _print_grid(rows or [], point)
-    o.save_soup(
+    save_soup(
         args,
         soup,
         read,

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +14,12 @@ from typing import Any
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import parse_dtype
 from ..checkpoints.read import open_ingredient
-from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size, save
+from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size
 from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
 from ..store.lock import LOCK_NAME, run_lock
-from ..store.provenance import model_card, record_run, versions, write_json
-from ..version import package_version
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -374,9 +370,6 @@ def input_paths(inputs: Sequence[Ingredient]) -> tuple[Path, ...]:
     return tuple(f for i in inputs for f in i.files)
 
 
-# A soup larger than this is announced (its size and path) before it is written.
-ANNOUNCE_BYTES = 10**9
-
 # Locks held until the command ends (`main` closes it): one run per run folder.
 LOCKS = contextlib.ExitStack()
 
@@ -412,93 +405,3 @@ def check_writable(
     if run_folder or getattr(args, "adapter_rank", None) is not None:
         claim_run_dir(run_dir(args), inputs, args.force)
     return out
-
-
-def save_soup(
-    args: argparse.Namespace,
-    soup: Ingredient,
-    inputs: Sequence[Ingredient],
-    recipe: str,
-    *,
-    evaluator: Any = None,
-    summary: dict[str, Any] | None = None,
-    record: bool = True,
-    run_folder: bool = True,
-) -> Path:
-    """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
-    metadata, and the run record (``args.json``: arguments, versions, inputs'
-    fingerprints, evaluator identity) in the run folder; ``record=False`` when a pipeline
-    has written it already. Without ``run_folder`` (a merge that ran no evaluator) the
-    record goes inside the output only: a folder output gets ``modelsoup.json`` and a
-    README model card, as mergekit writes its config and card."""
-    folder = run_dir(args)
-    if getattr(args, "adapter_rank", None) is not None:
-        return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
-    layout = getattr(soup, "layout", None)
-    nbytes = layout.nbytes if layout is not None else 0
-    if nbytes > ANNOUNCE_BYTES and is_rank0():  # say so before a long write starts
-        print(f"writing {nbytes / 1e9:.1f} GB to {args.output}", file=sys.stderr, flush=True)
-    provenance = {
-        "recipe": recipe,
-        "modelsoup": package_version(),
-        "ingredients": [i.source for i in inputs],
-        **({"run_dir": str(folder)} if run_folder else {"versions": versions()}),
-        **(summary or {}),
-    }
-    text = json.dumps(provenance, default=str, indent=2)
-    out = save(
-        soup,
-        args.output,
-        template=inputs[0],
-        metadata={"modelsoup": json.dumps(provenance, default=str)},
-        max_shard_size=args.max_shard_size,
-        force=args.force,
-        progress=not args.quiet,
-        extra_files=None
-        if run_folder
-        else {"modelsoup.json": text + "\n", "README.md": model_card(provenance)},
-    )
-    if record and run_folder:  # after the soup: an unwritable output is reported as such
-        record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
-    return out
-
-
-def _save_adapter(
-    args: argparse.Namespace,
-    soup: Ingredient,
-    inputs: Sequence[Ingredient],
-    recipe: str,
-    folder: Path,
-    evaluator: Any,
-    record: bool,
-) -> Path:
-    """``--adapter-rank``: the soup as a LoRA adapter, each module's error recorded."""
-    from ..checkpoints.adapters import LoraAdapter, save_adapter
-
-    adapters = [i for i in inputs if isinstance(i, LoraAdapter)]
-    if not adapters or Path(args.output).suffix:
-        raise SoupError(
-            "--adapter-rank writes a PEFT adapter folder: give LoRA adapter folders as "
-            "ingredients and an output folder name without a suffix"
-        )
-    errors, rank = save_adapter(
-        soup, adapters, args.output, args.adapter_rank, force=args.force, progress=not args.quiet
-    )
-    if rank < args.adapter_rank:
-        print(
-            f"--adapter-rank {args.adapter_rank} is more than the modules' full rank; the "
-            f"adapter is written at rank {rank}, which is exact",
-            file=sys.stderr,
-        )
-    if record:
-        record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
-    worst = max(errors.values(), default=0.0)
-    write_json(
-        folder / "adapter.json",
-        {"rank": rank, "relative_frobenius_error": errors, "max_error": worst},
-    )
-    print(
-        f"adapter of rank {rank}: {len(errors)} modules, relative Frobenius "
-        f"error at most {worst:.2e} (per module in {folder / 'adapter.json'})"
-    )
-    return Path(args.output)
