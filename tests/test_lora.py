@@ -269,3 +269,29 @@ def test_peft_defaults_are_honoured_and_rank_0_is_refused(adapters, tmp_path, ca
     wrong = _copy(folders[0], tmp_path / "wrong", r=None)  # peft's default 8, tensors of 4
     assert main(["uniform", str(wrong), str(folders[1]), "-o", str(tmp_path / "o"), "-q"]) == 2
     assert "rank 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers"),
+        dict(target_modules="all-linear", exclude_modules=["k_proj", "gate_proj"]),
+    ],
+    ids=["layers_to_transform", "exclude_modules"],
+)
+def test_the_target_selection_fields_read_as_peft_merges_them(adapters, tmp_path, selection):
+    """The fields that choose which modules are adapted are honoured through the tensors
+    peft stores: the reading equals merge_and_unload of the same folder."""
+    base, _ = adapters
+    folder = _adapter(base, tmp_path / "sel", 11, r=2, lora_alpha=6, **selection)
+    want = _merged(base, folder)
+    got = ms.materialize(ms.open_ingredient(folder))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+    base_ing = ms.open_ingredient(base)
+    changed = [n for n in want if not torch.equal(want[n], base_ing.get(n))]
+    assert changed  # the selection adapted something, and only what it selects
+    if "layers_to_transform" in selection:
+        assert all(".layers.1." in n for n in changed), changed
+    else:
+        assert all("k_proj" not in n and "gate_proj" not in n for n in changed), changed
