@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -29,3 +30,11 @@ def sweep_with_base(tmp_path_factory) -> tuple[str, list[str]]:
         folder, [3e-3, 1e-2, 5e-3], base_steps=40, steps=40, seed0=0, save_base=True
     )
     return str(folder / "base.safetensors"), [str(p) for p in paths]
+
+
+@pytest.fixture
+def importable(monkeypatch):
+    """tests/ importable here and in subprocesses (tinytask's model and data)."""
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    monkeypatch.setenv("PYTHONPATH", f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

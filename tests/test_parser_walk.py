@@ -5,7 +5,6 @@ writes nothing. Generated from the parser itself, so a new option is walked too.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,12 @@ import pytest
 from modelsoup.cli import main
 from modelsoup.cli.main import build_parser
 
-TESTS = Path(__file__).parent
 EVAL = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
 VALUES = ["0", "-1", "nan", "inf", "1000000000000"]
 SLOW = {"compare", "analyze", "reproduce"}  # run whole only under -m slow
 
 
-@pytest.fixture(autouse=True)
-def _importable(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
-    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+pytestmark = pytest.mark.usefixtures("importable")
 
 
 PARSER = build_parser()

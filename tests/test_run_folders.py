@@ -17,14 +17,10 @@ from modelsoup.cli import main
 from modelsoup.cli.main import build_parser
 from modelsoup.store.lock import run_lock
 
-TESTS = Path(__file__).parent
 EVAL = ["--model", "tinytask:model", "--data", "tinytask:data", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _importable(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
-    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+pytestmark = pytest.mark.usefixtures("importable")
 
 
 def _argv(command: str, folder: Path, sweep_with_base, tmp: Path) -> list[str]:

@@ -10,7 +10,6 @@ from typing import Any
 from ..checkpoints.layout import parse_dtype
 from ..checkpoints.read import open_ingredient
 from ..merges.mergekit_config import plan
-from ..ops.arithmetic import weighted_average
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes
 from . import options as o
@@ -42,30 +41,24 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     p = plan(args.config)
-
-    def one(path: str) -> Any:
-        return open_ingredient(path)
-
-    models = [one(m) for m in p.models]
-    base = one(p.base) if p.base is not None else None
-    if p.merge.inputs == "two":
-        inputs: tuple[Any, ...] = (base, models[0])
-        read = [base, models[0]]
-    elif p.merge.inputs == "models":
-        inputs, read = (models,), models
-    else:
-        inputs, read = (models, base), [*models, base]
+    models = [open_ingredient(m) for m in p.models]
+    base = open_ingredient(p.base) if p.base is not None else None
+    inputs: tuple[Any, ...] = {
+        "two": (base, *models),
+        "models": (models,),
+        "models+base": (models, base),
+    }[p.merge.inputs]
+    read = [*models, base] if base is not None else models
     check_distinct(read)
-    template = base if base is not None and p.template == p.base else models[0]
     out = o.check_writable(args, read, run_folder=False)
     t0 = time.perf_counter()
-    keywords = dict(p.keywords)
-    soup, details = p.merge.make(inputs, **keywords)
-    if p.dtype is not None:  # mergekit's out_dtype (or dtype): the written dtype
-        soup = weighted_average([soup], dtype=parse_dtype(p.dtype))
+    # mergekit's out_dtype (or dtype): the written dtype
+    dtype = parse_dtype(p.dtype) if p.dtype is not None else None
+    soup, details = p.merge.make(inputs, dtype=dtype, **p.keywords)
+    template = base if base is not None else models[0]  # the base's config and tokenizer
     save_soup(
         args, soup, [template, *[i for i in read if i is not template]], p.merge.name,
-        summary={"mergekit_config": str(p.config), "merge_method": p.method, **keywords,
+        summary={"mergekit_config": str(p.config), "merge_method": p.method, **p.keywords,
                  **details},
         run_folder=False,
     )  # fmt: skip

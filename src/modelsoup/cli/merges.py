@@ -18,7 +18,6 @@ from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
 from ..merges.registry import Merge, Param
 from ..merges.tune import tune
-from ..ops.arithmetic import weighted_average
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes, human_count
 from ..store.provenance import write_json
@@ -137,7 +136,6 @@ def _options(args: argparse.Namespace, merge: Merge) -> dict[str, Any]:
         out["weights"] = args.weights
     if merge.casts:
         out["accumulate"] = parse_dtype(args.accumulate)
-        out["dtype"] = parse_dtype(args.dtype) if args.dtype else None
     for param in merge.params:
         value = getattr(args, param.name)
         if not param.grid:
@@ -153,10 +151,15 @@ def _missing(args: argparse.Namespace, merge: Merge) -> list[Param]:
 
 
 def choose(
-    args: argparse.Namespace, merge: Merge, inputs: tuple[Any, ...], evaluator: Any
+    args: argparse.Namespace,
+    merge: Merge,
+    inputs: tuple[Any, ...],
+    evaluator: Any,
+    fixed: dict[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """The tuned parameters' values: as given, chosen on the held-out split by
-    ``evaluator`` (None: none), or their defaults; and the grid's rows, if one ran."""
+    ``evaluator`` (None: none; the other keywords ``fixed``), or their defaults; and the
+    grid's rows, if one ran."""
     given = {p.name: getattr(args, p.name) for p in merge.tuned}
     missing = _missing(args, merge)
     if not missing:
@@ -168,16 +171,13 @@ def choose(
                 f"give {' and '.join(required)}, or --model and --data (or --evaluator, "
                 "--task) to choose it on the held-out split"
             )
-        return {k: v if v is not None else _default(merge, k) for k, v in given.items()}, None
+        return {p.name: p.default if given[p.name] is None else given[p.name]
+                for p in merge.tuned}, None  # fmt: skip
     axes = {
         p.name: [given[p.name]] if given[p.name] is not None else getattr(args, f"{p.name}_grid")
         for p in merge.tuned
     }
-    return tune(merge, inputs, evaluator, axes, fixed=_options(args, merge))
-
-
-def _default(merge: Merge, name: str) -> Any:
-    return next(p.default for p in merge.params if p.name == name)
+    return tune(merge, inputs, evaluator, axes, fixed=fixed)
 
 
 def run(args: argparse.Namespace, merge: Merge) -> int:
@@ -190,11 +190,10 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     keeps_run = evaluator is not None or args.run_dir is not None
     if keeps_run:  # every check done: now write
         o.claim_run_dir(o.run_dir(args), read, args.force)
-    point, rows = choose(args, merge, inputs, evaluator)
+    point, rows = choose(args, merge, inputs, evaluator, fixed)
     t0 = time.perf_counter()
-    soup, details = merge.make(inputs, **fixed, **point)
-    if args.dtype and not merge.casts:  # computed in float32, written in --dtype
-        soup = weighted_average([soup], dtype=parse_dtype(args.dtype))
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)
     shown = {k: v for k, v in {**fixed, **point}.items() if _shown(k, v)}
     if evaluator is not None:
         write_json(

@@ -45,8 +45,8 @@ class ConfigError(SoupError):
 @dataclass
 class Plan:
     """What a configuration asks: the registered merge, its inputs (``models`` in
-    order, and ``base``), the keywords for its function, the output dtype, and the
-    folder whose config and tokenizer the output carries."""
+    order, and ``base``), the keywords for its function and the output dtype (the
+    output carries the base's config and tokenizer, else the first model's)."""
 
     config: Path
     method: str
@@ -55,7 +55,6 @@ class Plan:
     base: str | None
     keywords: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
-    template: str | None = None
 
 
 def _fail(config: Path, key: str, why: str) -> ConfigError:
@@ -161,7 +160,6 @@ def plan(path: str | Path) -> Plan:
         del per_model[paths.index(base)]
         paths.remove(base)
     out = Plan(config, method, merge, paths, base, dtype=data.get("out_dtype") or data.get("dtype"))
-    out.template = base or paths[0]
     _inputs(out)
     keywords.update(_parameters(out, shared, per_model))
     out.keywords = keywords

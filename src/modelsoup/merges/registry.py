@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
+from ..ops.arithmetic import weighted_average
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
@@ -91,10 +94,21 @@ class Merge:
         """The parameters with a grid: what the held-out search chooses."""
         return tuple(p for p in self.params if p.grid)
 
-    def make(self, inputs: tuple[Any, ...], **params: Any) -> tuple[Any, dict[str, Any]]:
-        """The merge of ``inputs`` (as `inputs` says) and what it chose (``details``)."""
-        made = self.function(*inputs, **params)
-        return made if self.details else (made, {})
+    def make(
+        self, inputs: tuple[Any, ...], *, dtype: torch.dtype | None = None, **params: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """The merge of ``inputs`` (as `inputs` says) and what it chose (``details``);
+        with ``dtype``, its floating tensors written in that dtype (computed in float32)."""
+        if dtype is not None and self.casts:
+            params["dtype"] = dtype
+        made, details = (
+            self.function(*inputs, **params)
+            if self.details
+            else (self.function(*inputs, **params), {})
+        )
+        if dtype is not None and not self.casts:
+            made = weighted_average([made], dtype=dtype)
+        return made, details
 
 
 LAM = Param("lam", 1.0, "the task vectors' scale", grid=LAMBDAS, flag="--lambda", mergekit="lambda")

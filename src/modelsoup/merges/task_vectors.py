@@ -86,9 +86,9 @@ def check_weights(k: int, weights: Sequence[float] | None) -> list[float]:
     return w
 
 
-def check_density(density: float, low: float = 0.0) -> None:
-    if not low < density <= 1:
-        raise SoupError(f"--density must be in ({low:g}, 1], got {density}")
+def check_density(density: float) -> None:
+    if not 0 < density <= 1:
+        raise SoupError(f"--density must be in (0, 1], got {density}")
 
 
 def sparsified_merge(
