@@ -353,6 +353,27 @@ def dangling_symlink_output(tmp: Path) -> Built:
     return ["uniform", *map(str, ins), "-o", str(out)], ins, None
 
 
+def truncated_embeddings(tmp: Path) -> Built:
+    """mergekit #425: a fine-tune whose config.json declares more tokens (17, its
+    tokenizer's) than its embedding has rows (16)."""
+    import transformers
+    import vocab_fixtures
+
+    folders = []
+    for name, pad in (("A", False), ("B", True)):
+        tok = vocab_fixtures.tokenizer()
+        if pad:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+        config = transformers.LlamaConfig(vocab_size=16, **vocab_fixtures.LLAMA)
+        transformers.LlamaForCausalLM(config).save_pretrained(tmp / name)
+        tok.save_pretrained(tmp / name)
+        folders.append(tmp / name)
+    cfg = json.loads((tmp / "B" / "config.json").read_text())
+    (tmp / "B" / "config.json").write_text(json.dumps({**cfg, "vocab_size": 17}))
+    out = tmp / "soup"
+    return ["uniform", *map(str, folders), "--vocab", "union", "-o", str(out)], folders, out
+
+
 CASES = [
     Case(
         "tensor names differ",
@@ -456,6 +477,28 @@ CASES = [
         ["adapter_config.json", "nested too deeply"],
     ),
     Case("a rank-0 adapter", rank_0_adapter, ["adapter_config.json", "r = 0", "positive"]),
+    Case(
+        "--vocab on files that carry no tokenizer",
+        uniform("--vocab", "union"),
+        ["--vocab union", "Hugging Face model folders"],
+    ),
+    Case("--vocab-multiple without --vocab", uniform("--vocab-multiple", "8"), ["add --vocab"]),
+    Case(
+        "embeddings truncated below the config's vocab_size",
+        truncated_embeddings,
+        ["B: lm_head.weight is [16, 16]", "declares 17 tokens"],
+    ),
+    Case(
+        "a --keep rule that matches no tensor",
+        uniform("--keep", "nothing=first"),
+        ["--keep nothing=first", "matches no tensor", "modelsoup inspect"],
+    ),
+    Case("--keep from the base without --base", uniform("--keep", "body=base"), ["needs --base"]),
+    Case(
+        "--adapter-rank on full fine-tunes without --base",
+        uniform("--adapter-rank", "4"),
+        ["--adapter-rank", "--base THETA0"],
+    ),
     Case(
         "greedy into the user's folder", users_folder("greedy"), ["mydocs", "results.md", "--force"]
     ),

@@ -176,7 +176,11 @@ def test_the_merged_folder_carries_its_record_and_card(folders, tmp_path):
 
 REFUSALS = {
     "slices": ("slices:\n  - sources: []\n", "slices"),
-    "tokenizer_source": ("tokenizer_source: union\n", "tokenizer_source"),
+    "tokenizer_source": ("tokenizer_source: some/model\n", "tokenizer_source"),
+    "tokenizer tokens": (
+        "tokenizer:\n  source: union\n  tokens: {x: {source: a}}\n",
+        "tokenizer.tokens",
+    ),
     "gradient": ("parameters:\n  density: [0.2, 0.8]\n", "parameters.density"),
     "filter": ("parameters:\n  lambda:\n    - filter: mlp\n      value: 0.5\n", "lambda"),
     "unknown parameter": ("parameters:\n  frobnicate: 1\n", "frobnicate"),

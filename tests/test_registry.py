@@ -38,7 +38,12 @@ def test_each_command_has_an_option_per_declared_parameter(name):
         if p.grid:
             assert p.grid_option in options
     assert ("--weights" in options) == merge.weights
-    assert ("--base" in options) == (merge.inputs == "models+base")
+    assert ("--weights-for" in options) == merge.tensor_weights
+    # --base: required on a base, optional (a --keep source, --only's rest) on models
+    base = next((a for a in sub._actions if "--base" in a.option_strings), None)  # noqa: SLF001
+    assert (base is not None) == (merge.inputs in ("models", "models+base"))
+    assert base is None or base.required == (merge.inputs == "models+base")
+    assert {"--vocab", "--keep", "--only"} <= options
 
 
 @pytest.mark.parametrize("name", list(MERGES))

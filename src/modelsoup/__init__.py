@@ -8,11 +8,13 @@ streamed arithmetic (a combination is itself an ingredient), and `save` the resu
 >>> ms.save(ms.uniform_soup(ings), "soup.safetensors")                          # doctest: +SKIP
 """
 
+from .checkpoints.extract import extract_lora
 from .checkpoints.ingredients import Ingredient, StateDictIngredient
 from .checkpoints.layout import Layout, TensorSpec
 from .checkpoints.read import open_ingredient
 from .checkpoints.save import save
 from .checkpoints.stream import materialize
+from .checkpoints.vocab import align_vocabulary
 from .errors import CheckpointError, MismatchError, NonFiniteError, SoupError
 from .evaluators import (
     ClassificationEvaluator,
@@ -37,6 +39,7 @@ from .ops.arithmetic import (
 )
 from .ops.checks import check_compatible
 from .ops.geometry import angle, cosine, dot, gram, norm
+from .ops.select import choose, substitute
 from .soups import GreedyResult, LearnedResult, greedy_soup, learned_soup
 from .version import package_version
 
@@ -64,11 +67,14 @@ __all__ = [
     "StateDictIngredient",
     "TensorSpec",
     "TrainableEvaluator",
+    "align_vocabulary",
     "angle",
     "check_compatible",
+    "choose",
     "cosine",
     "dot",
     "ensemble_run",
+    "extract_lora",
     "gram",
     "greedy_run",
     "greedy_soup",
@@ -80,6 +86,7 @@ __all__ = [
     "norm",
     "open_ingredient",
     "save",
+    "substitute",
     "task_vector",
     "uniform_soup",
     "weighted_average",

@@ -36,7 +36,7 @@ from .recent import RecentTensors
 READ_FIELDS = (
     "peft_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora",
     "fan_in_fan_out", "modules_to_save", "target_modules", "exclude_modules",
-    "layers_to_transform", "layers_pattern",
+    "layers_to_transform", "layers_pattern", "lora_bias",
 )  # fmt: skip
 INERT_FIELDS = (
     "task_type", "auto_mapping", "peft_version", "revision", "inference_mode",
@@ -50,7 +50,6 @@ REFUSED_UNLESS = {
     "use_dora": (False, "a DoRA adapter (a learned magnitude per column)"),
     "trainable_token_indices": (None, "trained embedding rows (trainable tokens)"),
     "layer_replication": (None, "layers replicated in the base (the model differs from it)"),
-    "lora_bias": (False, "a trained bias on lora_B"),
     "use_qalora": (False, "QALoRA (pooled inputs)"),
     "monteclora_config": (None, "MonteCLoRA"),
     "alora_invocation_tokens": (None, "an activated LoRA (applied after invocation tokens)"),
@@ -100,7 +99,7 @@ class LoraAdapter:
                 f"{self.folder}: no {' or '.join(ADAPTER_WEIGHTS)} beside {ADAPTER_CONFIG}"
             )
         self._file = open_file(regular_file(weights[0], self.folder), None)
-        self._pairs, self._replaced = self._parse(self._file)
+        self._pairs, self._replaced, self._biases = self._parse(self._file)
         self._recent = RecentTensors()
 
     # -- the adapter's description ------------------------------------------------------
@@ -156,13 +155,25 @@ class LoraAdapter:
             )
         return Path(name)
 
-    def _parse(self, file) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-        """``{base tensor: (A name, B name)}`` and ``{base tensor: stored replacement}``."""
+    def _parse(self, file) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, str]]:
+        """``{base tensor: (A name, B name)}``, ``{base tensor: stored replacement}`` and
+        ``{base bias: stored lora_B bias}`` (peft's ``lora_bias``)."""
         base = self.base.layout
         pairs: dict[str, list[str | None]] = {}
         replaced: dict[str, str] = {}
+        biases: dict[str, str] = {}
         for stored in file.layout.names:
             name = stored.removeprefix(PREFIX)
+            if name.endswith(".lora_B.bias"):
+                if not self.config.get("lora_bias"):
+                    raise CheckpointError(
+                        f"{self.folder}: {stored} is a bias of lora_B, but lora_bias is false, "
+                        "so peft ignores it (mergekit-extract-lora writes such adapters); set "
+                        f'"lora_bias": true in {ADAPTER_CONFIG} if the bias belongs to it'
+                    )
+                target = name.removesuffix(".lora_B.bias") + ".bias"
+                biases[self._base_name(target, stored)] = stored
+                continue
             for part, i in ((".lora_A.weight", 0), (".lora_B.weight", 1)):
                 if name.endswith(part):
                     target = name.removesuffix(part) + ".weight"
@@ -181,6 +192,12 @@ class LoraAdapter:
                 raise CheckpointError(f"{self.folder}: {target} has only one of lora_A, lora_B")
             out[self._base_name(target, a)] = (a, b)
         replaced = {self._base_name(name, stored): stored for name, stored in replaced.items()}
+        for target, stored in biases.items():
+            if file.layout.spec(stored).shape != base.spec(target).shape:
+                raise MismatchError(
+                    f"{self.folder}: {stored} {list(file.layout.spec(stored).shape)} does not "
+                    f"fit {target} {list(base.spec(target).shape)} of the base"
+                )
         for target, (a, b) in out.items():
             sa, sb = file.layout.spec(a).shape, file.layout.spec(b).shape
             shape = (sb[0], sa[1]) if not self.config.get("fan_in_fan_out") else (sa[1], sb[0])
@@ -195,7 +212,7 @@ class LoraAdapter:
                     f"{self.folder}: LoRA {a} {list(sa)} and {b} {list(sb)} do not fit "
                     f"{target} {list(base.spec(target).shape)} of the base {self.base.source}"
                 )
-        return out, replaced
+        return out, replaced, biases
 
     def _base_name(self, name: str, stored: str) -> str:
         base = self.base.layout
@@ -240,19 +257,22 @@ class LoraAdapter:
 
     def get(self, name: str) -> torch.Tensor:
         name = self.layout.canonical(name)
-        if name not in self._pairs and name not in self._replaced:
+        if name not in self._pairs and name not in self._replaced and name not in self._biases:
             return self.base.get(name)
         return self._recent.get(name, self._compute)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         name = self.layout.canonical(name)
-        if name not in self._pairs and name not in self._replaced:
+        if name not in self._pairs and name not in self._replaced and name not in self._biases:
             return self.base.read(name, start, stop)
         flat = self.get(name).view(-1)
         return flat[start : flat.numel() if stop is None else stop].clone()
 
     def _compute(self, name: str) -> torch.Tensor:
         spec = self.layout.spec(name)
+        if name in self._biases:  # peft merges bias + lora_B.bias * s
+            extra = self._file.get(self._biases[name]).float() * self.scale()
+            return (self.base.get(name).float() + extra).to(spec.dtype)
         if name in self._replaced:
             t = self._file.get(self._replaced[name])
             if tuple(t.shape) != spec.shape:

@@ -53,11 +53,13 @@ def fingerprint(ingredient: Ingredient) -> str | None:
     """A cheap identity of a checkpoint on disk: for each of its files, the resolved path,
     size, mtime, ctime and inode, and a hash of its content (whole up to 4 MiB, else its
     first MiB and 17 sampled 64 KiB chunks). None for in-memory ingredients (never cached
-    by file; see `content_hash`)."""
+    by file; see `content_hash`). An ingredient derived from checkpoints (some tensors
+    taken from another model, a vocabulary realigned) states how in ``derivation``, which
+    the fingerprint covers too."""
     files = [Path(f) for f in ingredient.files if Path(f).is_file()]
     if not files:
         return None
-    h = hashlib.sha256()
+    h = hashlib.sha256(str(getattr(ingredient, "derivation", "") or "").encode())
     for f in files:
         h.update(_file_digest(f).encode())
     return h.hexdigest()[:20]

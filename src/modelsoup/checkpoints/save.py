@@ -18,12 +18,11 @@ import secrets
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
 from ..errors import SoupError
-from .folders import ShardedCheckpoint
 from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient
 from .layout import SAFETENSORS_CODES, Layout
 from .stream import materialize, stream_chunks
@@ -289,7 +288,7 @@ def save_torch(
 def save_hf_folder(
     ingredient: Ingredient,
     path: str | os.PathLike,
-    template: ShardedCheckpoint,
+    template: Any,
     *,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     metadata: Mapping[str, str] | None = None,
@@ -299,7 +298,8 @@ def save_hf_folder(
 ) -> Path:
     """Write a Hugging Face model folder: weights as safetensors, sharded like
     ``save_pretrained`` when larger than ``max_shard_size``, plus the config and tokenizer
-    files of ``template`` (the first ingredient's folder). Atomic."""
+    files of ``template`` (its ``load_files``: the first ingredient's folder's, or a
+    realigned vocabulary's config and tokenizer). Atomic."""
     path = Path(path)
     check_output(path, ingredient.files, force)
     limit = parse_size(max_shard_size)
@@ -372,7 +372,7 @@ def save(
             "folder name without suffix (for Hugging Face folder inputs)"
         )
     template = getattr(template, "base", template)  # an adapter's folder: its base's
-    if not isinstance(template, ShardedCheckpoint):
+    if getattr(template, "load_files", None) is None:
         raise SoupError(
             f"output {path} has no suffix, so it would be a Hugging Face folder, but the "
             "first ingredient is not one; name the output *.safetensors or *.pt"

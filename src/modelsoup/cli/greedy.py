@@ -8,6 +8,7 @@ import math
 from ..checkpoints.layout import parse_dtype
 from ..jobs.pipelines import greedy_run, read_scores
 from ..jobs.recipes import Recipe
+from . import choices as c
 from . import options as o
 from .output import save_soup
 
@@ -15,7 +16,18 @@ from .output import save_soup
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     p = sub.add_parser(
         "greedy",
-        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.EVAL, o.COMPARE, o.NUMERIC, o.INTEGERS],
+        parents=[
+            o.READ,
+            o.KEY,
+            o.OUTPUT,
+            o.QUIET,
+            o.EVAL,
+            o.COMPARE,
+            o.NUMERIC,
+            o.INTEGERS,
+            c.TENSORS,
+            c.OPTIONAL_BASE,
+        ],  # fmt: skip
         help=recipe.summary,
         description=f"{recipe.summary.capitalize()}. After {recipe.paper}. Ingredients are "
         "scored on the held-out split and sorted, best first; each next one joins the soup "
@@ -52,11 +64,13 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    out = o.check_writable(args, ingredients, run_folder=False)
+    read, prep = c.open_prepared(args)
+    ingredients = prep.ingredients
+    out = o.check_writable(args, read, run_folder=False)
     folder = o.run_dir(args)
     evaluator = o.make_evaluator(args, ingredients[0])
-    o.claim_run_dir(folder, ingredients, args.force)  # every check done: now write
+    o.claim_run_dir(folder, read, args.force)  # every check done: now write
+    c.print_rules(prep)
     scores = read_scores(args.scores, ingredients) if args.scores else None
     soup, result = greedy_run(
         ingredients,
@@ -81,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
         soup.soup,
         ingredients,
         "greedy",
-        summary={"kept": result["kept"], "compare": args.compare, "order": args.order},
+        summary={"kept": result["kept"], "compare": args.compare, "order": args.order,
+                 **prep.summary()},
         record=False,  # greedy_run wrote args.json and result.json
-    )
+        base=prep.given_base,
+    )  # fmt: skip
     _report(result, len(ingredients), getattr(evaluator, "name", "score"))
     print(f"wrote {out}; run folder {folder}")
     return 0

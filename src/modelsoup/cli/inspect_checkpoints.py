@@ -8,17 +8,20 @@ import math
 
 from ..checkpoints.read import open_ingredient
 from ..ops.summary import compare, human_bytes, human_count, summarize
+from . import choices as c
 from . import options as o
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
-        parents=[o.READ, o.KEY],
+        parents=[o.READ, o.KEY, c.TENSORS, c.WEIGHTS_FOR],
         help="sizes of checkpoints and the angles between them",
         description="Tensor count, parameters, dtypes and size of each ingredient; with two "
         "or more, the cosine similarity of their weights; with --base, the norms of the task "
-        "vectors θi - θ0 and the angles between them.",
+        "vectors θi - θ0 and the angles between them. With --vocab, --keep, --only or "
+        "--weights-for: the soup's vocabulary and the tensors each rule matches (a rule "
+        "that matches nothing is an error).",
     )
     p.add_argument(
         "--base",
@@ -47,6 +50,14 @@ def run(args: argparse.Namespace) -> int:
         open_ingredient(args.base, key=args.key, base_model=args.base_model) if args.base else None
     )
     report: dict = {"ingredients": [summarize(i) for i in ingredients]}
+    if args.vocab or args.keep or args.only or args.weights_for:
+        prep = c.prepare(args, ingredients, base, quiet=args.json)
+        ingredients, base = prep.ingredients, prep.base
+        report.update(prep.summary())
+        report["tensor_rules"] = prep.rules
+        if not args.json:
+            c.print_rules(prep)
+            print()
     if len(ingredients) >= 2 or base is not None:
         report.update(compare(ingredients, base, progress=not args.quiet and not args.json))
     if args.json:

@@ -9,6 +9,7 @@ from ..checkpoints.stream import materialize
 from ..evaluators.protocols import evaluate
 from ..jobs.recipes import Recipe
 from ..store.provenance import write_json
+from . import choices as c
 from . import options as o
 from .output import save_soup
 
@@ -16,7 +17,7 @@ from .output import save_soup
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     p = sub.add_parser(
         "learned",
-        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.EVAL],
+        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.EVAL, c.TENSORS, c.OPTIONAL_BASE],
         help=recipe.summary,
         description=f"{recipe.summary.capitalize()}. After {recipe.paper}. AdamW over "
         "softmax mixing weights and a temperature; memory does not grow with the number of "
@@ -48,11 +49,13 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    out = o.check_writable(args, ingredients, run_folder=False)
+    read, prep = c.open_prepared(args)
+    ingredients = prep.ingredients
+    out = o.check_writable(args, read, run_folder=False)
     folder = o.run_dir(args)
     evaluator = o.make_evaluator(args, ingredients[0])
-    o.claim_run_dir(folder, ingredients, args.force)  # every check done: now write
+    o.claim_run_dir(folder, read, args.force)  # every check done: now write
+    c.print_rules(prep)
     res = recipe.function(
         ingredients,
         evaluator,
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         ingredients,
         "learned",
         evaluator=evaluator,
-        summary={"by_layer": args.by_layer},
+        summary={"by_layer": args.by_layer, **prep.summary()},
+        base=prep.given_base,
     )
     if not args.by_layer:
         weights = ", ".join(

@@ -9,7 +9,9 @@ from typing import Any
 
 from ..checkpoints.layout import parse_dtype
 from ..checkpoints.read import open_ingredient
-from ..merges.mergekit_config import plan
+from ..checkpoints.tokens import same_vocabulary
+from ..checkpoints.vocab import align_vocabulary
+from ..merges.mergekit_config import ConfigError, plan
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes
 from . import options as o
@@ -25,8 +27,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "task_arithmetic, ties, dare_ties, dare_linear, della, della_linear, breadcrumbs, "
         "breadcrumbs_ties, slerp), base_model, models with parameters (weight, density, "
         "epsilon, gamma), parameters (lambda, normalize, rescale, t, int8_mask), dtype, "
-        "out_dtype and tokenizer_source: base, with mergekit's defaults. Anything else "
-        "(slices, gradients, other tokenizer sources) is refused, naming the key. The "
+        "out_dtype, and tokenizer_source (or tokenizer: source, pad_to_multiple_of): base or "
+        "union, with mergekit's defaults. Anything else (slices, gradients, a model as the "
+        "tokenizer source) is refused, naming the key. The "
         "output is a folder (or a .safetensors file) carrying modelsoup.json and a model "
         "card.",
     )
@@ -50,17 +53,30 @@ def run(args: argparse.Namespace) -> int:
     }[p.merge.inputs]
     read = [*models, base] if base is not None else models
     check_distinct(read)
+    vocab = None
+    if p.vocab is not None:
+        models, base, vocab = align_vocabulary(models, base, p.vocab, p.vocab_multiple)
+        inputs = {"two": (base, *models), "models": (models,),
+                  "models+base": (models, base)}[p.merge.inputs]  # fmt: skip
+    elif not same_vocabulary(read):
+        raise ConfigError(
+            f"{p.config}: the models' tokenizers differ (tokens added in some); add "
+            "tokenizer_source: union (or base) to merge their vocabularies"
+        )
     out = o.check_writable(args, read, run_folder=False)
     t0 = time.perf_counter()
     # mergekit's out_dtype (or dtype): the written dtype
     dtype = parse_dtype(p.dtype) if p.dtype is not None else None
     soup, details = p.merge.make(inputs, dtype=dtype, **p.keywords)
     template = base if base is not None else models[0]  # the base's config and tokenizer
+    first = read[-1] if p.base is not None else read[0]
+    summary = {"mergekit_config": str(p.config), "merge_method": p.method, **p.keywords,
+               **details}  # fmt: skip
+    if vocab is not None:
+        summary["vocab"] = vocab.vocab.summary([i.source for i in vocab.inputs])
     save_soup(
-        args, soup, [template, *[i for i in read if i is not template]], p.merge.name,
-        summary={"mergekit_config": str(p.config), "merge_method": p.method, **p.keywords,
-                 **details},
-        run_folder=False,
+        args, soup, [first, *[i for i in read if i is not first]], p.merge.name,
+        summary=summary, run_folder=False, template=template,
     )  # fmt: skip
     print(
         f"wrote {out}: {p.method} ({p.merge.name}) of {len(read)} models, "

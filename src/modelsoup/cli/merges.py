@@ -21,6 +21,7 @@ from ..merges.tune import tune
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes, human_count
 from ..store.provenance import write_json
+from . import choices as c
 from . import options as o
 from .output import save_soup
 
@@ -70,9 +71,13 @@ def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
 
 
 def add(sub: argparse._SubParsersAction, merge: Merge) -> argparse.ArgumentParser:
-    parents = [o.KEY, o.OUTPUT, o.QUIET, o.INTEGERS]
+    parents = [o.KEY, o.OUTPUT, o.QUIET, o.INTEGERS, c.TENSORS]
     if merge.inputs in ("models", "models+base"):
         parents.insert(0, o.READ)
+    if merge.inputs == "models":
+        parents.append(c.OPTIONAL_BASE)
+    if merge.tensor_weights:
+        parents.append(c.WEIGHTS_FOR)
     if merge.casts:
         parents.append(o.NUMERIC)
     if merge.tuned:
@@ -109,9 +114,11 @@ def add(sub: argparse._SubParsersAction, merge: Merge) -> argparse.ArgumentParse
     return p
 
 
-def open_inputs(args: argparse.Namespace, merge: Merge) -> tuple[tuple[Any, ...], list[Ingredient]]:
-    """The merge's positional inputs (as the function takes them) and every ingredient
-    read (the base last)."""
+def open_inputs(
+    args: argparse.Namespace, merge: Merge
+) -> tuple[tuple[Any, ...], list[Ingredient], c.Prepared]:
+    """The merge's positional inputs (as the function takes them, prepared: `--vocab`,
+    `--keep`, `--only`), every ingredient read (the base last), and the preparation."""
 
     def one(path: str) -> Ingredient:
         return open_ingredient(path, key=args.key, base_model=args.base_model)
@@ -119,23 +126,26 @@ def open_inputs(args: argparse.Namespace, merge: Merge) -> tuple[tuple[Any, ...]
     if merge.inputs in POSITIONAL:
         first, second = (one(getattr(args, n)) for n, _, _ in POSITIONAL[merge.inputs])
         check_distinct([first, second])
-        read = [second, first] if merge.inputs == "base+one" else [first, second]
-        return (first, second), read
-    ings = o.open_all(args.ingredients, args.key, merge.min_models, base_model=args.base_model)
+        if merge.inputs == "base+one":
+            prep = c.prepare(args, [second], first)
+            return (prep.base, prep.ingredients[0]), [second, first], prep
+        prep = c.prepare(args, [first, second], None)
+        return tuple(prep.ingredients), [first, second], prep
+    read, prep = c.open_prepared(args, merge.min_models)
     if merge.inputs == "models":
-        return (ings,), ings
-    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
-    check_distinct([*ings, base])
-    return (ings, base), [*ings, base]
+        return (prep.ingredients,), read, prep
+    return (prep.ingredients, prep.base), read, prep
 
 
-def _options(args: argparse.Namespace, merge: Merge) -> dict[str, Any]:
+def _options(args: argparse.Namespace, merge: Merge, prep: c.Prepared) -> dict[str, Any]:
     """The keywords the command line fixes: weights, untuned parameters, numerics."""
     out: dict[str, Any] = {"integers": args.integers}
     if merge.weights and args.weights is not None:
         out["weights"] = args.weights
     if merge.casts:
         out["accumulate"] = parse_dtype(args.accumulate)
+    if merge.tensor_weights and prep.tensor_weights:
+        out["weights_for"] = prep.tensor_weights
     for param in merge.params:
         value = getattr(args, param.name)
         if not param.grid:
@@ -181,11 +191,11 @@ def choose(
 
 
 def run(args: argparse.Namespace, merge: Merge) -> int:
-    inputs, read = open_inputs(args, merge)
+    inputs, read, prep = open_inputs(args, merge)
     out = o.check_writable(args, read, run_folder=False)
-    fixed = _options(args, merge)
+    fixed = _options(args, merge, prep)
     searches = bool(_missing(args, merge)) and o.wants_evaluator(args)
-    evaluator = o.make_evaluator(args, read[0]) if searches else None
+    evaluator = o.make_evaluator(args, prep.ingredients[0]) if searches else None
     # a run folder where an evaluator runs, or where the user names one
     keeps_run = evaluator is not None or args.run_dir is not None
     if keeps_run:  # every check done: now write
@@ -195,6 +205,7 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     dtype = parse_dtype(args.dtype) if args.dtype else None
     soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)
     shown = {k: v for k, v in {**fixed, **point}.items() if _shown(k, v)}
+    c.print_rules(prep)
     if evaluator is not None:
         write_json(
             o.run_dir(args) / f"{merge.name.replace('-', '_')}.json",
@@ -209,15 +220,18 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
         read,
         merge.name,
         evaluator=evaluator,
-        summary={**shown, **details},
+        summary={**shown, **details, **prep.summary()},
         run_folder=keeps_run,
+        template=prep.ingredients[0],
+        base=prep.given_base,
     )
-    _report(merge, soup, read, out, shown, details, time.perf_counter() - t0)
+    base = getattr(args, "base", None) if merge.inputs == "models" else None
+    _report(merge, soup, read, out, shown, details, time.perf_counter() - t0, base)
     return 0
 
 
 def _shown(key: str, value: Any) -> bool:
-    return key not in ("integers", "accumulate", "dtype") and value is not None
+    return key not in ("integers", "accumulate", "dtype", "weights_for") and value is not None
 
 
 def _print_grid(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> None:
@@ -240,6 +254,7 @@ def _report(
     shown: dict[str, Any],
     details: dict[str, Any],
     seconds: float,
+    args_base: str | None = None,
 ) -> None:
     label = {"lam": "lambda"}
     chosen = ", ".join(
@@ -248,7 +263,8 @@ def _report(
         if k != "weights"
     )
     what = {
-        "models": f"{merge.label} of {len(read)} ingredients",
+        "models": f"{merge.label} of {len(read) - (args_base is not None)} ingredients"
+        + (f" (base {args_base})" if args_base is not None else ""),
         "models+base": f"{merge.label} of {len(read) - 1} ingredients on {read[-1].source}",
         "two": f"{merge.label} of {read[0].source} and {read[1].source}",
         "base+one": f"{merge.label} of {read[0].source} toward {read[1].source}",

@@ -118,9 +118,16 @@ OUTPUT.add_argument(
     "--adapter-rank",
     type=number(int, 1, BIG, option="--adapter-rank"),
     metavar="R",
-    help="LoRA adapter inputs: write the soup as a PEFT adapter of rank R (truncated SVD of "
-    "each module's change to the base; the errors go to RUN/adapter.json) instead of the "
-    "full model (default)",
+    help="write the soup as a PEFT LoRA adapter of rank R instead of the full model: on the "
+    "adapters' base for LoRA adapter ingredients, on --base for full fine-tunes (truncated "
+    "SVD of each linear layer's change to the base; the errors go to RUN/adapter.json)",
+)
+OUTPUT.add_argument(
+    "--max-error",
+    type=number(float, 0, 1, option="--max-error"),
+    metavar="E",
+    help="--adapter-rank on --base: store whole (modules_to_save) each module whose relative "
+    "error at rank R is over E (default: none)",
 )
 OUTPUT.add_argument(
     "--run-dir",
@@ -401,6 +408,8 @@ def check_writable(
     `claim_run_dir`); returns the output path. An adapter output always has a run folder
     (its modules' errors)."""
     out = Path(args.output)
+    if getattr(args, "max_error", None) is not None and getattr(args, "adapter_rank", None) is None:
+        raise SoupError("--max-error applies to --adapter-rank on --base; add --adapter-rank R")
     check_output(out, input_paths(inputs), args.force)
     if run_folder or getattr(args, "adapter_rank", None) is not None:
         claim_run_dir(run_dir(args), inputs, args.force)

@@ -31,16 +31,20 @@ def save_soup(
     summary: dict[str, Any] | None = None,
     record: bool = True,
     run_folder: bool = True,
+    template: Ingredient | None = None,
+    base: Ingredient | None = None,
 ) -> Path:
     """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
     metadata, and the run record (``args.json``: arguments, versions, inputs'
     fingerprints, evaluator identity) in the run folder; ``record=False`` when a pipeline
     has written it already. Without ``run_folder`` (a merge that ran no evaluator) the
     record goes inside the output only: a folder output gets ``modelsoup.json`` and a
-    README model card, as mergekit writes its config and card."""
+    README model card, as mergekit writes its config and card. ``template``: the model
+    whose folder the soup's folder copies (default the first input); ``base``: what
+    ``--adapter-rank`` adapts, for soups of full fine-tunes."""
     folder = run_dir(args)
     if getattr(args, "adapter_rank", None) is not None:
-        return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record)
+        return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record, base)
     layout = getattr(soup, "layout", None)
     nbytes = layout.nbytes if layout is not None else 0
     if nbytes > ANNOUNCE_BYTES and is_rank0():  # say so before a long write starts
@@ -56,7 +60,7 @@ def save_soup(
     out = save(
         soup,
         args.output,
-        template=inputs[0],
+        template=template if template is not None else inputs[0],
         metadata={"modelsoup": json.dumps(provenance, default=str)},
         max_shard_size=args.max_shard_size,
         force=args.force,
@@ -70,6 +74,19 @@ def save_soup(
     return out
 
 
+def check_adapter_request(
+    args: argparse.Namespace, inputs: Sequence[Ingredient], base: Ingredient | None
+) -> None:
+    """``--adapter-rank`` needs an output folder, and adapters to re-rank or a base."""
+    adapters = any(getattr(i, "base_source", None) for i in inputs)
+    if Path(args.output).suffix or (not adapters and base is None):
+        raise SoupError(
+            "--adapter-rank writes a PEFT adapter folder: give an output folder name without "
+            "a suffix, and LoRA adapter folders as ingredients or --base THETA0 (the model "
+            "the full fine-tunes started from)"
+        )
+
+
 def _save_adapter(
     args: argparse.Namespace,
     soup: Ingredient,
@@ -78,19 +95,28 @@ def _save_adapter(
     folder: Path,
     evaluator: Any,
     record: bool,
+    base: Ingredient | None,
 ) -> Path:
-    """``--adapter-rank``: the soup as a LoRA adapter, each module's error recorded."""
+    """``--adapter-rank``: the soup as a LoRA adapter, each module's error recorded: on
+    the adapters' base for adapter ingredients, else on ``base`` (--base)."""
     from ..checkpoints.adapters import LoraAdapter, save_adapter
+    from ..checkpoints.extract import extract_lora
 
     adapters = [i for i in inputs if isinstance(i, LoraAdapter)]
-    if not adapters or Path(args.output).suffix:
-        raise SoupError(
-            "--adapter-rank writes a PEFT adapter folder: give LoRA adapter folders as "
-            "ingredients and an output folder name without a suffix"
-        )
-    errors, rank = save_adapter(
-        soup, adapters, args.output, args.adapter_rank, force=args.force, progress=not args.quiet
-    )
+    check_adapter_request(args, inputs, base)
+    whole: dict[str, str] = {}
+    if adapters:
+        errors, rank = save_adapter(
+            soup, adapters, args.output, args.adapter_rank, force=args.force,
+            progress=not args.quiet,
+        )  # fmt: skip
+    else:
+        assert base is not None
+        done = extract_lora(
+            soup, base, args.output, args.adapter_rank, max_error=getattr(args, "max_error", None),
+            force=args.force,
+        )  # fmt: skip
+        errors, rank, whole = done.errors, done.rank, done.whole
     if rank < args.adapter_rank:
         print(
             f"--adapter-rank {args.adapter_rank} is more than the modules' full rank; the "
@@ -102,10 +128,18 @@ def _save_adapter(
     worst = max(errors.values(), default=0.0)
     write_json(
         folder / "adapter.json",
-        {"rank": rank, "relative_frobenius_error": errors, "max_error": worst},
+        {
+            "rank": rank,
+            "relative_frobenius_error": errors,
+            "max_error": worst,
+            "modules_to_save": whole,
+        },
     )
     print(
         f"adapter of rank {rank}: {len(errors)} modules, relative Frobenius "
         f"error at most {worst:.2e} (per module in {folder / 'adapter.json'})"
     )
+    if whole:
+        print(f"{len(whole)} module(s) stored whole (modules_to_save): "
+              + "; ".join(f"{m}: {why}" for m, why in list(whole.items())[:5]))  # fmt: skip
     return Path(args.output)

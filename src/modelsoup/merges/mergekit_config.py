@@ -6,11 +6,13 @@ keywords and defaults mergekit gives that method), ``weight`` is required per mo
 mergekit requires it, a parameter at the top level applies to every model without its
 own, and ``linear`` divides by the weights' sum (``normalize: true``). What modelsoup does
 not do the same way is refused by name (`ConfigError`, exit 2): slices, modules,
-gradients (a list or filter as a parameter's value), other tokenizer sources, per-model
-densities that differ, and parameters the method does not take.
+gradients (a list or filter as a parameter's value), a model as the tokenizer source,
+per-token embedding settings, per-model densities that differ, and parameters the
+method does not take.
 
 Read: ``merge_method``, ``base_model``, ``models`` (``model``, ``parameters``),
-``parameters``, ``dtype``, ``out_dtype`` and ``tokenizer_source: base``.
+``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source: base|union`` and
+``tokenizer: {source: base|union, pad_to_multiple_of: N}`` (modelsoup's ``--vocab``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from ..errors import SoupError
 from .registry import MERGES, Merge
 
 READ_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
-             "tokenizer_source")  # fmt: skip
+             "tokenizer_source", "tokenizer")  # fmt: skip
 REFUSED_KEYS = {
     "slices": "layer slices (merge whole models instead)",
     "modules": "per-module definitions",
-    "tokenizer": "tokenizer configuration (only tokenizer_source: base is read)",
     "chat_template": "chat templates",
 }
+TOKENIZER_SOURCES = ("base", "union")
 PER_MODEL = ("weight", "density", "epsilon", "gamma")
 # mergekit parameter -> keyword of the registered function
 KEYWORDS = {"lambda": "lam", "density": "density", "epsilon": "epsilon", "gamma": "gamma",
@@ -55,6 +57,8 @@ class Plan:
     base: str | None
     keywords: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
+    vocab: str | None = None  # tokenizer_source: base or union (modelsoup's --vocab)
+    vocab_multiple: int | None = None  # tokenizer.pad_to_multiple_of
 
 
 def _fail(config: Path, key: str, why: str) -> ConfigError:
@@ -108,15 +112,33 @@ def _check_keys(config: Path, data: dict[str, Any]) -> None:
             raise _fail(config, key, f"{REFUSED_KEYS[key]} is not supported by modelsoup merge")
         if key not in READ_KEYS:
             raise _fail(config, key, f"unknown key; modelsoup merge reads {', '.join(READ_KEYS)}")
-    source = data.get("tokenizer_source")
-    if source not in (None, "base"):
-        raise _fail(
-            config, "tokenizer_source", f"{source!r} is not supported: only 'base' (the base "
-            "model's tokenizer is written with the merge)",
-        )  # fmt: skip
     for key in ("dtype", "out_dtype"):
         if data.get(key) is not None and data[key] not in DTYPES:
             raise _fail(config, key, f"{data[key]!r}: give one of {', '.join(DTYPES)}")
+
+
+def _tokenizer(config: Path, data: dict[str, Any]) -> tuple[str | None, int | None]:
+    """``tokenizer_source`` or ``tokenizer`` as mergekit reads them: (source, padding)."""
+    source, block = data.get("tokenizer_source"), data.get("tokenizer")
+    multiple = None
+    if block is not None:
+        if source is not None:
+            raise _fail(config, "tokenizer", "give tokenizer or tokenizer_source, not both")
+        if not isinstance(block, dict) or set(block) - {"source", "pad_to_multiple_of", "tokens"}:
+            raise _fail(config, "tokenizer", "read: source and pad_to_multiple_of")
+        if block.get("tokens"):
+            raise _fail(config, "tokenizer.tokens", "per-token embedding sources are not supported")
+        source, multiple = block.get("source"), block.get("pad_to_multiple_of")
+        ok = multiple is None or (isinstance(multiple, int) and not isinstance(multiple, bool)
+                                  and multiple > 0)  # fmt: skip
+        if not ok:
+            raise _fail(config, "tokenizer.pad_to_multiple_of", f"{multiple!r}: a positive integer")
+    if source is not None and source not in TOKENIZER_SOURCES:
+        raise _fail(
+            config, "tokenizer_source", f"{source!r} is not supported: 'base' or 'union' (a "
+            "model as the source: modelsoup's --vocab first, with that model listed first)",
+        )  # fmt: skip
+    return source, multiple
 
 
 def _models(config: Path, data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -160,6 +182,7 @@ def plan(path: str | Path) -> Plan:
         del per_model[paths.index(base)]
         paths.remove(base)
     out = Plan(config, method, merge, paths, base, dtype=data.get("out_dtype") or data.get("dtype"))
+    out.vocab, out.vocab_multiple = _tokenizer(config, data)
     _inputs(out)
     keywords.update(_parameters(out, shared, per_model))
     out.keywords = keywords

@@ -72,7 +72,8 @@ class Merge:
     ``casts``: the function takes ``dtype`` and ``accumulate`` (a `Combination`).
     ``shared()`` makes the state the merges of one grid share (TIES' thresholds).
     ``mergekit`` maps mergekit's method names for this merge to the keywords it fixes
-    (and the defaults mergekit gives the parameters)."""
+    (and the defaults mergekit gives the parameters). ``tensor_weights``: the function
+    takes ``weights_for`` (tensor name -> one weight per ingredient)."""
 
     name: str
     label: str
@@ -88,6 +89,7 @@ class Merge:
     casts: bool = False
     shared: Callable[[], dict[str, Any]] | None = None
     mergekit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tensor_weights: bool = False
 
     @property
     def tuned(self) -> tuple[Param, ...]:
@@ -150,7 +152,7 @@ MERGES: dict[str, Merge] = {
                       "checkpoints is that checkpoint bit for bit); sum: sum then divide, "
                       "bit-identical to mergekit's linear merge", kind=("mean", "sum")),
             ),
-            weights=True, min_models=2, casts=True,
+            weights=True, min_models=2, casts=True, tensor_weights=True,
             mergekit={"linear": {"arithmetic": "sum"}},
         ),
         Merge(
@@ -165,7 +167,8 @@ MERGES: dict[str, Merge] = {
                       "base + lambda * sum w_i tau_i in that order, bit-identical to "
                       "mergekit's task_arithmetic", kind=("anchored", "sum")),
             ),
-            weights=True, casts=True, mergekit={"task_arithmetic": {"arithmetic": "sum"}},
+            weights=True, casts=True, tensor_weights=True,
+            mergekit={"task_arithmetic": {"arithmetic": "sum"}},
         ),
         Merge(
             "ties", "TIES", ties,

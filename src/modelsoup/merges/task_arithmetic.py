@@ -12,7 +12,7 @@ mergekit's ``task_arithmetic``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
@@ -27,13 +27,20 @@ def task_arithmetic(
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
     arithmetic: str = "anchored",
+    weights_for: Mapping[str, Sequence[float]] | None = None,
     **options,
 ) -> Combination | Ties:
-    """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each.
-    ``options`` as `Combination` (with ``arithmetic="sum"``: ``integers`` only)."""
+    """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each;
+    ``weights_for``: {tensor name: its own weights w_i}. ``options`` as `Combination`
+    (with ``arithmetic="sum"``: ``integers`` only, and no ``weights_for``)."""
     w = [1.0] * len(ingredients) if weights is None else [float(x) for x in weights]
     if len(w) != len(ingredients):
         raise SoupError(f"{len(w)} weights for {len(ingredients)} ingredients; give one each")
+    for name, ws in (weights_for or {}).items():
+        if len(ws) != len(ingredients):
+            raise SoupError(f"{len(ws)} weights for {name}, {len(ingredients)} ingredients")
+    if weights_for and arithmetic != "anchored":
+        raise SoupError("per-tensor weights (--weights-for) need --arithmetic anchored")
     if arithmetic == "sum":
         dtype = options.pop("dtype", None)
         options.pop("accumulate", None)
@@ -44,5 +51,11 @@ def task_arithmetic(
         return merged if dtype is None else weighted_average([merged], dtype=dtype)
     if arithmetic != "anchored":
         raise SoupError(f"arithmetic must be 'anchored' or 'sum', got {arithmetic!r}")
-    coefficients = [lam * x for x in w] + [1.0 - lam * sum(w)]
-    return linear_combination([*ingredients, base], coefficients, **options)
+
+    def coefficients(w: Sequence[float]) -> list[float]:
+        return [lam * float(x) for x in w] + [1.0 - lam * sum(float(x) for x in w)]
+
+    per = {n: coefficients(ws) for n, ws in (weights_for or {}).items()}
+    return linear_combination(
+        [*ingredients, base], coefficients(w), per_tensor=per or None, **options
+    )

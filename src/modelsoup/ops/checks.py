@@ -51,11 +51,14 @@ def check_compatible(
                 continue  # its target is compared
             a, b = ref.spec(name), lay.spec(name)
             if a.shape != b.shape:
+                rows = len(a.shape) == len(b.shape) > 0 and a.shape[1:] == b.shape[1:]
                 raise MismatchError(
                     f"tensor {name!r} has shape {list(a.shape)} in {first.source} but "
                     f"{list(b.shape)} in {other.source}; soups need ingredients of one "
                     "architecture, fine-tuned from the same pretrained model"
-                )
+                    + ("; if tokens were added in some runs, merge their vocabularies with "
+                       "--vocab union (or base, first)" if rows else "")
+                )  # fmt: skip
             if a.dtype != b.dtype and not (
                 allow_float_dtype_mix and is_float(a.dtype) and is_float(b.dtype)
             ):
