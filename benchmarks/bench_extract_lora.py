@@ -2,8 +2,9 @@
 --adapter-rank R` against ``mergekit-extract-lora --max-rank R`` on the same soup.
 
 Builds a ~100M-parameter Llama base (6 layers, width 768, 32,000 tokens) and k full
-fine-tunes of it whose changes are mostly low-rank (rank 8 per fine-tune and linear
-layer, plus small full-rank noise, as fine-tuning changes tend to be), writes their
+fine-tunes of it whose changes are mostly low-rank, as fine-tuning changes tend to be:
+per linear layer, a rank-8 change the fine-tunes share (with their own coefficients),
+a rank-4 change of their own, and small full-rank noise. Then it writes their
 uniform soup (``--arithmetic sum``, as mergekit's linear), then, each as its own process:
 
   modelsoup : modelsoup uniform ft* --arithmetic sum --base B --adapter-rank R -o A
@@ -45,15 +46,19 @@ def build(folder: Path, k: int) -> None:
     base = transformers.LlamaForCausalLM(cfg)
     base.save_pretrained(folder / "base")
     state = {n: t.clone() for n, t in base.state_dict().items()}
+    g = torch.Generator().manual_seed(1000)
+    shared = {n: (torch.randn(t.shape[0], 8, generator=g), torch.randn(8, t.shape[1], generator=g))
+              for n, t in state.items() if t.ndim == 2 and "embed" not in n}  # fmt: skip
     for i in range(k):
         g = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for n, t in base.state_dict().items():
-                if t.ndim == 2 and "embed" not in n:
-                    u = torch.randn(t.shape[0], 8, generator=g)
-                    v = torch.randn(8, t.shape[1], generator=g)
-                    low = u @ v / (t.shape[0] * t.shape[1]) ** 0.5
-                    t.copy_(state[n] + 1e-2 * low + 1e-4 * torch.randn(t.shape, generator=g))
+                if n in shared:
+                    u, v = shared[n]
+                    own = torch.randn(t.shape[0], 4, generator=g) @ torch.randn(
+                        4, t.shape[1], generator=g)  # fmt: skip
+                    low = (u * torch.rand(8, generator=g)) @ v / 8 + own / 4
+                    t.copy_(state[n] + 1e-3 * low + 1e-4 * torch.randn(t.shape, generator=g))
                 else:
                     t.copy_(state[n] + 1e-3 * torch.randn(t.shape, generator=g))
         base.save_pretrained(folder / f"ft{i}")
@@ -73,24 +78,21 @@ def run(cmd: list[str]) -> tuple[float, float]:
 
 
 def errors(adapter: Path, soup: Path, base: Path) -> str:
-    """Each LoRA module's relative error, from the written factors."""
+    """Each LoRA module's relative error, from the written factors, as JSON."""
     from safetensors.torch import load_file
 
     f = load_file(adapter / "adapter_model.safetensors")
     s, b = load_file(soup / "model.safetensors"), load_file(base / "model.safetensors")
-    errs = []
+    errs = {}
     for key in f:
         if key.endswith(".lora_A.weight"):
             mod = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
             delta = s[f"{mod}.weight"] - b[f"{mod}.weight"]
             approx = f[key.replace("lora_A", "lora_B")] @ f[key]
-            errs.append(float((delta - approx).norm() / delta.norm()))
+            errs[mod] = float((delta - approx).norm() / delta.norm())
     config = json.loads((adapter / "adapter_config.json").read_text())
     size = sum(p.stat().st_size for p in adapter.iterdir() if p.suffix == ".safetensors")
-    return (
-        f"{size / 1e6:6.1f} MB; {len(errs)} LoRA modules, error max {max(errs):.4f} mean "
-        f"{statistics.mean(errs):.4f}; modules_to_save {config.get('modules_to_save')}"
-    )
+    return json.dumps({"errors": errs, "bytes": size, "whole": config.get("modules_to_save")})
 
 
 def main() -> None:
@@ -129,10 +131,24 @@ def main() -> None:
                          "--out-path", str(out / "mergekit"), "--max-rank", str(args.rank)]),
     }  # fmt: skip
     print(f"soup of k = {args.k} fine-tunes of a 100M Llama as a rank-{args.rank} adapter:")
+    found = {}
     for name, (wall, rss) in results.items():
-        print(f"  {name:9} {wall:6.1f} s   peak RSS {rss:6.0f} MB")
-        subprocess.run([*helper, "--errors", str(out / name), str(out / "soup"), str(base)],
-                       check=True)  # fmt: skip
+        cmd = [*helper, "--errors", str(out / name), str(out / "soup"), str(base)]
+        found[name] = r = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                    text=True).stdout)  # fmt: skip
+        e = list(r["errors"].values())
+        print(
+            f"  {name:9} {wall:6.1f} s   peak RSS {rss:6.0f} MB   adapter {r['bytes'] / 1e6:6.1f} "
+            f"MB   {len(e)} LoRA modules, error max {max(e):.4f} mean {statistics.mean(e):.4f}"
+        )
+        print(f"            stored whole: {r['whole']}")
+    ours, theirs = found["modelsoup"]["errors"], found["mergekit"]["errors"]
+    common = sorted(set(ours) & set(theirs))
+    gap = max(abs(ours[m] - theirs[m]) for m in common)
+    print(
+        f"  on the {len(common)} modules both factor: error max |difference| {gap:.2e}; only "
+        f"modelsoup factors {sorted(set(ours) - set(theirs))}"
+    )
     (mw, mr), (kw, kr) = results["modelsoup"], results["mergekit"]
     print(f"  modelsoup / mergekit: time {mw / kw:.2f}x, peak RSS {mr / kr:.2f}x "
           "(modelsoup's time includes merging the soup)")  # fmt: skip

@@ -12,7 +12,9 @@ a linear layer whose bias changed where the others have none, and any module who
 exceeds ``max_error``. Unchanged modules are left out. At full rank the adapter is the
 soup, up to float rounding.
 
-Memory: one module's weights, its SVD and its factors at a time.
+Memory: one module's weights, its SVD and its factors at a time. Time: one SVD per
+linear layer, exact up to 1024 (or R above a quarter of the smaller side), randomized
+beyond (`EXACT_UP_TO`).
 """
 
 from __future__ import annotations
@@ -93,10 +95,25 @@ def _modules(
             )
 
 
+# A truncated SVD of rank R of an [m, n] change costs O(m·n·min(m, n)) exactly (62 s for
+# 4096 x 11008 on 2 cores: 2.3 hours for a 7B model) and O(m·n·R) by the randomized
+# algorithm (Halko et al., 2011; torch.svd_lowrank, 4 power iterations: 1.1 s there, with
+# an error 0.07% above the optimum at R = 64). Exact where that is cheap or R is large.
+EXACT_UP_TO = 1024  # min(m, n) up to which the SVD is exact whatever R
+OVERSAMPLE, POWER_ITERATIONS = 16, 4
+
+
 def _factor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """B [out, rank], A [rank, in] of ΔW [out, in] (zero-padded past its rank), and the
     relative Frobenius error of B·A."""
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    small = min(delta.shape)
+    if small <= EXACT_UP_TO or 4 * rank > small:
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the same factors on every run
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(delta, q=rank + OVERSAMPLE, niter=POWER_ITERATIONS)
+        vh = v.T
     r = min(rank, s.numel())
     root = s[:r].sqrt()
     b = torch.zeros(delta.shape[0], rank)

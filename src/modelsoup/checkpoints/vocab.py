@@ -121,6 +121,14 @@ class VocabularyPlan:
         return self.vocab.rows
 
     @property
+    def identity(self) -> bool:
+        """Every input's rows are the soup's, in the same order: nothing to align."""
+        ids = torch.arange(self.real)
+        return all(r == self.rows for r in self.vocab.input_rows) and all(
+            torch.equal(p, ids) for p in self.perms
+        )
+
+    @property
     def real(self) -> int:
         return self.vocab.real
 
@@ -259,8 +267,10 @@ def align_vocabulary(
     inputs = [*ingredients, *([base] if base is not None else [])]
     for ing in inputs:
         hf_folder(ing, f"--vocab {mode}")  # a plain file has no tokenizer to align
-    if same_vocabulary(inputs) and not multiple:
+    if not multiple and same_vocabulary(inputs, load=False):
         return list(ingredients), base, None
     plan = VocabularyPlan(inputs, base is not None, mode, multiple)
+    if plan.identity:  # tokenizer files differ, their vocabularies do not
+        return list(ingredients), base, None
     views: list[Ingredient] = [VocabAligned(plan, i) for i in range(len(inputs))]
     return views[: len(ingredients)], (views[-1] if base is not None else None), plan
