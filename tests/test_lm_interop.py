@@ -399,3 +399,22 @@ def test_large_layers_use_the_randomized_svd_within_a_hair_of_the_optimum():
     optimum = float(s[8:].norm() / s.norm())  # Eckart-Young
     assert 0.9999 * optimum <= err <= 1.01 * optimum
     assert err == pytest.approx(float((delta - b @ a).norm() / delta.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("command", ["ensemble", "compare", "analyze", "greedy"])
+def test_every_evaluating_command_refuses_differing_vocabularies(command, models, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """pad and chat both have 17 rows: row 16 is <pad> in one and <|im_start|> in the
+    other. Same shapes, so only the tokenizers tell; every command checks them."""
+    out = (
+        ["--run-dir", str(tmp_path / "r")] if command == "ensemble" else ["-o", str(tmp_path / "r")]
+    )
+    argv = [command, models["pad"], models["chat"], "--base", models["base"], *out,
+            "--task", "causal-lm", "--data", models["val"], "--device", "cpu", "-q"]  # fmt: skip
+    assert main(argv) == 2
+    assert "--vocab union" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    if command == "ensemble":
+        assert main([*argv, "--vocab", "union"]) == 0
+        result = json.loads((tmp_path / "r" / "ensemble.json").read_text())
+        assert result["ensemble"]["models"] == 2

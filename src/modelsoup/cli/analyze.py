@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
 from ..jobs.analyze import analyze_sweep
+from . import choices as c
 from . import options as o
 
 # Plugins may claim a folder given alone: ``handler(args, folder) -> exit code``, or None
@@ -30,7 +30,7 @@ def pair(values: Sequence[int] | None, k: int, what: str) -> tuple[int, int] | N
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze",
-        parents=[o.KEY, o.INTEGERS, o.EVAL, o.QUIET],
+        parents=[o.KEY, o.INTEGERS, o.EVAL, o.QUIET, c.TENSORS],
         help="the paper's analyses of a sweep: angles, pair soups, ensembles, landscape",
         description="Angles between task vectors, every pair's soup and interpolation "
         "advantage, 2-model soups vs ensembles, an interpolation curve and the error "
@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
             "--base is required: the pretrained checkpoint θ0 the ingredients were fine-tuned "
             "from (or give one folder written by modelsoup reproduce)"
         )
-    ingredients = o.open_all(args.inputs, args.key, base_model=args.base_model)
-    base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
+    read, prep = c.open_prepared(args, paths=args.inputs)
+    ingredients, base = prep.ingredients, prep.base
+    assert base is not None
     k = len(ingredients)
     out = Path(args.out)
     wants = o.wants_evaluator(args)
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     curve = pair(args.curve, k, "--curve")
     landscape = pair(args.landscape, k, "--landscape")
     evaluator = o.make_evaluator(args, ingredients[0]) if wants else None
-    o.claim_run_dir(out, [*ingredients, base], args.force)  # every check done: now write
+    o.claim_run_dir(out, read, args.force)  # every check done: now write
+    c.print_rules(prep)
     result = analyze_sweep(
         ingredients,
         base,

@@ -114,14 +114,17 @@ def prepare(
         if multiple:
             raise SoupError("--vocab-multiple pads the vocabulary --vocab builds; add --vocab")
         if not same_vocabulary(inputs):
+            named = ", ".join(i.source for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
             raise SoupError(
-                "the ingredients' tokenizers differ (tokens added in some runs: "
-                f"{', '.join(i.source for i in inputs[:3])}, ...); choose the soup's "
-                "vocabulary with --vocab union (every token), base or first"
+                f"the tokenizers of {named} differ (tokens added in some runs), so one token "
+                "id means different tokens; choose the soup's vocabulary with --vocab union "
+                "(every token), base or first"
             )
         plan = None
     else:
         ingredients, base, plan = align_vocabulary(ingredients, base, mode, multiple)
+        if plan is None and not quiet and o.is_rank0():
+            print(f"--vocab {mode}: the vocabularies agree; nothing to align", file=sys.stderr)
         if plan is not None and plan.vocab.dropped and not quiet and o.is_rank0():
             dropped = plan.vocab.dropped
             print(
@@ -158,13 +161,17 @@ def _check_adapter_shapes(first: Ingredient, base: Ingredient) -> None:
             )
 
 
-def open_prepared(args: argparse.Namespace, minimum: int = 2) -> tuple[list[Ingredient], Prepared]:
-    """Open the ingredients (and ``--base``), check them distinct, and `prepare` them:
-    every checkpoint read (the base last), and the inputs as the recipe sees them."""
+def open_prepared(
+    args: argparse.Namespace, minimum: int = 2, paths: Sequence[str] | None = None
+) -> tuple[list[Ingredient], Prepared]:
+    """Open the ingredients (``paths``, default ``args.ingredients``) and ``--base``, check
+    them distinct, and `prepare` them: every checkpoint read (the base last), and the
+    inputs as the recipe sees them."""
     from ..checkpoints.read import open_ingredient
     from ..ops.checks import check_distinct
 
-    ings = o.open_all(args.ingredients, args.key, minimum, base_model=args.base_model)
+    paths = args.ingredients if paths is None else paths
+    ings = o.open_all(paths, args.key, minimum, base_model=args.base_model)
     path = getattr(args, "base", None)
     base = None if path is None else open_ingredient(path, key=args.key, base_model=args.base_model)
     read = [*ings, *([base] if base is not None else [])]

@@ -7,15 +7,15 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..checkpoints.read import open_ingredient
 from ..jobs.compare import Settings, compare, table
+from . import choices as c
 from . import options as o
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
-        parents=[o.READ, o.KEY, o.EVAL, o.INTEGERS, o.QUIET],
+        parents=[o.READ, o.KEY, o.EVAL, o.INTEGERS, o.QUIET, c.TENSORS],
         help="every recipe on your sweep, scored on every split: the paper's Table 3 for it",
         description="Cook every recipe that applies to the sweep (best individual, uniform, "
         "greedy and random-order greedy, learned per model and per layer, the logit "
@@ -59,13 +59,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
-    base = None
-    if args.base:
-        base = open_ingredient(args.base, key=args.key, base_model=args.base_model)
+    read, prep = c.open_prepared(args)
+    ingredients, base = prep.ingredients, prep.base
     out = Path(args.out)
-    o.claim_run_dir(out, [*ingredients, *([base] if base else [])], args.force)
     evaluator = o.make_evaluator(args, ingredients[0])
+    o.claim_run_dir(out, read, args.force)  # every check done: now write
+    c.print_rules(prep)
     results = compare(
         ingredients,
         evaluator,

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from ..jobs.pipelines import ensemble_run
 from ..jobs.recipes import Recipe
+from . import choices as c
 from . import options as o
 
 
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     p = sub.add_parser(
         "ensemble",
-        parents=[o.READ, o.KEY, o.QUIET, o.EVAL, o.COMPARE],
+        parents=[o.READ, o.KEY, o.QUIET, o.EVAL, o.COMPARE, c.TENSORS, c.OPTIONAL_BASE],
         help=recipe.summary,
         description=f"The paper's baselines ({recipe.paper}): the best ingredient on the "
         "held-out split, the ensemble of all (mean logits), and the greedy ensemble (Recipe 1 "
@@ -33,9 +34,11 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ingredients = o.open_all(args.ingredients, args.key, base_model=args.base_model)
+    read, prep = c.open_prepared(args)
+    ingredients = prep.ingredients
     evaluator = o.make_evaluator(args, ingredients[0])
-    o.claim_run_dir(Path(args.run_dir), ingredients, args.force)  # checks done: now write
+    o.claim_run_dir(Path(args.run_dir), read, args.force)  # checks done: now write
+    c.print_rules(prep)
     result = ensemble_run(
         ingredients,
         evaluator,
