@@ -199,9 +199,10 @@ def test_base_vocabulary_drops_added_tokens_with_a_note(models, tmp_path, capsys
     assert "dropped: <pad>, <|im_start|>" in capsys.readouterr().err
     ours, vocab = _rows(out)
     assert ours[EMBED].shape[0] == 16 and "<pad>" not in vocab
-    first = "first"
-    assert main([*argv[:-1], first, "-o", str(tmp_path / "f"), "-q"]) == 0
-    assert "<pad>" in _rows(tmp_path / "f")[1] and "<|im_start|>" not in _rows(tmp_path / "f")[1]
+    # --vocab first: the first ingredient's vocabulary (pad's: <pad>, not <|im_start|>)
+    assert main([*argv[:-1], "first", "-o", str(tmp_path / "f"), "-q"]) == 0
+    vocab = _rows(tmp_path / "f")[1]
+    assert "<pad>" in vocab and "<|im_start|>" not in vocab
 
 
 @pytest.mark.parametrize("recipe", ["greedy", "learned"])
@@ -418,3 +419,15 @@ def test_every_evaluating_command_refuses_differing_vocabularies(command, models
         assert main([*argv, "--vocab", "union"]) == 0
         result = json.loads((tmp_path / "r" / "ensemble.json").read_text())
         assert result["ensemble"]["models"] == 2
+
+
+def test_the_vocabulary_digest_covers_the_base(models):
+    """The same folders, the last one a base or an ingredient: a token the base has is
+    filled from the base in one case, averaged in the other; the fingerprints differ."""
+    from modelsoup.checkpoints.fingerprint import fingerprint
+    from modelsoup.checkpoints.vocab import align_vocabulary
+
+    ings = [ms.open_ingredient(models[n]) for n in ("pad", "chat", "pad2")]
+    as_base, _, _ = align_vocabulary(ings[:2], ings[2], "union")
+    as_ingredient, _, _ = align_vocabulary(ings, None, "union")
+    assert fingerprint(as_base[0]) != fingerprint(as_ingredient[0])

@@ -198,8 +198,10 @@ class SoupVocabulary:
         known = set(self.tokens)
         self.dropped = sorted({t for v in vocabs for t in v if t not in known})
         self.added = [t for t, _ in by_id if t not in vocabs[0]]
-        self.folder = self._write_folder(folders[0])
-        digest = hashlib.sha256(json.dumps([mode, self.rows, by_id]).encode())
+        self.folder = self._write_folder(folders[ref])  # mergekit: the base's config
+        # what the rows depend on: the mode, the tokens and their order, the rows, whether
+        # the last input is a base (it fills rows), each input's map
+        digest = hashlib.sha256(json.dumps([mode, self.rows, base, by_id]).encode())
         for p in self.permutations:
             digest.update(p.numpy().tobytes())
         self.digest = digest.hexdigest()[:16]
