@@ -146,6 +146,11 @@ def test_inspect_lists_what_each_rule_matches(sweep_with_base, capsys):
     assert main(["inspect", *fts, "--base", base, "--only", BODY, "--json", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tensor_rules"][0]["merged"] == ["0.bias", "0.weight"]
+    # a tensor --only would merge but a --keep rule takes whole is not listed as merged
+    assert main(["inspect", *fts, "--base", base, "--keep", r"^0\.weight=base", "--only",
+                 BODY, "--json", "-q"]) == 0  # fmt: skip
+    rules = json.loads(capsys.readouterr().out)["tensor_rules"]
+    assert rules[0]["tensors"] == ["0.weight"] and rules[1]["merged"] == ["0.bias"]
 
 
 def test_keep_checks_shapes(tmp_path, capsys):

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         open_ingredient(args.base, key=args.key, base_model=args.base_model) if args.base else None
     )
     report: dict = {"ingredients": [summarize(i) for i in ingredients]}
-    if args.vocab or args.keep or args.only or args.weights_for:
+    if args.vocab or args.vocab_multiple or args.keep or args.only or args.weights_for:
         prep = c.prepare(args, ingredients, base, quiet=args.json)
         ingredients, base = prep.ingredients, prep.base
         report.update(prep.summary())

@@ -141,14 +141,10 @@ def choose(
         merged = set(matching(only, layout, f"--only {only}"))
         src = base if base is not None else ingredients[0]
         rest = [n for n in layout.specs if n not in merged and n not in out.sources]
+        kept = [n for n in layout.specs if n in merged and n not in out.sources]
         out.sources.update(dict.fromkeys(rest, src))
         out.report.append(
-            {
-                "rule": f"--only {only}",
-                "source": src.source,
-                "tensors": rest,
-                "merged": [n for n in layout.specs if n in merged],
-            }
+            {"rule": f"--only {only}", "source": src.source, "tensors": rest, "merged": kept}
         )
     return out
 
