@@ -380,8 +380,16 @@ def test_gpt2_adapter_transposes_conv1d_and_refuses_a_changed_tie(tmp_path, caps
 
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base")
     merged = peft.PeftModel.from_pretrained(model, out).merge_and_unload().state_dict()
-    for name, t in load_file(full / "model.safetensors").items():
+    soup = load_file(full / "model.safetensors")
+    for name, t in soup.items():
         torch.testing.assert_close(merged[name], t, atol=1e-5, rtol=0, msg=name)
+    # modelsoup reads lora_bias as peft merges it, and refuses a lora_B bias peft ignores
+    ours = ms.materialize(ms.open_ingredient(out, base_model=tmp_path / "base"))
+    for name, t in soup.items():
+        torch.testing.assert_close(ours[name], t, atol=1e-5, rtol=0, msg=name)
+    (out / "adapter_config.json").write_text(json.dumps({**config, "lora_bias": False}))
+    with pytest.raises(ms.CheckpointError, match="lora_bias is false, so peft ignores it"):
+        ms.open_ingredient(out, base_model=tmp_path / "base")
 
 
 def test_large_layers_use_the_randomized_svd_within_a_hair_of_the_optimum():

@@ -181,14 +181,14 @@ def extract_lora(
             "--max-error, so the adapter would hold whole modules only; write the full "
             "model (drop --adapter-rank)"
         )
-    config = {**_config(folder, base, out, fan), "lora_bias": bias}
+    config = {**_config(folder, out, fan), "lora_bias": bias}
     with atomic_output(path, force=force, folder=True) as tmp:
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
-def _config(folder: Path, base: Ingredient, out: Extraction, fan: bool) -> dict[str, Any]:
+def _config(folder: Path, out: Extraction, fan: bool) -> dict[str, Any]:
     """A LoraConfig's fields, peft's defaults for the rest."""
     arch = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
     return {
