@@ -60,6 +60,11 @@ def test_different_vocabularies_are_refused_without_vocab(models, tmp_path, caps
     assert main(["uniform", models["pad"], models["chat"], "-o", str(out), "-q"]) == 2
     assert "--vocab union" in capsys.readouterr().err
     assert not out.exists()
+    # inspect says so too, and shows the soup's vocabulary with --vocab
+    assert main(["inspect", models["pad"], models["chat"], "-q"]) == 0
+    assert "the tokenizers differ" in capsys.readouterr().err
+    assert main(["inspect", models["pad"], models["chat"], "--vocab", "union", "-q"]) == 0
+    assert "vocabulary (union): 18 tokens, 18 rows; added <|im_start|>" in capsys.readouterr().out
 
 
 # name -> (mergekit config, modelsoup command); mergekit references the models in the

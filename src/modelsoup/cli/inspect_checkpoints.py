@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from ..checkpoints.read import open_ingredient
+from ..checkpoints.tokens import same_vocabulary
 from ..ops.summary import compare, human_bytes, human_count, summarize
 from . import choices as c
 from . import options as o
@@ -58,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             c.print_rules(prep)
             print()
+    elif not same_vocabulary([*ingredients, *([base] if base is not None else [])]):
+        print(
+            "note: the tokenizers differ (a token id means different tokens); a soup of "
+            "these needs --vocab union, base or first (add it here to see the vocabulary)",
+            file=sys.stderr,
+        )
     if len(ingredients) >= 2 or base is not None:
         report.update(compare(ingredients, base, progress=not args.quiet and not args.json))
     if args.json:
