@@ -26,8 +26,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench_mergekit import run  # wall seconds and peak RSS of one process
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,16 +66,7 @@ def build(folder: Path, k: int) -> None:
         print(f"  built {folder / f'ft{i}'}")
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    t = time.perf_counter()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed:\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}  # mergekit's model card looks up the hub
 
 
 def errors(adapter: Path, soup: Path, base: Path) -> str:
@@ -126,9 +118,10 @@ def main() -> None:
     run([*ms, "-o", str(out / "soup")])
     results = {
         "modelsoup": run([*ms, "--base", str(base), "--adapter-rank", str(args.rank),
-                          "-o", str(out / "modelsoup")]),
+                          "-o", str(out / "modelsoup")], OFFLINE),
         "mergekit": run([args.extract, "--model", str(out / "soup"), "--base-model", str(base),
-                         "--out-path", str(out / "mergekit"), "--max-rank", str(args.rank)]),
+                         "--out-path", str(out / "mergekit"), "--max-rank", str(args.rank)],
+                        OFFLINE),
     }  # fmt: skip
     print(f"soup of k = {args.k} fine-tunes of a 100M Llama as a rank-{args.rank} adapter:")
     found = {}

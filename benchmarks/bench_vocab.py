@@ -26,12 +26,12 @@ permuted copies (about 2 × k × V × hidden × dtype bytes: 34 GB for k = 16 bf
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench_mergekit import run  # wall seconds and peak RSS of one process
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 128_256
@@ -83,18 +83,6 @@ def build(folder: Path, k: int, hidden: int) -> None:
         m.save_pretrained(folder / name)
         tok.save_pretrained(folder / name)
         print(f"  built {folder / name}")
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed:\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def check(ours: Path, theirs: Path) -> str:
