@@ -20,6 +20,14 @@ With ``--method ties``: ``modelsoup ties F1 ... Fk --base B --density 0.5`` agai
 mergekit's ``ties`` (weight 1, density 0.5, base B) on the same folders plus the base
 (targets: time <= 0.5x, peak RSS <= 0.3x).
 
+With ``--method gradient-slerp`` or ``--method frankenmerge``: the same configuration
+file run by ``modelsoup merge CFG OUT`` and ``mergekit-yaml CFG OUT``, on Llama folders
+of about 100M bfloat16 parameters (12 layers, width 768, vocabulary 16,000): the
+gradient-SLERP template of model cards (``t`` per ``filter: self_attn`` / ``mlp`` as
+gradients, 0.5 elsewhere; two models) and a ``passthrough`` frankenmerge of four
+models' overlapping layer ranges into 21 layers (targets: time <= 0.5x, peak RSS <=
+0.3x; outputs equal bit for bit).
+
 mergekit lives in its own environment (it pins its own dependencies):
     bash tools/mergekit-venv.sh   # mergekit 0.1.5 in benchmarks/.venv-mergekit
     python benchmarks/bench_mergekit.py [--k 8] [--rounds 3] [--dir D]
@@ -61,6 +69,59 @@ def build(folder: Path, k: int) -> list[Path]:
         base.save_pretrained(p)
         print(f"  built {p} ({sum(f.stat().st_size for f in p.iterdir()) / 1e6:.0f} MB)")
     return paths
+
+
+LLAMA = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+             num_attention_heads=12, num_key_value_heads=4, vocab_size=16000,
+             tie_word_embeddings=False)  # fmt: skip
+
+
+def build_llama(folder: Path, k: int) -> list[Path]:
+    """k bfloat16 fine-tunes of one ~100M Llama, and the base (reused when present)."""
+    import torch
+    import transformers
+
+    paths = [folder / f"llama{i}" for i in range(k)]
+    if all((p / "model.safetensors").is_file() for p in [*paths, folder / "llama-base"]):
+        return paths
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    base.to(torch.bfloat16).save_pretrained(folder / "llama-base")
+    state = {n: t.clone() for n, t in base.state_dict().items()}
+    for i, p in enumerate(paths):
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for n, t in base.state_dict().items():
+                t.copy_(state[n] + 2e-3 * torch.randn(t.shape, generator=g).to(t.dtype))
+        base.save_pretrained(p)
+        print(f"  built {p} ({sum(f.stat().st_size for f in p.iterdir()) / 1e6:.0f} MB)")
+    return paths
+
+
+def llama_config(method: str, folder: Path, paths: list[Path]) -> Path:
+    """The benchmark's mergekit configuration (see the module)."""
+    if method == "gradient-slerp":
+        text = (
+            f"slices:\n  - sources:\n      - model: {paths[0]}\n        layer_range: [0, 12]\n"
+            f"      - model: {paths[1]}\n        layer_range: [0, 12]\n"
+            f"merge_method: slerp\nbase_model: {paths[0]}\nparameters:\n  t:\n"
+            "    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
+            "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n"
+            "dtype: bfloat16\n"
+        )
+    else:
+        ranges = [(0, 6), (3, 9), (6, 12), (8, 11)]
+        text = (
+            "slices:\n"
+            + "".join(
+                f"  - sources:\n      - model: {p}\n        layer_range: [{a}, {b}]\n"
+                for p, (a, b) in zip(paths, ranges)
+            )
+            + "merge_method: passthrough\ndtype: bfloat16\n"
+        )
+    yml = folder / f"{method}.yml"
+    yml.write_text(text)
+    return yml
 
 
 def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
@@ -105,12 +166,17 @@ def main() -> None:
         default=shutil.which("mergekit-yaml") or str(HERE / ".venv-mergekit/bin/mergekit-yaml"),
         help="the mergekit-yaml executable",
     )
-    ap.add_argument("--method", choices=["linear", "ties"], default="linear")
+    ap.add_argument(
+        "--method", default="linear", choices=["linear", "ties", "gradient-slerp", "frankenmerge"]
+    )
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compare", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    llama = args.method in ("gradient-slerp", "frankenmerge")
+    if llama:
+        args.k = 4  # the frankenmerge's four models; SLERP takes the first two
     if args.build_only:
-        build(Path(args.dir), args.k)
+        (build_llama if llama else build)(Path(args.dir), args.k)
         return
     if args.compare:
         print(f"outputs, {args.compare[2]} vs mergekit: " + compare(*map(Path, args.compare[:2])))
@@ -123,10 +189,15 @@ def main() -> None:
     # Building and comparing import torch; they run in child processes so that this
     # parent stays small: a forked child's ru_maxrss starts at its parent's RSS.
     helper = [sys.executable, __file__, "--dir", str(folder), "--k", str(args.k)]
-    subprocess.run([*helper, "--build-only"], check=True)
+    subprocess.run([*helper, "--build-only", "--method", args.method], check=True)
     paths = [folder / f"ft{i}" for i in range(args.k)]
     base = folder / "base"
-    if args.method == "ties":
+    if llama:
+        paths = [folder / f"llama{i}" for i in range(args.k)]
+        yml = llama_config(args.method, folder, paths)
+        modes = ("modelsoup", "mergekit")
+        targets = (0.5, 0.3)
+    elif args.method == "ties":
         yml = folder / "ties.yml"
         models = "".join(
             f"  - model: {p}\n    parameters:\n      weight: 1.0\n      density: 0.5\n"
@@ -143,7 +214,9 @@ def main() -> None:
         targets = (0.3, 0.4)
     out = {m: folder / f"out-{m}" for m in modes}
     ms = [sys.executable, "-m", "modelsoup"]
-    if args.method == "ties":
+    if llama:
+        modelsoup = [*ms, "merge", str(yml), "-q", "--force"]
+    elif args.method == "ties":
         modelsoup = [*ms, "ties", *map(str, paths), "--base", str(base), "--density", "0.5"]
         modelsoup += ["--lambda", "1", "-q", "--force"]
     else:

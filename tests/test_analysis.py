@@ -4,6 +4,7 @@ landscape), the figures and the self-contained results page."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -73,6 +74,26 @@ def test_plane_basis_is_orthonormal_and_maps_the_three_models():
     assert p.perp == pytest.approx(float((d2 - p.proj * u1).norm()))
     with pytest.raises(ms.SoupError, match="span no plane"):
         plane_lib.plane(_ing(w=t0), _ing(w=t1), _ing(w=t0 + 2 * (t1 - t0)))
+
+
+@pytest.mark.parametrize("ulps", [0, 1, 64, 512])
+def test_collinear_models_are_refused_whatever_the_rounding_of_the_gram(ulps, monkeypatch):
+    """Three collinear models give g11 = proj² up to the rounding of two float64 sums of
+    millions of products, which differs between CPUs (AVX-512 rounded one case of the
+    test above to 2e-14 relative, which the old absolute bound 1e-9 * length took for a
+    plane). Every rounding of that size is refused; a true plane at a small angle is not."""
+    length = 3.0
+    g11 = (2 * length) ** 2  # θ2 - θ0 = 2 (θ1 - θ0)
+    rounded = g11 * (1 + ulps * torch.finfo(torch.float64).eps)
+    fake = torch.tensor([[length**2, 2 * length**2], [2 * length**2, rounded]], dtype=torch.float64)
+    monkeypatch.setattr(plane_lib, "gram", lambda *a, **k: fake)
+    w = _ing(w=torch.zeros(1))
+    with pytest.raises(ms.SoupError, match="span no plane"):
+        plane_lib.plane(w, w, w)
+    # a real plane at 0.001 degrees (sine 1.7e-5) is kept
+    s = math.sin(math.radians(0.001))
+    fake[1, 1] = (2 * length) ** 2 / (1 - s * s)
+    assert plane_lib.plane(w, w, w).perp > 0
 
 
 def test_landscape_evaluates_the_grid_at_the_right_points():

@@ -275,3 +275,44 @@ def test_della_is_seeded():
     assert not torch.equal(a, ms.materialize(della(fts, base, seed=2))["w"])
     with pytest.raises(ms.SoupError, match="epsilon"):
         della(fts, base, density=0.9, epsilon=0.15)
+
+
+def test_nearswap_swaps_near_entries_and_moves_far_ones_by_t_over_the_distance():
+    from modelsoup.merges.nearswap import nearswap
+
+    a = {"w": torch.tensor([0.0, 0.0, 0.0, 1.0])}
+    b = {"w": torch.tensor([0.05, 0.5, -2.0, 1.0])}
+    got = ms.materialize(nearswap(S(a), S(b), 0.1))["w"]
+    # |a-b| = 0.05 < t: b; 0.5: w = 0.2; 2.0: w = 0.05; equal entries stay
+    torch.testing.assert_close(got, torch.tensor([0.05, 0.1, -0.1, 1.0]))
+    assert torch.equal(ms.materialize(nearswap(S(a), S(a), 0.1))["w"], a["w"])
+    with pytest.raises(ms.SoupError, match="positive"):
+        nearswap(S(a), S(b), 0.0)
+
+
+def test_passthrough_is_its_model_or_scaled():
+    from modelsoup.merges.passthrough import passthrough
+
+    a = {"w": torch.tensor([1.0, -2.0]), "n": torch.tensor([3])}
+    assert passthrough([S(a)]) is not None
+    assert torch.equal(ms.materialize(passthrough([S(a)]))["w"], a["w"])
+    got = ms.materialize(passthrough([S(a)], scale=0.5))
+    assert torch.equal(got["w"], a["w"] * 0.5) and torch.equal(got["n"], a["n"])
+    with pytest.raises(ms.SoupError, match="exactly one"):
+        passthrough([S(a), S(a)])
+
+
+def test_mergekits_model_stock_extrapolates_where_ours_clamps():
+    """A tensor whose two task vectors point apart (cosine -0.5): mergekit's t =
+    2 cos / (1 + cos) = -2 moves away from the mean; the command's keeps the base."""
+    from modelsoup.merges.model_stock import model_stock, model_stock_mergekit
+
+    base = {"w": torch.zeros(2), "b": torch.zeros(2)}
+    u = torch.tensor([1.0, 0.0])
+    v = torch.tensor([-0.5, math.sqrt(3) / 2])  # 120 degrees from u
+    fts = [{"w": u, "b": u * 2}, {"w": v, "b": u}]  # b: parallel, cosine 1 (t = 1)
+    ours, ratios = model_stock([S(f) for f in fts], S(base))
+    theirs = ms.materialize(model_stock_mergekit([S(f) for f in fts], S(base)))
+    assert torch.equal(ms.materialize(ours)["w"], base["w"]) and "w" in ratios.clamped
+    torch.testing.assert_close(theirs["w"], -2 * (u + v) / 2)
+    torch.testing.assert_close(theirs["b"], ms.materialize(ours)["b"])

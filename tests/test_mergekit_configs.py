@@ -39,13 +39,16 @@ CONFIGS = {
     "breadcrumbs": ({"density": 0.8, "gamma": 0.05}, {"weight": [0.6, 0.4]}, True),
     "breadcrumbs_ties": ({"density": 0.8, "gamma": 0.05}, {"weight": [0.6, 0.4]}, True),
     "slerp": ({"t": 0.35}, {}, True),
+    "model_stock": ({}, {}, True),
+    "nearswap": ({"t": 0.01}, {}, True),
+    "passthrough": ({}, {"scale": [0.5]}, True),
 }
 
 
 def _yaml(method: str, base: Path, models: list[Path], shared: dict, per_model: dict) -> str:
     method = method.split("-")[0]
     lines = [f"merge_method: {method}", "dtype: float32"]
-    if method != "linear":
+    if method not in ("linear", "passthrough"):
         lines.append(f"base_model: {base}")
     if shared:
         lines.append("parameters:")
@@ -67,7 +70,9 @@ def folders(tmp_path_factory):
 
 def _models(method: str, folders: list[Path]) -> tuple[Path, list[Path]]:
     base = folders[2]
-    return base, ([base, folders[0]] if method == "slerp" else folders[:2])
+    if method == "passthrough":
+        return base, folders[:1]
+    return base, ([base, folders[0]] if method in ("slerp", "nearswap") else folders[:2])
 
 
 @pytest.fixture(scope="module")
@@ -175,19 +180,22 @@ def test_the_merged_folder_carries_its_record_and_card(folders, tmp_path):
 
 
 REFUSALS = {
-    "slices": ("slices:\n  - sources: []\n", "slices"),
+    "modules": ("modules:\n  text: {}\n", "modules"),
+    "revision": ("", "@"),
+    "empty slices": ("slices:\n  - sources: []\n", "models"),
     "tokenizer_source": ("tokenizer_source: some/model\n", "tokenizer_source"),
     "tokenizer tokens": (
         "tokenizer:\n  source: union\n  tokens: {x: {source: a}}\n",
         "tokenizer.tokens",
     ),
-    "gradient": ("parameters:\n  density: [0.2, 0.8]\n", "parameters.density"),
-    "filter": ("parameters:\n  lambda:\n    - filter: mlp\n      value: 0.5\n", "lambda"),
+    "gradient of lists": ("parameters:\n  density: [[0.2], 0.8]\n", "parameters.density"),
+    "filter without value": ("parameters:\n  lambda:\n    - filter: mlp\n", "lambda"),
     "unknown parameter": ("parameters:\n  frobnicate: 1\n", "frobnicate"),
-    "differing densities": ("", "density"),
     "missing weight": ("", "weight"),
     "unknown method": ("", "merge_method"),
-    "model_stock": ("", "merge_method"),
+    "not implemented": ("", "merge_method"),
+    "ties with rescale": ("parameters:\n  rescale: true\n", "rescale"),
+    "several configurations": ("---\nmerge_method: linear\n", "mergekit-multi"),
 }
 
 
@@ -197,16 +205,16 @@ def test_what_modelsoup_does_not_merge_as_mergekit_does_is_refused_by_name(
 ):
     extra, key = REFUSALS[case]
     weights = {"weight": [1, 1]}
-    if case == "differing densities":
-        weights["density"] = [0.3, 0.5]
     if case == "missing weight":
         weights = {}
     text = _yaml("ties", folders[2], folders[:2], {}, weights) + extra
-    if case in ("unknown method", "model_stock"):
+    if case in ("unknown method", "not implemented"):
         text = text.replace(
             "merge_method: ties",
-            "merge_method: " + ("frankenmerge" if case == "unknown method" else "model_stock"),
+            "merge_method: " + ("frankenmerge" if case == "unknown method" else "sce"),
         )
+    if case == "revision":
+        text = text.replace(f"base_model: {folders[2]}", f"base_model: {folders[2]}@v1.0")
     cfg = tmp_path / "c.yml"
     cfg.write_text(text)
     out = tmp_path / "out"

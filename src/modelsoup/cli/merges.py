@@ -16,6 +16,8 @@ from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import DTYPE_NAMES, parse_dtype
 from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
+from ..merges import settings as st
+from ..merges.per_tensor import per_tensor, varies
 from ..merges.registry import Merge, Param
 from ..merges.tune import tune
 from ..ops.checks import check_distinct
@@ -34,10 +36,22 @@ POSITIONAL = {
 }
 
 
-def _typed(param: Param, option: str) -> Any:
-    """The parse-time check of ``param``'s values: finite, within its declared range."""
+def _typed(param: Param, option: str, settings: bool = False) -> Any:
+    """The parse-time check of ``param``'s values: finite, within its declared range;
+    with ``settings``, a gradient or filters in YAML's flow style too (`settings`: each
+    value is checked against the range when it is resolved)."""
     low, high = param.bounds
-    return o.number(param.kind, low, high, open_low=param.open_low, option=option)
+    number = o.number(param.kind, low, high, open_low=param.open_low, option=option)
+
+    def parse(text: str) -> Any:
+        if settings and text.lstrip()[:1] in ("[", "{"):
+            try:
+                return st.parse(text, option)
+            except st.SettingError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return number(text)
+
+    return parse
 
 
 def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
@@ -57,8 +71,10 @@ def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
     if param.grid:
         default += ", or chosen on the held-out split with an evaluator"
     p.add_argument(
-        param.option, dest=param.name, type=_typed(param, param.option),
-        metavar=param.option.lstrip("-").upper(), help=f"{param.help} ({default})",
+        param.option, dest=param.name, type=_typed(param, param.option, settings=True),
+        metavar=param.option.lstrip("-").upper(), help=f"{param.help} ({default}; or per "
+        "tensor: a gradient over the layers '[0, 0.5, 1]' or filters '[{filter: mlp, value: "
+        "0.3}, {value: 0.5}]', as in mergekit's YAML)",
     )  # fmt: skip
     if param.grid:
         p.add_argument(
@@ -203,7 +219,10 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     point, rows = choose(args, merge, inputs, evaluator, fixed)
     t0 = time.perf_counter()
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)
+    if varies({**fixed, **point}):  # a gradient or filters: per tensor
+        soup, details = per_tensor(merge, inputs, dtype=dtype, **fixed, **point)
+    else:
+        soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)
     shown = {k: v for k, v in {**fixed, **point}.items() if _shown(k, v)}
     c.print_rules(prep)
     if evaluator is not None:
@@ -262,13 +281,15 @@ def _report(
         for k, v in shown.items()
         if k != "weights"
     )
-    what = {
-        "models": f"{merge.label} of {len(read) - (args_base is not None)} ingredients"
-        + (f" (base {args_base})" if args_base is not None else ""),
-        "models+base": f"{merge.label} of {len(read) - 1} ingredients on {read[-1].source}",
-        "two": f"{merge.label} of {read[0].source} and {read[1].source}",
-        "base+one": f"{merge.label} of {read[0].source} toward {read[1].source}",
-    }[merge.inputs]
+    what = {  # each a function: only the merge's own inputs are there to name
+        "models": lambda: (
+            f"{merge.label} of {len(read) - (args_base is not None)} "
+            "ingredients" + (f" (base {args_base})" if args_base is not None else "")
+        ),
+        "models+base": lambda: f"{merge.label} of {len(read) - 1} ingredients on {read[-1].source}",
+        "two": lambda: f"{merge.label} of {read[0].source} and {read[1].source}",
+        "base+one": lambda: f"{merge.label} of {read[0].source} toward {read[1].source}",
+    }[merge.inputs]()
     layout = soup.layout
     print(
         f"wrote {out}: {what} ({chosen or 'no parameters'}), {human_count(layout.numel)} "

@@ -33,6 +33,7 @@ def save_soup(
     run_folder: bool = True,
     template: Ingredient | None = None,
     base: Ingredient | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
     metadata, and the run record (``args.json``: arguments, versions, inputs'
@@ -41,7 +42,8 @@ def save_soup(
     record goes inside the output only: a folder output gets ``modelsoup.json`` and a
     README model card, as mergekit writes its config and card. ``template``: the model
     whose folder the soup's folder copies (default the first input); ``base``: what
-    ``--adapter-rank`` adapts, for soups of full fine-tunes."""
+    ``--adapter-rank`` adapts, for soups of full fine-tunes; ``files``: {name: text} written
+    into a folder output over the template's (a config.json with another layer count)."""
     folder = run_dir(args)
     if getattr(args, "adapter_rank", None) is not None:
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record, base)
@@ -65,9 +67,9 @@ def save_soup(
         max_shard_size=args.max_shard_size,
         force=args.force,
         progress=not args.quiet,
-        extra_files=None
+        extra_files=(files or {})
         if run_folder
-        else {"modelsoup.json": text + "\n", "README.md": model_card(provenance)},
+        else {**(files or {}), "modelsoup.json": text + "\n", "README.md": model_card(provenance)},
     )
     if record and run_folder:  # after the soup: an unwritable output is reported as such
         record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)

@@ -1,12 +1,16 @@
 """Weight-space merges that need no evaluator, one per module: uniform (and weighted)
-averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, Model Stock and
-WiSE-FT. `registry.MERGES` is the table the CLI, `compare` and mergekit configs follow;
-`tune` is the held-out search over a merge's parameters."""
+averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, NearSwap, Model
+Stock, passthrough and WiSE-FT; `per_tensor` runs any of them with parameters that vary
+by tensor (gradients, filters). `registry.MERGES` is the table the CLI, `compare` and
+mergekit configs follow; `tune` is the held-out search over a merge's parameters."""
 
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
-from .model_stock import model_stock
+from .model_stock import model_stock, model_stock_mergekit
+from .nearswap import nearswap
+from .passthrough import passthrough
+from .per_tensor import per_tensor
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
 from .ties import ties
@@ -20,6 +24,10 @@ __all__ = [
     "della",
     "della_linear",
     "model_stock",
+    "model_stock_mergekit",
+    "nearswap",
+    "passthrough",
+    "per_tensor",
     "slerp",
     "task_arithmetic",
     "ties",

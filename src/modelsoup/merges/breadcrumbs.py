@@ -18,8 +18,8 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import IntegerPolicy
-from ..ops.tensorwise import Tensorwise
-from .task_vectors import Rescale, check_density, rescale_l1, sparsified_merge
+from ..ops.tensorwise import Precision, Tensorwise
+from .task_vectors import Rescale, check_density, per_model, rescale_l1, sparsified_merge
 
 
 def outlier_mask(tau: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -37,29 +37,33 @@ def breadcrumbs(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
     *,
-    density: float = 0.9,
-    gamma: float = 0.01,
+    density: float | Sequence[float] = 0.9,
+    gamma: float | Sequence[float] = 0.01,
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
     consensus: bool = False,
     normalize: bool = False,
     rescale: Rescale = "none",
     integers: IntegerPolicy = "error",
+    precision: Precision = "float32",
 ) -> Tensorwise:
     """Model Breadcrumbs (``consensus``: with TIES' sign election); lazy, per tensor."""
     check_density(density)
-    if not 0 <= gamma < 1:
-        raise SoupError(f"--gamma must be in [0, 1), got {gamma}")
+    densities = per_model(density, len(ingredients), "density")
+    gammas = per_model(gamma, len(ingredients), "gamma")
+    for g in gammas:
+        if not 0 <= g < 1:
+            raise SoupError(f"--gamma must be in [0, 1), got {g}")
 
     def sparsify(name: str, i: int, tau: torch.Tensor) -> torch.Tensor:
-        if density >= 1:
+        if densities[i] >= 1:
             return tau
-        return rescale_l1(tau, outlier_mask(tau, density, gamma), rescale)
+        return rescale_l1(tau, outlier_mask(tau, densities[i], gammas[i]), rescale)
 
     return sparsified_merge(
         ingredients, base, sparsify,
         kind="breadcrumbs-ties" if consensus else "breadcrumbs", weights=weights, lam=lam,
-        consensus=consensus, normalize=normalize, integers=integers,
+        consensus=consensus, normalize=normalize, integers=integers, precision=precision,
     )  # fmt: skip
 
 

@@ -19,15 +19,22 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import IntegerPolicy
-from ..ops.tensorwise import Tensorwise
-from .task_vectors import check_density, rescale_l1, sparsified_merge, uniforms
+from ..ops.tensorwise import Precision, Tensorwise
+from .task_vectors import (
+    check_density,
+    per_model,
+    rescale_l1,
+    sparsified_merge,
+    uniforms,
+    work_dtype,
+)
 
 
 def dare(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
     *,
-    density: float = 0.5,
+    density: float | Sequence[float] = 0.5,
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
     consensus: bool = False,
@@ -35,22 +42,28 @@ def dare(
     rescale: Literal["density", "l1", "none"] = "density",
     seed: int = 0,
     integers: IntegerPolicy = "error",
+    precision: Precision = "float32",
 ) -> Tensorwise:
     """DARE: random drops rescaled (see the module), then summed or merged by sign
-    (``consensus``: dare-ties); lazy, one tensor at a time."""
+    (``consensus``: dare-ties); lazy, one tensor at a time. ``precision``: what it
+    computes in (``"inputs"``: the inputs' dtype, as mergekit)."""
     check_density(density)
+    densities = per_model(density, len(ingredients), "density")
     if rescale not in ("density", "l1", "none"):
         raise SoupError(f"rescale must be 'density', 'l1' or 'none', got {rescale!r}")
 
     def sparsify(name: str, i: int, tau: torch.Tensor) -> torch.Tensor:
+        density = densities[i]
         if density >= 1:
             return tau
-        kept = (uniforms(tau.shape, seed, name, i) < density).to(tau.dtype)
+        work = work_dtype(tau)  # the density as mergekit draws against it (0.53 -> 0.53125)
+        kept = (uniforms(tau.shape, seed, name, i) < torch.tensor(density, dtype=work)).to(work)
         if rescale == "density":
-            return tau * kept / density
-        return rescale_l1(tau, kept, rescale)
+            return tau * kept.to(tau.dtype) / density
+        return rescale_l1(tau.to(work), kept, rescale).to(tau.dtype)
 
     return sparsified_merge(
         ingredients, base, sparsify, kind="dare-ties" if consensus else "dare-linear",
         weights=weights, lam=lam, consensus=consensus, normalize=normalize, integers=integers,
+        precision=precision,
     )  # fmt: skip

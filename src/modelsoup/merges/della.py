@@ -20,14 +20,15 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import IntegerPolicy
-from ..ops.tensorwise import Tensorwise
-from .task_vectors import Rescale, rescale_l1, sparsified_merge, uniforms
+from ..ops.tensorwise import Precision, Tensorwise
+from .task_vectors import Rescale, per_model, rescale_l1, sparsified_merge, uniforms, work_dtype
 
 
 def magprune_probabilities(tau: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
-    """Each entry's keep probability, by its magnitude's rank within its row."""
+    """Each entry's keep probability, by its magnitude's rank within its row (in
+    `work_dtype`, as mergekit)."""
     rows = tau if tau.dim() >= 2 else tau.unsqueeze(0)
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(rows.dtype) + 1
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(work_dtype(tau)) + 1
     low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     span = torch.where(high > low, high - low, 1)
     return (density - epsilon) + ((ranks - low) / span).clamp(0, 1) * 2 * epsilon
@@ -37,8 +38,8 @@ def della(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
     *,
-    density: float = 0.5,
-    epsilon: float = 0.15,
+    density: float | Sequence[float] = 0.5,
+    epsilon: float | Sequence[float] = 0.15,
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
     consensus: bool = True,
@@ -46,27 +47,31 @@ def della(
     rescale: Rescale = "l1",
     seed: int = 0,
     integers: IntegerPolicy = "error",
+    precision: Precision = "float32",
 ) -> Tensorwise:
     """DELLA (``consensus``, normalized by default) or linear DELLA (``consensus=False``,
     not normalized by default); lazy, one tensor at a time."""
-    if density < 1 and not (density - epsilon > 0 and density + epsilon < 1):
-        raise SoupError(
-            f"--density {density:g} +/- --epsilon {epsilon:g} must lie in (0, 1): "
-            "choose a smaller epsilon"
-        )
+    densities = per_model(density, len(ingredients), "density")
+    epsilons = per_model(epsilon, len(ingredients), "epsilon")
+    for d, e in zip(densities, epsilons):
+        if d < 1 and not (d - e > 0 and d + e < 1):
+            raise SoupError(
+                f"--density {d:g} +/- --epsilon {e:g} must lie in (0, 1): choose a smaller epsilon"
+            )
     if normalize is None:
         normalize = consensus
 
     def sparsify(name: str, i: int, tau: torch.Tensor) -> torch.Tensor:
-        if density >= 1:
+        if densities[i] >= 1:
             return tau
-        p = magprune_probabilities(tau, density, epsilon)
-        kept = (uniforms(p.shape, seed, name, i) < p).to(tau.dtype).reshape(tau.shape)
-        return rescale_l1(tau, kept, rescale)
+        p = magprune_probabilities(tau, densities[i], epsilons[i])
+        kept = (uniforms(p.shape, seed, name, i) < p).to(p.dtype).reshape(tau.shape)
+        return rescale_l1(tau.to(p.dtype), kept, rescale).to(tau.dtype)
 
     return sparsified_merge(
         ingredients, base, sparsify, kind="DELLA" if consensus else "linear DELLA",
         weights=weights, lam=lam, consensus=consensus, normalize=normalize, integers=integers,
+        precision=precision,
     )  # fmt: skip
 
 

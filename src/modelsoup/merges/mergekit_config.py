@@ -1,18 +1,18 @@
-"""mergekit's YAML merge configurations, read onto the registry of merges.
+"""mergekit's YAML merge configurations, read as mergekit 0.1.5 reads them.
 
-A configuration means what mergekit 0.1.5 says it means, defaults included: its method
-names map onto `registry.MERGES` entries (each entry's ``mergekit`` field, with the
-keywords and defaults mergekit gives that method), ``weight`` is required per model as
-mergekit requires it, a parameter at the top level applies to every model without its
-own, and ``linear`` divides by the weights' sum (``normalize: true``). What modelsoup does
-not do the same way is refused by name (`ConfigError`, exit 2): slices, modules,
-gradients (a list or filter as a parameter's value), a model as the tokenizer source,
-per-token embedding settings, per-model densities that differ, and parameters the
-method does not take.
+A configuration means what mergekit says it means, defaults included: its method names
+map onto `registry.MERGES` entries (each entry's ``mergekit`` field, with the keywords
+and defaults mergekit gives that method); parameters are `settings` (scalars, gradients
+over the layers, ``filter:`` blocks), looked up for each tensor from the model's own
+``parameters``, then its slice's, then the configuration's, then the default;
+``weight`` is required per model as mergekit requires it; ``slices`` with ``sources``
+and ``layer_range`` assemble the output layer by layer (`mergekit_build`).
 
-Read: ``merge_method``, ``base_model``, ``models`` (``model``, ``parameters``),
-``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source: base|union`` and
-``tokenizer: {source: base|union, pad_to_multiple_of: N}`` (modelsoup's ``--vocab``).
+What modelsoup does not do as mergekit does is refused by name (`ConfigError`, exit 2):
+``modules``, a model as the tokenizer source, per-token embedding sources, a ``@revision``
+(nothing is fetched), several configurations in one file, methods not implemented yet
+(`NOT_IMPLEMENTED`), and parameter names no mergekit method knows (a typo). A parameter
+another mergekit method takes is ignored with a note, as mergekit ignores it.
 """
 
 from __future__ import annotations
@@ -23,20 +23,32 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SoupError
+from . import settings as st
 from .registry import MERGES, Merge
 
-READ_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
-             "tokenizer_source", "tokenizer")  # fmt: skip
+READ_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype",
+             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name")  # fmt: skip
 REFUSED_KEYS = {
-    "slices": "layer slices (merge whole models instead)",
-    "modules": "per-module definitions",
-    "chat_template": "chat templates",
+    "modules": "per-module definitions (multimodal models) are not supported by modelsoup "
+    "merge; use models or slices",
 }
 TOKENIZER_SOURCES = ("base", "union")
-PER_MODEL = ("weight", "density", "epsilon", "gamma")
+# mergekit 0.1.5's registered methods that modelsoup does not implement yet
+NOT_IMPLEMENTED = ("sce", "nuslerp", "multislerp", "karcher", "arcee_fusion", "ram",
+                   "ramplus_tl")  # fmt: skip
+# Every parameter name of mergekit 0.1.5's methods: one the method does not take is
+# ignored (as mergekit ignores it); any other name is refused as a typo.
+MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "normalize",
+                       "rescale", "int8_mask", "t", "scale", "filter_wise", "select_topk",
+                       "nuslerp_flatten", "nuslerp_row_wise", "normalize_weights", "eps",
+                       "max_iter", "tol", "r", "alpha")  # fmt: skip
+# set per model (mergekit's INPUT and NON_BASE scopes); the others are shared
+PER_MODEL = ("weight", "density", "epsilon", "gamma", "scale")
+BOOLS = ("normalize", "rescale", "int8_mask", "filter_wise")
 # mergekit parameter -> keyword of the registered function
 KEYWORDS = {"lambda": "lam", "density": "density", "epsilon": "epsilon", "gamma": "gamma",
-            "normalize": "normalize", "rescale": "rescale", "t": "t"}  # fmt: skip
+            "normalize": "normalize", "rescale": "rescale", "t": "t", "scale": "scale",
+            "filter_wise": "filter_wise"}  # fmt: skip
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -45,35 +57,51 @@ class ConfigError(SoupError):
 
 
 @dataclass
+class Source:
+    """One input of a slice: a model, its layers ``[start, stop)`` (None: all of them)
+    and its own parameter settings."""
+
+    model: str
+    layers: tuple[int, int] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Slice:
+    """An output slice: its sources, its base (None: the configuration's) and settings."""
+
+    sources: list[Source]
+    base: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Plan:
-    """What a configuration asks: the registered merge, its inputs (``models`` in
-    order, and ``base``), the keywords for its function and the output dtype (the
-    output carries the base's config and tokenizer, else the first model's)."""
+    """What a configuration asks: the registered merge, the fine-tunes (``models``, in
+    order) and ``base``, the output's slices (one covering every layer for a ``models``
+    configuration), the configuration's parameter settings (``shared``), the keywords the
+    method fixes (``keywords``), the compute and output dtypes and the tokenizer."""
 
     config: Path
     method: str
     merge: Merge
     models: list[str]
     base: str | None
+    slices: list[Slice] = field(default_factory=list)
+    sliced: bool = False  # slices: given, so the layers are assembled
+    shared: dict[str, Any] = field(default_factory=dict)
     keywords: dict[str, Any] = field(default_factory=dict)
-    dtype: str | None = None
+    dtype: str | None = None  # what the inputs are cast to when read (mergekit's dtype)
+    out_dtype: str | None = None
     vocab: str | None = None  # tokenizer_source: base or union (modelsoup's --vocab)
     vocab_multiple: int | None = None  # tokenizer.pad_to_multiple_of
+    chat_template: str | None = None
+    name: str | None = None
+    ignored: list[str] = field(default_factory=list)  # parameters mergekit ignores too
 
 
 def _fail(config: Path, key: str, why: str) -> ConfigError:
     return ConfigError(f"{config}: {key}: {why}")
-
-
-def _scalar(config: Path, key: str, value: Any) -> Any:
-    if isinstance(value, (bool, int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(config, key, f"must be finite, got {value}")
-        return value
-    raise _fail(
-        config, key, f"{value!r} is not a single number: gradients and filters (a list or "
-        "mapping as the value) are not supported; give one value",
-    )  # fmt: skip
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -86,9 +114,15 @@ def load(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        docs = list(yaml.safe_load_all(text))
     except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from e
+    if len(docs) > 1:
+        raise ConfigError(
+            f"{path}: holds {len(docs)} configurations (mergekit-multi); modelsoup merge runs "
+            "one: split the file, one configuration each"
+        )
+    data = docs[0] if docs else None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a mergekit configuration is a mapping with merge_method")
     return data
@@ -97,24 +131,49 @@ def load(path: str | Path) -> dict[str, Any]:
 def _method(config: Path, data: dict[str, Any]) -> tuple[Merge, dict[str, Any]]:
     method = data.get("merge_method")
     for merge in MERGES.values():
-        if method in merge.mergekit:
+        if isinstance(method, str) and method in merge.mergekit:
             return merge, dict(merge.mergekit[method])
+    if method in NOT_IMPLEMENTED:
+        raise _fail(
+            config, "merge_method", f"mergekit's {method} is not implemented in modelsoup yet; "
+            "run this configuration with mergekit-yaml",
+        )  # fmt: skip
     known = sorted(m for merge in MERGES.values() for m in merge.mergekit)
     raise _fail(
-        config, "merge_method", f"{method!r} is not one modelsoup merges as mergekit does; "
-        f"these are: {', '.join(known)}",
+        config, "merge_method", f"{str(method)[:60]!r} is not a method modelsoup merges as "
+        f"mergekit does; these are: {', '.join(known)}",
     )  # fmt: skip
+
+
+def _model_name(config: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(config, key, f"{str(value)[:60]!r} is not a model path")
+    if "@" in value and not Path(value).exists():
+        raise _fail(
+            config, key, f"{value}: a revision (@...) is not supported: nothing is fetched "
+            "offline; give the folder of that revision",
+        )  # fmt: skip
+    return value
 
 
 def _check_keys(config: Path, data: dict[str, Any]) -> None:
     for key in data:
         if key in REFUSED_KEYS:
-            raise _fail(config, key, f"{REFUSED_KEYS[key]} is not supported by modelsoup merge")
+            raise _fail(config, key, REFUSED_KEYS[key])
         if key not in READ_KEYS:
-            raise _fail(config, key, f"unknown key; modelsoup merge reads {', '.join(READ_KEYS)}")
+            raise _fail(config, str(key)[:60], f"unknown key; modelsoup merge reads "
+                        f"{', '.join(READ_KEYS)}")  # fmt: skip
     for key in ("dtype", "out_dtype"):
-        if data.get(key) is not None and data[key] not in DTYPES:
-            raise _fail(config, key, f"{data[key]!r}: give one of {', '.join(DTYPES)}")
+        value = data.get(key)
+        if isinstance(value, str):
+            value = value.removeprefix("torch.")
+        if value is not None and value not in DTYPES:
+            raise _fail(config, key, f"{str(value)[:40]!r}: give one of {', '.join(DTYPES)}")
+    if ("models" in data) == ("slices" in data):
+        raise _fail(config, "models", "give exactly one of models or slices")
+    for key in ("chat_template", "name"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise _fail(config, key, "give text")
 
 
 def _tokenizer(config: Path, data: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -127,39 +186,125 @@ def _tokenizer(config: Path, data: dict[str, Any]) -> tuple[str | None, int | No
         if not isinstance(block, dict) or set(block) - {"source", "pad_to_multiple_of", "tokens"}:
             raise _fail(config, "tokenizer", "read: source and pad_to_multiple_of")
         if block.get("tokens"):
-            raise _fail(config, "tokenizer.tokens", "per-token embedding sources are not supported")
+            raise _fail(config, "tokenizer.tokens", "per-token embedding sources are not "
+                        "supported by modelsoup merge; leave tokens out")  # fmt: skip
         source, multiple = block.get("source"), block.get("pad_to_multiple_of")
         ok = multiple is None or (isinstance(multiple, int) and not isinstance(multiple, bool)
-                                  and multiple > 0)  # fmt: skip
+                                  and 0 < multiple < 2**20)  # fmt: skip
         if not ok:
-            raise _fail(config, "tokenizer.pad_to_multiple_of", f"{multiple!r}: a positive integer")
+            raise _fail(
+                config, "tokenizer.pad_to_multiple_of", f"{multiple!r:.40}: a positive integer"
+            )
     if source is not None and source not in TOKENIZER_SOURCES:
         raise _fail(
-            config, "tokenizer_source", f"{source!r} is not supported: 'base' or 'union' (a "
-            "model as the source: modelsoup's --vocab first, with that model listed first)",
+            config, "tokenizer_source", f"{str(source)[:80]!r}: a model as the tokenizer source "
+            "is not supported: 'base' or 'union' (or modelsoup's --vocab first, with that "
+            "model listed first)",
         )  # fmt: skip
     return source, multiple
 
 
-def _models(config: Path, data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    models = data.get("models")
-    if not isinstance(models, list) or not models:
-        raise _fail(config, "models", "give a list of models (- model: PATH)")
-    paths, params = [], []
-    for i, entry in enumerate(models):
-        if isinstance(entry, str):
-            entry = {"model": entry}
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise _fail(config, f"models[{i}]", "each entry needs model: PATH")
-        extra = set(entry) - {"model", "parameters"}
-        if extra:
-            raise _fail(config, f"models[{i}].{sorted(extra)[0]}", "not supported")
-        p = entry.get("parameters") or {}
-        if not isinstance(p, dict):
-            raise _fail(config, f"models[{i}].parameters", "must be a mapping")
-        paths.append(str(entry["model"]))
-        params.append({k: _scalar(config, f"models[{i}].parameters.{k}", v) for k, v in p.items()})
-    return paths, params
+def _settings(config: Path, where: str, params: Any, p: Plan) -> dict[str, Any]:
+    """A ``parameters:`` mapping checked: each name known, each value a setting."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _fail(config, where, "must be a mapping of parameter names to values")
+    takes = _takes(p.merge)
+    out = {}
+    for key, value in params.items():
+        if key not in MERGEKIT_PARAMETERS:
+            raise _fail(config, f"{where}.{str(key)[:40]}", f"no mergekit method takes it; "
+                        f"{p.method} takes {', '.join(sorted(takes)) or 'none'}")  # fmt: skip
+        try:
+            value = st.parse(value, f"{config}: {where}.{key}")
+        except st.SettingError as e:
+            raise ConfigError(str(e)) from e
+        if key not in takes:
+            p.ignored.append(f"{where}.{key}")
+            continue
+        out[key] = value
+    return out
+
+
+def _takes(merge: Merge) -> set[str]:
+    """The mergekit parameter names ``merge`` takes."""
+    names = {q.mergekit for q in merge.params if q.mergekit}
+    if merge.weights:
+        names.add("weight")
+    if merge.name in ("uniform", "task-arithmetic", "ties"):
+        names.add("normalize")
+    if merge.name in ("task-arithmetic", "ties", "dare", "della", "della-linear",
+                      "breadcrumbs", "breadcrumbs-ties"):  # fmt: skip
+        names |= {"int8_mask", "rescale", "lambda", "density"}
+    return names
+
+
+def _layer_range(config: Path, where: str, value: Any) -> tuple[int, int]:
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+          and 0 <= value[0] < value[1] < 2**20)  # fmt: skip
+    if not ok:
+        raise _fail(config, where, f"{str(value)[:60]}: give [start, stop], 0 <= start < stop")
+    return value[0], value[1]
+
+
+def _slices(config: Path, data: dict[str, Any], p: Plan) -> list[Slice]:
+    """``slices`` (or ``models`` as one slice of every layer) as `Slice` objects."""
+    if "models" in data:
+        models = data["models"]
+        if not isinstance(models, list) or not models:
+            raise _fail(config, "models", "give a list of models (- model: PATH)")
+        sources = []
+        for i, entry in enumerate(models):
+            if isinstance(entry, str):
+                entry = {"model": entry}
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise _fail(config, f"models[{i}]", "each entry needs model: PATH")
+            extra = set(entry) - {"model", "parameters"}
+            if extra:
+                raise _fail(config, f"models[{i}].{sorted(map(str, extra))[0]}", "not supported")
+            model = _model_name(config, f"models[{i}].model", entry["model"])
+            params = _settings(config, f"models[{i}].parameters", entry.get("parameters"), p)
+            sources.append(Source(model, None, params))
+        return [Slice(sources)]
+    slices = data["slices"]
+    if not isinstance(slices, list) or not slices:
+        raise _fail(config, "slices", "give a list of slices (- sources: [...])")
+    out = []
+    for i, s in enumerate(slices):
+        where = f"slices[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
+            raise _fail(config, where, "each slice needs sources: a list of model and layer_range")
+        extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
+        if extra or s.get("residual_weight") is not None:
+            key = sorted(map(str, extra))[0] if extra else "residual_weight"
+            raise _fail(config, f"{where}.{key}", "not supported")
+        sources = []
+        for j, src in enumerate(s["sources"]):
+            w = f"{where}.sources[{j}]"
+            if not isinstance(src, dict) or "model" not in src or "layer_range" not in src:
+                raise _fail(config, w, "each source needs model and layer_range")
+            if set(src) - {"model", "layer_range", "parameters"}:
+                raise _fail(
+                    config,
+                    f"{w}.{sorted(set(map(str, src)) - {'model', 'layer_range', 'parameters'})[0]}",
+                    "not supported",
+                )
+            sources.append(Source(
+                _model_name(config, f"{w}.model", src["model"]),
+                _layer_range(config, f"{w}.layer_range", src["layer_range"]),
+                _settings(config, f"{w}.parameters", src.get("parameters"), p),
+            ))  # fmt: skip
+        lengths = {b - a for a, b in (x.layers for x in sources if x.layers)}
+        if len(lengths) > 1:
+            raise _fail(config, f"{where}.sources", "every source of a slice needs as many layers")
+        base = s.get("base_model")
+        base = None if base is None else _model_name(config, f"{where}.base_model", base)
+        out.append(
+            Slice(sources, base, _settings(config, f"{where}.parameters", s.get("parameters"), p))
+        )
+    return out
 
 
 def plan(path: str | Path) -> Plan:
@@ -170,92 +315,99 @@ def plan(path: str | Path) -> Plan:
     merge, fixed = _method(config, data)
     keywords = {q.name: q.default for q in merge.params if q.default is not None}
     keywords.update(fixed)  # mergekit's defaults for this method
-    method = data["merge_method"]
-    shared = data.get("parameters") or {}
-    if not isinstance(shared, dict):
-        raise _fail(config, "parameters", "must be a mapping")
-    shared = {k: _scalar(config, f"parameters.{k}", v) for k, v in shared.items()}
-    paths, per_model = _models(config, data)
     base = data.get("base_model")
-    base = None if base is None else str(base)
-    if base is not None and base in paths:  # the base is no fine-tune
-        del per_model[paths.index(base)]
-        paths.remove(base)
-    out = Plan(config, method, merge, paths, base, dtype=data.get("out_dtype") or data.get("dtype"))
+    base = None if base is None else _model_name(config, "base_model", base)
+    dtype = data.get("dtype")
+    out = Plan(config, data["merge_method"], merge, [], base, keywords=keywords,
+               dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+               out_dtype=None if data.get("out_dtype") is None
+               else str(data["out_dtype"]).removeprefix("torch."),
+               chat_template=data.get("chat_template"), name=data.get("name"))  # fmt: skip
+    out.shared = _settings(config, "parameters", data.get("parameters"), out)
+    out.slices = _slices(config, data, out)
+    out.sliced = "slices" in data
     out.vocab, out.vocab_multiple = _tokenizer(config, data)
+    if out.sliced and out.vocab is not None:
+        raise _fail(config, "tokenizer_source", "a tokenizer with slices is not supported")
+    seen = [s.model for sl in out.slices for s in sl.sources]
+    bases = {sl.base or base for sl in out.slices}
+    out.models = [m for m in dict.fromkeys(seen)
+                  if m not in bases or merge.inputs == "models"]  # fmt: skip
+    if merge.inputs == "models" and base is not None:
+        if any(base not in [x.model for x in sl.sources] for sl in out.slices):
+            raise _fail(
+                config, "base_model", f"{out.method} merges the base_model like the other "
+                "models (mergekit adds it to them, and requires its weight): list it under "
+                "models with its parameters, or leave base_model out",
+            )  # fmt: skip
+        out.base = None  # merged like the others (mergekit ignores a base for these)
+    if not out.sliced and base is not None and base not in seen and merge.inputs != "models":
+        out.slices[0].sources.append(Source(base))  # mergekit adds the base to the inputs
     _inputs(out)
-    keywords.update(_parameters(out, shared, per_model))
-    out.keywords = keywords
+    _check_weights(out)
     return out
 
 
 def _inputs(p: Plan) -> None:
     needs = p.merge.inputs
-    if needs == "models" and p.base is not None:
-        raise _fail(p.config, "base_model", f"{p.method} takes no base model; list it in models")
-    if needs in ("models+base", "two") and p.base is None:
-        raise _fail(p.config, "base_model", f"{p.method} needs a base_model")
-    if needs == "two" and len(p.models) != 1:
-        raise _fail(p.config, "models", f"{p.method} merges the base_model and one other model")
-    if needs == "models" and len(p.models) < p.merge.min_models:
-        raise _fail(p.config, "models", f"{p.method} needs at least {p.merge.min_models} models")
+    for i, s in enumerate(p.slices):
+        base = s.base or p.base
+        where = "base_model" if not p.sliced else f"slices[{i}]"
+        names = [x.model for x in s.sources]
+        non_base = [m for m in names if m != base]
+        if len(set(names)) != len(names):
+            raise _fail(p.config, where, "a model is listed twice")
+        if needs in ("models+base", "two"):
+            if base is None:
+                raise _fail(p.config, "base_model", f"{p.method} needs a base_model")
+            if base not in names:
+                raise _fail(p.config, where, f"the base model {base} is not among the sources")
+        if needs == "models":
+            non_base = names
+        if needs == "two" and len(non_base) != 1:
+            raise _fail(p.config, where, f"{p.method} merges the base_model and one other model")
+        if len(non_base) < p.merge.min_models:
+            raise _fail(p.config, where, f"{p.method} needs at least {p.merge.min_models} models")
+        if p.method == "passthrough" and len(names) != 1:
+            raise _fail(p.config, where, "passthrough takes one model per slice")
 
 
-def _parameters(p: Plan, shared: dict[str, Any], per_model: list[dict[str, Any]]) -> dict[str, Any]:
-    """The function's keywords from the configuration's parameters (see the module)."""
-    takes = {q.name: q for q in p.merge.params}
-    out: dict[str, Any] = {}
-    for key, value in shared.items():
-        if key in PER_MODEL:
-            continue  # applied to each model below
-        out.update(_keyword(p, takes, f"parameters.{key}", key, value))
-    for key in PER_MODEL:
-        values = [m.get(key, shared.get(key)) for m in per_model]
-        for i, m in enumerate(per_model):
-            unknown = set(m) - set(PER_MODEL)
-            if unknown:
-                name = sorted(unknown)[0]
-                raise _fail(p.config, f"models[{i}].parameters.{name}", "not supported")
-        if key == "weight":
-            out.update(_weights(p, values))
-        elif any(v is not None for v in values):
-            if len(set(values)) != 1:
+def _check_weights(p: Plan) -> None:
+    """mergekit requires ``weight`` for every model (but the base) of a weighted merge:
+    refused here when it is nowhere, and per tensor when a filter leaves it out."""
+    if not p.merge.weights:
+        return
+    for i, s in enumerate(p.slices):
+        base = s.base or p.base
+        for j, src in enumerate(s.sources):
+            if src.model == base and p.merge.inputs != "models":
+                continue
+            if not any("weight" in scope for scope in (src.params, s.params, p.shared)):
+                where = f"models[{j}]" if not p.sliced else f"slices[{i}].sources[{j}]"
                 raise _fail(
-                    p.config, key, f"differs between models ({values}); modelsoup merges "
-                    "with one value for every model",
+                    p.config, f"{where}.parameters.weight", f"missing: mergekit's {p.method} "
+                    "requires a weight for every model",
                 )  # fmt: skip
-            out.update(_keyword(p, takes, key, key, values[0]))
-    return out
 
 
-def _keyword(p: Plan, takes: dict[str, Any], where: str, key: str, value: Any) -> dict[str, Any]:
-    if key == "int8_mask":  # the mask's dtype only: the merge is the same
-        return {}
-    if p.method == "linear" and key == "normalize":
-        if value is not True:
-            raise _fail(p.config, where, "linear without normalize is not supported")
-        return {}
-    name = KEYWORDS.get(key)
-    if name is None or name not in takes:
-        raise _fail(p.config, where, f"{p.method} takes no parameter {key!r} in modelsoup")
-    if name == "rescale":
-        return {"rescale": "l1" if value else "none"}
-    return {name: value}
+def cast(key: str, where: str) -> Any:
+    """The check of one resolved value of mergekit parameter ``key`` (its type)."""
 
+    def check(v: Any) -> Any:
+        if key in BOOLS:
+            if isinstance(v, bool) or v in (0, 1):
+                return bool(v)
+            raise ConfigError(f"{where}: {key}: {v!r:.40} is not true or false")
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{where}: {key}: {v!r:.40} is not a number") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: {key}: {v!r:.40} is not a number")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ConfigError(f"{where}: {key}: must be finite, got {v}")
+        return v
 
-def _weights(p: Plan, values: list[Any]) -> dict[str, Any]:
-    if p.merge.inputs == "two":
-        return {}
-    if any(v is None for v in values):
-        i = values.index(None)
-        raise _fail(
-            p.config, f"models[{i}].parameters.weight", f"missing: mergekit's {p.method} "
-            "requires a weight for every model",
-        )  # fmt: skip
-    w = [float(v) for v in values]
-    if p.method == "linear":
-        total = sum(w)
-        if total <= 0 or any(x < 0 for x in w):
-            raise _fail(p.config, "weight", f"linear needs weights >= 0 with a positive sum: {w}")
-        return {"weights": [x / total for x in w]}
-    return {"weights": w}
+    return check

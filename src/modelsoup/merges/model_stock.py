@@ -30,6 +30,7 @@ from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import Combination
 from ..ops.geometry import tensor_grams
+from ..ops.tensorwise import Precision, Tensorwise
 
 
 def model_stock_ratio(cos: float, k: int) -> float:
@@ -83,3 +84,52 @@ def model_stock(
         [*finetuned, base], [1.0 / k] * k + [0.0], per_tensor=per_tensor, **options
     )
     return merged, ratios
+
+
+def stock_tensor(w0: torch.Tensor, ws: list[torch.Tensor], filter_wise: bool) -> torch.Tensor:
+    """mergekit 0.1.5's Model Stock of one tensor, in its order of operations: the mean
+    pairwise cosine (each clamped to [-1, 1], norms' product at least 1e-6) per tensor,
+    or per row with ``filter_wise``; no clamping to [0, 1], and t = 0 where the ratio's
+    denominator vanishes (|1 + (k - 1) cos| < 1e-6)."""
+    shape = w0.shape
+    if filter_wise:
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1 :]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    k = len(ws)
+    denominator = 1 + (k - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(
+        singular, torch.zeros_like(cos),
+        (k * cos) / torch.where(singular, torch.ones_like(denominator), denominator),
+    )  # fmt: skip
+    average = sum(ws) / k
+    return (t * average + (1 - t) * w0).reshape(shape)
+
+
+def model_stock_mergekit(
+    finetuned: Sequence[Ingredient],
+    base: Ingredient,
+    *,
+    filter_wise: bool = False,
+    integers: str = "error",
+    precision: Precision = "inputs",
+) -> Tensorwise:
+    """Model Stock as mergekit computes it (`stock_tensor`: negative cosines kept, whole
+    tensors in the inputs' dtype), lazy. Differs from `model_stock` where a tensor's mean
+    cosine is negative: mergekit extrapolates (t < 0), `model_stock` keeps theta0."""
+    if len(finetuned) < 2:
+        raise SoupError("Model Stock needs at least 2 fine-tuned models and the base")
+    return Tensorwise(
+        [base, *finetuned], lambda name, ts: stock_tensor(ts[0], ts[1:], filter_wise),
+        source=f"Model Stock (mergekit's) of {len(finetuned)}", integers=integers,  # type: ignore[arg-type]
+        precision=precision,
+    )  # fmt: skip

@@ -15,11 +15,14 @@ from typing import Any, Literal
 
 import torch
 
+from ..errors import SoupError
 from ..ops.arithmetic import weighted_average
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
-from .model_stock import model_stock
+from .model_stock import model_stock, model_stock_mergekit
+from .nearswap import nearswap
+from .passthrough import passthrough
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
 from .ties import ties
@@ -73,7 +76,8 @@ class Merge:
     ``shared()`` makes the state the merges of one grid share (TIES' thresholds).
     ``mergekit`` maps mergekit's method names for this merge to the keywords it fixes
     (and the defaults mergekit gives the parameters). ``tensor_weights``: the function
-    takes ``weights_for`` (tensor name -> one weight per ingredient)."""
+    takes ``weights_for`` (tensor name -> one weight per ingredient). ``precision``: it
+    takes ``precision``, "inputs" to compute in the inputs' dtype as mergekit does."""
 
     name: str
     label: str
@@ -85,11 +89,13 @@ class Merge:
     params: tuple[Param, ...] = ()
     weights: bool = False
     min_models: int = 1
+    max_models: int | None = None
     details: bool = False
     casts: bool = False
     shared: Callable[[], dict[str, Any]] | None = None
     mergekit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tensor_weights: bool = False
+    precision: bool = False  # the function takes precision ("float32" or "inputs")
 
     @property
     def tuned(self) -> tuple[Param, ...]:
@@ -134,7 +140,27 @@ def normalize(default: bool) -> Param:
     )  # fmt: skip
 
 
-def _model_stock(finetuned: Any, base: Any, **options: Any) -> tuple[Any, dict[str, Any]]:
+def _model_stock(
+    finetuned: Any,
+    base: Any,
+    *,
+    cosines: str = "clamp",
+    filter_wise: bool = False,
+    precision: str = "float32",
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    if cosines == "mergekit":
+        merged = model_stock_mergekit(
+            finetuned, base, filter_wise=filter_wise, precision=precision,  # type: ignore[arg-type]
+            integers=options.get("integers", "error"),
+        )  # fmt: skip
+        return (
+            (merged, {})
+            if "dtype" not in options
+            else (weighted_average([merged], dtype=options["dtype"]), {})
+        )
+    if filter_wise:
+        raise SoupError("filter_wise needs cosines='mergekit' (per-row ratios)")
     merged, ratios = model_stock(finetuned, base, **options)
     return merged, {"ratios": dict(ratios), "clamped": ratios.clamped}
 
@@ -167,7 +193,7 @@ MERGES: dict[str, Merge] = {
                       "base + lambda * sum w_i tau_i in that order, bit-identical to "
                       "mergekit's task_arithmetic", kind=("anchored", "sum")),
             ),
-            weights=True, casts=True, tensor_weights=True,
+            weights=True, casts=True, tensor_weights=True, precision=True,
             mergekit={"task_arithmetic": {"arithmetic": "sum"}},
         ),
         Merge(
@@ -177,7 +203,7 @@ MERGES: dict[str, Merge] = {
             "trim each task vector to its top --density by magnitude, elect a sign per entry "
             "(the sign of the weighted sum), average the agreeing entries, add lambda times "
             "that", "models+base",
-            params=(LAM, density(0.5), normalize(True)), weights=True,
+            params=(LAM, density(0.5), normalize(True)), weights=True, precision=True,
             shared=lambda: {"thresholds": {}},
             mergekit={"ties": {"density": 1.0}},
         ),
@@ -197,7 +223,7 @@ MERGES: dict[str, Merge] = {
                       kind=("density", "l1", "none")),
                 SEED,
             ),
-            weights=True,
+            weights=True, precision=True,
             mergekit={
                 "dare_ties": {"consensus": True, "rescale": "l1", "density": 1.0},
                 "dare_linear": {"rescale": "l1", "density": 1.0},
@@ -221,7 +247,7 @@ MERGES: dict[str, Merge] = {
                           "vector's L1 norm; none", kind=("l1", "none")),
                     SEED,
                 ),
-                weights=True,
+                weights=True, precision=True,
                 mergekit={name.replace("-", "_"): {"density": 1.0}},
             )
             for name, fn, pretty, how in (
@@ -245,7 +271,7 @@ MERGES: dict[str, Merge] = {
                     Param("rescale", "none", "l1: the kept entries scaled to the task "
                           "vector's L1 norm; none", kind=("l1", "none")),
                 ),
-                weights=True,
+                weights=True, precision=True,
                 mergekit={name.replace("-", "_"): {"density": 1.0}},
             )
             for name, fn, pretty, how in (
@@ -270,7 +296,34 @@ MERGES: dict[str, Merge] = {
             "Jang et al., Model Stock, ECCV 2024",
             "per tensor, t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * "
             "mean(fine-tunes) + (1 - t) * base; no held-out data needed", "models+base",
-            min_models=2, details=True, casts=True,
+            params=(
+                Param("cosines", "clamp", "clamp: a negative mean cosine is clamped to 0 "
+                      "(the tensor keeps the base); mergekit: kept, t extrapolates below 0, "
+                      "as mergekit's model_stock", kind=("clamp", "mergekit")),
+                Param("filter_wise", False, "one ratio per row (with --cosines mergekit)",
+                      kind=bool, mergekit="filter_wise"),
+            ),
+            min_models=2, details=True, casts=True, precision=True,
+            mergekit={"model_stock": {"cosines": "mergekit"}},
+        ),
+        Merge(
+            "nearswap", "NearSwap", nearswap,
+            "NearSwap: take B's entries where they are within t of A's, move toward B by "
+            "t/|A - B| elsewhere",
+            "alchemonaut, QuartetAnemoi-70B (2024), as mergekit's nearswap",
+            "per entry, w = clamp(t / |a - b|, 0, 1) and w b + (1 - w) a; A is the base", "two",
+            params=(Param("t", None, "the distance under which B's entry is taken",
+                          mergekit="t", bounds=(0, None), open_low=True),),
+            precision=True, mergekit={"nearswap": {}},
+        ),
+        Merge(
+            "passthrough", "passthrough", passthrough,
+            "passthrough: one model's tensors, optionally scaled (a frankenmerge's slices)",
+            "mergekit's passthrough",
+            "theta, or scale * theta", "models",
+            params=(Param("scale", 1.0, "the factor every floating tensor is multiplied by",
+                          mergekit="scale"),),
+            precision=True, max_models=1, mergekit={"passthrough": {}},
         ),
         Merge(
             "wiseft", "WiSE-FT", wise_ft,

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import Combination, linear_combination, weighted_average
+from ..ops.tensorwise import Precision, Tensorwise
+from .task_vectors import sparsified_merge
 from .ties import Ties
 
 
@@ -28,8 +30,9 @@ def task_arithmetic(
     lam: float = 1.0,
     arithmetic: str = "anchored",
     weights_for: Mapping[str, Sequence[float]] | None = None,
+    precision: Precision = "float32",
     **options,
-) -> Combination | Ties:
+) -> Combination | Ties | Tensorwise:
     """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each;
     ``weights_for``: {tensor name: its own weights w_i}. ``options`` as `Combination`
     (with ``arithmetic="sum"``: ``integers`` only, and no ``weights_for``)."""
@@ -41,6 +44,14 @@ def task_arithmetic(
             raise SoupError(f"{len(ws)} weights for {name}, {len(ingredients)} ingredients")
     if weights_for and arithmetic != "anchored":
         raise SoupError("per-tensor weights (--weights-for) need --arithmetic anchored")
+    if precision != "float32":  # mergekit's order, in the inputs' dtype
+        if arithmetic != "sum" or weights_for:
+            raise SoupError("precision='inputs' computes as mergekit: arithmetic='sum' only")
+        return sparsified_merge(
+            ingredients, base, lambda name, i, tau: tau, kind="task arithmetic", weights=w,
+            lam=lam, consensus=False, normalize=False,
+            integers=options.pop("integers", "error"), precision=precision,
+        )  # fmt: skip
     if arithmetic == "sum":
         dtype = options.pop("dtype", None)
         options.pop("accumulate", None)

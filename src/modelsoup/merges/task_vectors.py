@@ -27,7 +27,7 @@ import torch
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
 from ..ops.arithmetic import IntegerPolicy
-from ..ops.tensorwise import Tensorwise
+from ..ops.tensorwise import Precision, Tensorwise
 
 # sparsify(name, i, tau) -> tau with entries dropped (and rescaled)
 Sparsifier = Callable[[str, int, torch.Tensor], torch.Tensor]
@@ -39,6 +39,14 @@ def uniforms(shape: Sequence[int], seed: int, name: str, i: int) -> torch.Tensor
     key = hashlib.sha256(f"{seed}:{name}:{i}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
     return torch.rand(tuple(shape), generator=g)
+
+
+def work_dtype(tau: torch.Tensor) -> torch.dtype:
+    """The dtype mergekit 0.1.5 draws random drops in on a CPU: bfloat16 for bfloat16
+    task vectors, else at least float32 (its ``torch.bernoulli`` has no float16 kernel)."""
+    if tau.dtype == torch.bfloat16:
+        return tau.dtype
+    return torch.promote_types(tau.dtype, torch.float32)
 
 
 def rescale_l1(tau: torch.Tensor, kept: torch.Tensor, rescale: Rescale) -> torch.Tensor:
@@ -86,9 +94,21 @@ def check_weights(k: int, weights: Sequence[float] | None) -> list[float]:
     return w
 
 
-def check_density(density: float) -> None:
-    if not 0 < density <= 1:
-        raise SoupError(f"--density must be in (0, 1], got {density}")
+def check_density(density: float | Sequence[float]) -> None:
+    for d in [density] if isinstance(density, (int, float)) else density:
+        if not 0 < d <= 1:
+            raise SoupError(f"--density must be in (0, 1], got {d}")
+
+
+def per_model(value: float | Sequence[float], k: int, name: str) -> list[float]:
+    """One value per ingredient: a number for each, or a list of k (mergekit sets
+    ``density``, ``epsilon`` and ``gamma`` per model)."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * k
+    values = [float(v) for v in value]
+    if len(values) != k:
+        raise SoupError(f"{len(values)} values of {name} for {k} ingredients; give one each")
+    return values
 
 
 def sparsified_merge(
@@ -102,9 +122,10 @@ def sparsified_merge(
     consensus: bool,
     normalize: bool,
     integers: IntegerPolicy,
+    precision: Precision = "float32",
 ) -> Tensorwise:
     """theta0 + lam * merge(sparsify(tau_i)), one tensor at a time, lazy (memory: k + 1
-    copies of one tensor)."""
+    copies of one tensor); ``precision``: what it computes in (see `Tensorwise`)."""
     w = check_weights(len(ingredients), weights)
 
     def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -114,5 +135,6 @@ def sparsified_merge(
         return theta0 + lam * merged
 
     return Tensorwise(
-        [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers
-    )
+        [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers,
+        precision=precision,
+    )  # fmt: skip

@@ -24,8 +24,27 @@ from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import is_float
 from ..errors import NonFiniteError
 from ..ops.arithmetic import IntegerPolicy, all_finite
-from ..ops.tensorwise import same_integers
-from .task_vectors import check_density, check_weights, merge_task_vectors
+from ..ops.tensorwise import Precision, Tensorwise, same_integers
+from .task_vectors import (
+    check_density,
+    check_weights,
+    merge_task_vectors,
+    per_model,
+    sparsified_merge,
+)
+
+
+def top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """``tau`` with all but its k = max(1, int(density n)) largest magnitudes zeroed,
+    exactly k kept (ties broken by the order of a descending argsort, as mergekit's)."""
+    if density >= 1:
+        return tau
+    if tau.numel() == 0:
+        return torch.zeros_like(tau)
+    k = max(1, int(density * tau.numel()))
+    mask = torch.zeros(tau.numel(), dtype=tau.dtype)
+    mask[torch.argsort(tau.abs().reshape(-1).float(), descending=True)[:k]] = 1
+    return tau * mask.reshape(tau.shape)
 
 
 class Ties:
@@ -115,20 +134,30 @@ def ties(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
     *,
-    density: float = 0.5,
+    density: float | Sequence[float] = 0.5,
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
     normalize: bool = True,
     integers: IntegerPolicy = "error",
     thresholds: dict[tuple[str, float], list[float]] | None = None,
-) -> Ties:
+    precision: Precision = "float32",
+) -> Ties | Tensorwise:
     """TIES: top-``density`` trim, sign election, disjoint merge; lazy, streamed in chunks
     (see `Ties`). ``thresholds``: a dict to share the magnitude thresholds (the costly
     part) between TIES merges of the same ingredients and base, such as a grid over
-    ``lam``; it is keyed by tensor and density."""
+    ``lam``; it is keyed by tensor and density. ``precision="inputs"``: computed in the
+    inputs' dtype one whole tensor at a time, keeping exactly the top k as mergekit's
+    argsort does (in half precision, magnitudes tie at the threshold often)."""
     check_density(density)
     w = check_weights(len(ingredients), weights)
+    densities = per_model(density, len(ingredients), "density")
+    if precision != "float32" or len(set(densities)) > 1:
+        return sparsified_merge(
+            ingredients, base, lambda name, i, tau: top_k(tau, densities[i]), kind="TIES",
+            weights=w, lam=lam, consensus=True, normalize=normalize, integers=integers,
+            precision=precision,
+        )  # fmt: skip
     return Ties(
-        ingredients, base, density=density, weights=w, lam=lam, normalize=normalize,
+        ingredients, base, density=densities[0], weights=w, lam=lam, normalize=normalize,
         integers=integers, thresholds=thresholds,
     )  # fmt: skip
