@@ -316,3 +316,30 @@ def test_mergekits_model_stock_extrapolates_where_ours_clamps():
     assert torch.equal(ms.materialize(ours)["w"], base["w"]) and "w" in ratios.clamped
     torch.testing.assert_close(theirs["w"], -2 * (u + v) / 2)
     torch.testing.assert_close(theirs["b"], ms.materialize(ours)["b"])
+
+
+def test_the_karcher_mean_of_two_directions_is_their_midpoint_at_their_mean_norm():
+    from modelsoup.merges.karcher import karcher
+
+    a, b = {"w": torch.tensor([2.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 4.0, 0.0])}
+    got = ms.materialize(karcher([S(a), S(b)], max_iter=50, tol=1e-7))["w"]
+    torch.testing.assert_close(got, 3 * torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    same = ms.materialize(karcher([S(a), S(a), S(a)]))["w"]
+    assert torch.equal(same, a["w"])  # a tensor equal in every model is kept (float32)
+
+
+def test_sce_by_hand():
+    """Two task vectors: entry 0 agrees (+), entry 1 disagrees (sum > 0 elects +)."""
+    from modelsoup.merges.sce import sce
+
+    base = {"w": torch.zeros(2)}
+    t1, t2 = {"w": torch.tensor([1.0, 3.0])}, {"w": torch.tensor([3.0, -1.0])}
+    got = ms.materialize(sce([S(t1), S(t2)], S(base)))["w"]
+    e1, e2 = (1 + 9) / 2, (9 + 1) / 2  # mean squares: equal weights 0.5 each
+    w1, w2 = e1 / (e1 + e2), e2 / (e1 + e2)
+    want = torch.tensor([(w1 * 1 + w2 * 3) / (w1 + w2), 3.0])  # entry 1: only t1 agrees
+    torch.testing.assert_close(got, want)
+    # select_topk keeps the entries whose values spread most: entry 0 (var 1) < entry 1 (4)
+    top = ms.materialize(sce([S(t1), S(t2)], S(base), select_topk=0.5))["w"]
+    assert top[0] == 0
+    torch.testing.assert_close(top[1], torch.tensor(3.0))

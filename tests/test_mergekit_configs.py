@@ -42,13 +42,15 @@ CONFIGS = {
     "model_stock": ({}, {}, True),
     "nearswap": ({"t": 0.01}, {}, True),
     "passthrough": ({}, {"scale": [0.5]}, True),
+    "sce": ({"select_topk": 0.4, "int8_mask": "true"}, {}, True),
+    "karcher": ({"max_iter": 5}, {}, True),
 }
 
 
 def _yaml(method: str, base: Path, models: list[Path], shared: dict, per_model: dict) -> str:
     method = method.split("-")[0]
     lines = [f"merge_method: {method}", "dtype: float32"]
-    if method not in ("linear", "passthrough"):
+    if method not in ("linear", "passthrough", "karcher"):
         lines.append(f"base_model: {base}")
     if shared:
         lines.append("parameters:")
@@ -211,7 +213,7 @@ def test_what_modelsoup_does_not_merge_as_mergekit_does_is_refused_by_name(
     if case in ("unknown method", "not implemented"):
         text = text.replace(
             "merge_method: ties",
-            "merge_method: " + ("frankenmerge" if case == "unknown method" else "sce"),
+            "merge_method: " + ("frankenmerge" if case == "unknown method" else "nuslerp"),
         )
     if case == "revision":
         text = text.replace(f"base_model: {folders[2]}", f"base_model: {folders[2]}@v1.0")

@@ -61,3 +61,45 @@ def test_numeric_options_are_refused_at_parse_time(name, capsys):
                 build_parser().parse_args([name, *inputs, "-o", "x.safetensors", p.option, bad])
             assert e.value.code == 2
             assert p.option in capsys.readouterr().err
+
+
+# (merge, parameter): why the function's default differs from the entry's
+DEFAULTS_THAT_DIFFER = {
+    ("della", "normalize"): "None: normalize when electing signs, so della's True",
+    ("della-linear", "normalize"): "None: normalize when electing signs, so della-linear's False",
+}
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_each_parameter_has_one_default(name):
+    """The registry's default of a parameter is the function's (what a Python caller
+    gets without it), so the CLI, compare, YAML and Python agree."""
+    import inspect
+
+    merge = MERGES[name]
+    signature = inspect.signature(merge.function).parameters
+    for p in merge.params:
+        assert p.name in signature, f"{name}: {p.name} is not a keyword of its function"
+        default = signature[p.name].default
+        default = None if default is inspect.Parameter.empty else default
+        if (name, p.name) in DEFAULTS_THAT_DIFFER:
+            assert default is None
+            continue
+        assert default == p.default, f"{name}.{p.name}: {default!r} in the function, {p.default!r}"
+
+
+def test_the_docs_name_every_merge():
+    """The README names each merge, docs/python.md each function, docs/architecture.md
+    each module (the lists the registry does not generate)."""
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    python = (root / "docs" / "python.md").read_text()
+    layout = (root / "docs" / "architecture.md").read_text()
+    for merge in MERGES.values():
+        family = merge.label.replace("linear ", "").replace(" with TIES", "")
+        family = family.replace(" soup", "")
+        assert family.lower() in readme.lower(), f"README.md does not name {merge.label}"
+        module = merge.function.__module__.rsplit(".", 1)[-1]
+        assert f"{module}.py" in layout, f"docs/architecture.md does not list {module}.py"
+        if not merge.function.__name__.startswith("_"):
+            assert f"`{merge.function.__name__}`" in python, merge.function.__name__

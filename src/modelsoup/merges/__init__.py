@@ -1,16 +1,17 @@
 """Weight-space merges that need no evaluator, one per module: uniform (and weighted)
 averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, NearSwap, Model
-Stock, passthrough and WiSE-FT; `per_tensor` runs any of them with parameters that vary
+Stock, passthrough and WiSE-FT; `per_tensor.per_tensor` runs any of them with parameters that vary
 by tensor (gradients, filters). `registry.MERGES` is the table the CLI, `compare` and
 mergekit configs follow; `tune` is the held-out search over a merge's parameters."""
 
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
+from .karcher import karcher
 from .model_stock import model_stock, model_stock_mergekit
 from .nearswap import nearswap
 from .passthrough import passthrough
-from .per_tensor import per_tensor
+from .sce import sce
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
 from .ties import ties
@@ -25,9 +26,10 @@ __all__ = [
     "della_linear",
     "model_stock",
     "model_stock_mergekit",
+    "karcher",
     "nearswap",
     "passthrough",
-    "per_tensor",
+    "sce",
     "slerp",
     "task_arithmetic",
     "ties",

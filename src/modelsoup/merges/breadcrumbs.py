@@ -70,3 +70,6 @@ def breadcrumbs(
 def breadcrumbs_ties(ingredients: Sequence[Ingredient], base: Ingredient, **options) -> Tensorwise:
     """Model Breadcrumbs with TIES' sign election (mergekit's ``breadcrumbs_ties``)."""
     return breadcrumbs(ingredients, base, consensus=True, **options)
+
+
+breadcrumbs_ties.__wrapped__ = breadcrumbs  # type: ignore[attr-defined]  # its signature

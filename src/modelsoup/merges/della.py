@@ -78,3 +78,6 @@ def della(
 def della_linear(ingredients: Sequence[Ingredient], base: Ingredient, **options) -> Tensorwise:
     """Linear DELLA: `della` without the sign election (mergekit's ``della_linear``)."""
     return della(ingredients, base, consensus=False, **options)
+
+
+della_linear.__wrapped__ = della  # type: ignore[attr-defined]  # its signature: della's

@@ -34,8 +34,7 @@ REFUSED_KEYS = {
 }
 TOKENIZER_SOURCES = ("base", "union")
 # mergekit 0.1.5's registered methods that modelsoup does not implement yet
-NOT_IMPLEMENTED = ("sce", "nuslerp", "multislerp", "karcher", "arcee_fusion", "ram",
-                   "ramplus_tl")  # fmt: skip
+NOT_IMPLEMENTED = ("nuslerp", "multislerp", "arcee_fusion", "ram", "ramplus_tl")
 # Every parameter name of mergekit 0.1.5's methods: one the method does not take is
 # ignored (as mergekit ignores it); any other name is refused as a typo.
 MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "normalize",
@@ -45,10 +44,10 @@ MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "norma
 # set per model (mergekit's INPUT and NON_BASE scopes); the others are shared
 PER_MODEL = ("weight", "density", "epsilon", "gamma", "scale")
 BOOLS = ("normalize", "rescale", "int8_mask", "filter_wise")
-# mergekit parameter -> keyword of the registered function
-KEYWORDS = {"lambda": "lam", "density": "density", "epsilon": "epsilon", "gamma": "gamma",
-            "normalize": "normalize", "rescale": "rescale", "t": "t", "scale": "scale",
-            "filter_wise": "filter_wise"}  # fmt: skip
+# mergekit parameter -> keyword of the registered functions, from the registry's Params
+# (``rescale``: mergekit's bool, the functions' "l1" or "none")
+KEYWORDS = {q.mergekit: q.name for m in MERGES.values() for q in m.params if q.mergekit}
+KEYWORDS["rescale"] = "rescale"
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -237,6 +236,8 @@ def _takes(merge: Merge) -> set[str]:
     if merge.name in ("task-arithmetic", "ties", "dare", "della", "della-linear",
                       "breadcrumbs", "breadcrumbs-ties"):  # fmt: skip
         names |= {"int8_mask", "rescale", "lambda", "density"}
+    if merge.name == "sce":
+        names.add("int8_mask")
     return names
 
 
@@ -394,6 +395,10 @@ def cast(key: str, where: str) -> Any:
     """The check of one resolved value of mergekit parameter ``key`` (its type)."""
 
     def check(v: Any) -> Any:
+        if key == "max_iter":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                raise ConfigError(f"{where}: {key}: {v!r:.40} is not an integer")
+            return int(v)
         if key in BOOLS:
             if isinstance(v, bool) or v in (0, 1):
                 return bool(v)

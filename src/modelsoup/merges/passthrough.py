@@ -19,9 +19,9 @@ from ..ops.tensorwise import Precision, Tensorwise
 def passthrough(
     models: Sequence[Ingredient],
     *,
-    scale: float | None = None,
+    scale: float | None = 1.0,
     integers: IntegerPolicy = "error",
-    precision: Precision = "inputs",
+    precision: Precision = "float32",
 ) -> Ingredient:
     """The one model of ``models``, lazy; times ``scale`` when given."""
     if len(models) != 1:

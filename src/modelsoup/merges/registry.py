@@ -20,9 +20,11 @@ from ..ops.arithmetic import weighted_average
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
+from .karcher import karcher
 from .model_stock import model_stock, model_stock_mergekit
 from .nearswap import nearswap
 from .passthrough import passthrough
+from .sce import sce
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
 from .ties import ties
@@ -66,7 +68,7 @@ class Param:
         return o[:-1] + "ies" if o.endswith("y") else o + "s"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Merge:
     """A registered merge: its command's name, its label in tables, its function.
 
@@ -169,10 +171,10 @@ MERGES: dict[str, Merge] = {
     m.name: m
     for m in (
         Merge(
-            "uniform", "uniform soup", uniform_soup,
-            "average every ingredient (optionally with weights)",
-            "Wortsman et al., Model soups, ICML 2022 (Table 2, uniform soup)",
-            "mean_i theta_i, or sum_i w_i theta_i", "models",
+            name="uniform", label="uniform soup", function=uniform_soup,
+            summary="average every ingredient (optionally with weights)",
+            paper="Wortsman et al., Model soups, ICML 2022 (Table 2, uniform soup)",
+            formula="mean_i theta_i, or sum_i w_i theta_i", inputs="models",
             params=(
                 Param("arithmetic", "mean", "mean: running mean (a soup of identical "
                       "checkpoints is that checkpoint bit for bit); sum: sum then divide, "
@@ -182,10 +184,10 @@ MERGES: dict[str, Merge] = {
             mergekit={"linear": {"arithmetic": "sum"}},
         ),
         Merge(
-            "task-arithmetic", "task arithmetic", task_arithmetic,
-            "task arithmetic: the base plus lambda times the weighted sum of task vectors",
-            "Ilharco et al., Editing models with task arithmetic, ICLR 2023",
-            "theta0 + lambda * sum_i w_i (theta_i - theta0)", "models+base",
+            name="task-arithmetic", label="task arithmetic", function=task_arithmetic,
+            summary="task arithmetic: the base plus lambda times the weighted sum of task vectors",
+            paper="Ilharco et al., Editing models with task arithmetic, ICLR 2023",
+            formula="theta0 + lambda * sum_i w_i (theta_i - theta0)", inputs="models+base",
             params=(
                 LAM,
                 Param("arithmetic", "anchored", "anchored: on the largest coefficient (a "
@@ -197,23 +199,25 @@ MERGES: dict[str, Merge] = {
             mergekit={"task_arithmetic": {"arithmetic": "sum"}},
         ),
         Merge(
-            "ties", "TIES", ties,
-            "TIES: trim task vectors to their largest entries, elect signs, merge what agrees",
-            "Yadav et al., TIES-Merging, NeurIPS 2023",
-            "trim each task vector to its top --density by magnitude, elect a sign per entry "
-            "(the sign of the weighted sum), average the agreeing entries, add lambda times "
-            "that", "models+base",
+            name="ties", label="TIES", function=ties,
+            summary="TIES: trim task vectors to their largest entries, elect signs, merge "
+            "what agrees",
+            paper="Yadav et al., TIES-Merging, NeurIPS 2023",
+            formula="trim each task vector to its top --density by magnitude, elect a sign "
+            "per entry (the sign of the weighted sum), average the agreeing entries, add "
+            "lambda times that", inputs="models+base",
             params=(LAM, density(0.5), normalize(True)), weights=True, precision=True,
             shared=lambda: {"thresholds": {}},
             mergekit={"ties": {"density": 1.0}},
         ),
         Merge(
-            "dare", "DARE", dare,
-            "DARE: drop task-vector entries at random and rescale, then add (or merge by sign)",
-            "Yu et al., Language Models are Super Mario (DARE), ICML 2024",
-            "drop each task-vector entry with probability 1 - --density, rescale the rest "
+            name="dare", label="DARE", function=dare,
+            summary="DARE: drop task-vector entries at random and rescale, then add (or "
+            "merge by sign)",
+            paper="Yu et al., Language Models are Super Mario (DARE), ICML 2024",
+            formula="drop each task-vector entry with probability 1 - --density, rescale the rest "
             "(by 1/density), then add (dare-linear) or merge by sign (--consensus: "
-            "dare-ties)", "models+base",
+            "dare-ties)", inputs="models+base",
             params=(
                 LAM, density(0.5),
                 Param("consensus", False, "elect signs as TIES does (dare-ties)", kind=bool),
@@ -231,13 +235,13 @@ MERGES: dict[str, Merge] = {
         ),
         *(
             Merge(
-                name, pretty, fn,
-                f"{pretty}: drop task-vector entries with a probability falling with their "
+                name=name, label=pretty, function=fn,
+                summary=f"{pretty}: drop task-vector entries with a probability falling with their "
                 f"magnitude, then {how}",
-                "Deep et al., DELLA-Merging, 2024",
-                "keep each entry of a task vector's row with probability from density - "
+                paper="Deep et al., DELLA-Merging, 2024",
+                formula="keep each entry of a task vector's row with probability from density - "
                 "epsilon (smallest) to density + epsilon (largest), rescale to its L1 norm, "
-                f"then {how}", "models+base",
+                f"then {how}", inputs="models+base",
                 params=(
                     LAM, density(0.5),
                     Param("epsilon", 0.15, "the spread of keep probabilities around the "
@@ -257,12 +261,12 @@ MERGES: dict[str, Merge] = {
         ),
         *(
             Merge(
-                name, pretty, fn,
-                f"{pretty}: drop each task vector's smallest entries and its largest "
+                name=name, label=pretty, function=fn,
+                summary=f"{pretty}: drop each task vector's smallest entries and its largest "
                 f"outliers, then {how}",
-                "Davari and Belilovsky, Model Breadcrumbs, ECCV 2024",
-                "of each task vector, drop the top --gamma fraction by magnitude (outliers) "
-                f"and the smallest, keeping --density, then {how}", "models+base",
+                paper="Davari and Belilovsky, Model Breadcrumbs, ECCV 2024",
+                formula="of each task vector, drop the top --gamma fraction by magnitude "
+                f"(outliers) and the smallest, keeping --density, then {how}", inputs="models+base",
                 params=(
                     LAM, density(0.9, (0.7, 0.8, 0.9)),
                     Param("gamma", 0.01, "the fraction of largest entries dropped",
@@ -281,21 +285,22 @@ MERGES: dict[str, Merge] = {
             )
         ),
         Merge(
-            "slerp", "SLERP", slerp,
-            "SLERP: spherical interpolation between two models, tensor by tensor",
-            "Shoemake, SIGGRAPH 1985, as mergekit's slerp",
-            "per tensor, sin((1-t)W)/sin(W) a + sin(tW)/sin(W) b with W the angle between "
-            "the two, linear when they are nearly parallel; t = 0 is A, t = 1 is B", "two",
+            name="slerp", label="SLERP", function=slerp,
+            summary="SLERP: spherical interpolation between two models, tensor by tensor",
+            paper="Shoemake, SIGGRAPH 1985, as mergekit's slerp",
+            formula="per tensor, sin((1-t)W)/sin(W) a + sin(tW)/sin(W) b with W the angle between "
+            "the two, linear when they are nearly parallel; t = 0 is A, t = 1 is B", inputs="two",
             params=(Param("t", None, "where between A and B, in [0, 1]", mergekit="t",
                           bounds=(0, 1)),),
             mergekit={"slerp": {}},
         ),
         Merge(
-            "model-stock", "Model Stock", _model_stock,
-            "Model Stock: per-layer interpolation toward the base from the fine-tunes' angle",
-            "Jang et al., Model Stock, ECCV 2024",
-            "per tensor, t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * "
-            "mean(fine-tunes) + (1 - t) * base; no held-out data needed", "models+base",
+            name="model-stock", label="Model Stock", function=_model_stock,
+            summary="Model Stock: per-layer interpolation toward the base from the "
+            "fine-tunes' angle",
+            paper="Jang et al., Model Stock, ECCV 2024",
+            formula="per tensor, t = k cos(phi) / ((k - 1) cos(phi) + 1) and theta = t * "
+            "mean(fine-tunes) + (1 - t) * base; no held-out data needed", inputs="models+base",
             params=(
                 Param("cosines", "clamp", "clamp: a negative mean cosine is clamped to 0 "
                       "(the tensor keeps the base); mergekit: kept, t extrapolates below 0, "
@@ -307,29 +312,57 @@ MERGES: dict[str, Merge] = {
             mergekit={"model_stock": {"cosines": "mergekit"}},
         ),
         Merge(
-            "nearswap", "NearSwap", nearswap,
-            "NearSwap: take B's entries where they are within t of A's, move toward B by "
+            name="nearswap", label="NearSwap", function=nearswap,
+            summary="NearSwap: take B's entries where they are within t of A's, move toward B by "
             "t/|A - B| elsewhere",
-            "alchemonaut, QuartetAnemoi-70B (2024), as mergekit's nearswap",
-            "per entry, w = clamp(t / |a - b|, 0, 1) and w b + (1 - w) a; A is the base", "two",
+            paper="alchemonaut, QuartetAnemoi-70B (2024), as mergekit's nearswap",
+            formula="per entry, w = clamp(t / |a - b|, 0, 1) and w b + (1 - w) a; A is the "
+            "base", inputs="two",
             params=(Param("t", None, "the distance under which B's entry is taken",
                           mergekit="t", bounds=(0, None), open_low=True),),
             precision=True, mergekit={"nearswap": {}},
         ),
         Merge(
-            "passthrough", "passthrough", passthrough,
-            "passthrough: one model's tensors, optionally scaled (a frankenmerge's slices)",
-            "mergekit's passthrough",
-            "theta, or scale * theta", "models",
+            name="sce", label="SCE", function=sce,
+            summary="SCE: select the entries the fine-tunes disagree on most, weight task "
+            "vectors by their energy, erase the minority sign, merge",
+            paper="Wan et al., FuseChat: Knowledge Fusion of Chat Models, 2024",
+            formula="keep the --select-topk fraction of entries of largest variance across "
+            "task vectors, weight tau_i by mean(tau_i^2) (normalized), average the entries "
+            "agreeing with the sign of sum_i tau_i, add to theta0", inputs="models+base",
+            params=(Param("select_topk", 1.0, "the fraction of entries kept, by variance "
+                          "across the task vectors", mergekit="select_topk", bounds=(0, 1)),),
+            precision=True, mergekit={"sce": {}},
+        ),
+        Merge(
+            name="karcher", label="Karcher mean", function=karcher,
+            summary="Karcher mean: the models' mean direction on the sphere (Riemannian "
+            "gradient steps), scaled by their mean norm",
+            paper="as mergekit's karcher (the weighted Karcher mean on the unit sphere)",
+            formula="per tensor, m minimizing sum_i angle(m, x_i / |x_i|)^2 by --max-iter "
+            "gradient steps (until under --tol), times mean_i |x_i|", inputs="models",
+            params=(
+                Param("max_iter", 10, "the most gradient steps", kind=int,
+                      mergekit="max_iter", bounds=(0, 10**6)),
+                Param("tol", 1e-5, "the step length (and norm) under which to stop",
+                      mergekit="tol", bounds=(0, None)),
+            ),
+            min_models=2, precision=True, mergekit={"karcher": {}},
+        ),
+        Merge(
+            name="passthrough", label="passthrough", function=passthrough,
+            summary="passthrough: one model's tensors, optionally scaled (a frankenmerge's slices)",
+            paper="mergekit's passthrough",
+            formula="theta, or scale * theta", inputs="models",
             params=(Param("scale", 1.0, "the factor every floating tensor is multiplied by",
                           mergekit="scale"),),
             precision=True, max_models=1, mergekit={"passthrough": {}},
         ),
         Merge(
-            "wiseft", "WiSE-FT", wise_ft,
-            "WiSE-FT: interpolate a fine-tuned model or soup toward the pretrained weights",
-            "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022",
-            "(1 - alpha) * BASE + alpha * FINETUNED", "base+one",
+            name="wiseft", label="WiSE-FT", function=wise_ft,
+            summary="WiSE-FT: interpolate a fine-tuned model or soup toward the pretrained weights",
+            paper="Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022",
+            formula="(1 - alpha) * BASE + alpha * FINETUNED", inputs="base+one",
             # from 1 down: the first among equal scores is the larger alpha, as best_alpha
             params=(Param("alpha", None, "the fine-tuned model's share",
                           grid=tuple(reversed(DEFAULT_ALPHAS))),),

@@ -20,6 +20,7 @@ def uniform_soup(
     weights: Sequence[float] | None = None,
     *,
     weights_for: Mapping[str, Sequence[float]] | None = None,
+    arithmetic: str = "mean",
     **options,
 ) -> Combination:
     """The uniform (or weighted) soup of ``ingredients``, lazy: nothing is read until it is
@@ -27,4 +28,6 @@ def uniform_soup(
     summing to 1), for the tensors whose weights differ from ``weights``. Options as
     `modelsoup.Combination`: ``accumulate``, ``dtype``, ``integers``, ``check_finite``."""
     per = {n: check_weights(w, len(ingredients)) for n, w in (weights_for or {}).items()}
-    return weighted_average(ingredients, weights, per_tensor=per or None, **options)
+    return weighted_average(
+        ingredients, weights, per_tensor=per or None, arithmetic=arithmetic, **options
+    )
