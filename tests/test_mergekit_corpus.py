@@ -257,3 +257,26 @@ def test_the_output_is_given_once(corpus, tmp_path, capsys):
     assert main(["merge", cfg, "-q"]) == 2
     assert "give the output once" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_takes_the_same_grammar(corpus, tmp_path):
+    """``modelsoup slerp A B --t SETTING`` with the gradient-SLERP template's filters
+    (YAML flow text) writes what the configuration writes (both in float32)."""
+    _, paths = corpus
+    config = yaml.safe_load(paths["gradient-slerp-bf16"].read_text())
+    a, b = (s["model"] for s in config["slices"][0]["sources"])
+    setting = json.dumps(config["parameters"]["t"])  # JSON is YAML's flow style
+    assert main(["slerp", a, b, "--t", setting, "-o", str(tmp_path / "cli"), "-q"]) == 0
+    config["dtype"] = "float32"
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(config))
+    assert main(["merge", str(tmp_path / "c.yml"), "-o", str(tmp_path / "yml"), "-q"]) == 0
+    cli = ms.materialize(ms.open_ingredient(tmp_path / "cli"))
+    yml = ms.materialize(ms.open_ingredient(tmp_path / "yml"))
+    assert all(torch.equal(cli[n], yml[n]) for n in yml)
+    t0 = ms.materialize(ms.open_ingredient(a))
+    name = "model.layers.0.self_attn.q_proj.weight"  # t = 0 there: A itself
+    assert torch.equal(cli[name], t0[name]) and not torch.equal(
+        cli[name.replace(".0.", ".3.")], t0[name.replace(".0.", ".3.")]
+    )
+    bad = ["slerp", a, b, "--t", "[0, 2]", "-o", str(tmp_path / "bad"), "-q"]
+    assert main(bad) == 2 and not (tmp_path / "bad").exists()

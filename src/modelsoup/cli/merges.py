@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     point, rows = choose(args, merge, inputs, evaluator, fixed)
     t0 = time.perf_counter()
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    if varies({**fixed, **point}):  # a gradient or filters: per tensor
+    if varies(merge, {**fixed, **point}):  # a gradient or filters: per tensor
         soup, details = per_tensor(merge, inputs, dtype=dtype, **fixed, **point)
     else:
         soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)

@@ -204,7 +204,7 @@ def build(
                 made[key] = (p.merge.make(inputs, **kw)[0], what)
             parts[name], what = made[key]
             record[what] = record.get(what, 0) + 1
-        offset += where_count(s, opened)
+        offset += _slice_layers(s, opened)
     order = sorted(parts, key=_order)
     routed: Any = Routed({n: parts[n] for n in order}, source=f"{p.method} of {p.config}")
     out = p.out_dtype if precision == "inputs" else (p.out_dtype or p.dtype)
@@ -221,7 +221,8 @@ def _stored_in(ing: Ingredient, dtype: Any) -> bool:
     return all(s.dtype == dtype for s in ing.layout.specs.values() if s.dtype.is_floating_point)
 
 
-def where_count(s: Slice, opened: Mapping[str, Ingredient]) -> int:
+def _slice_layers(s: Slice, opened: Mapping[str, Ingredient]) -> int:
+    """The number of layers slice ``s`` gives the output."""
     src = s.sources[0]
     if src.layers:
         return src.layers[1] - src.layers[0]

@@ -49,10 +49,15 @@ def check_value(param: Param, where: str) -> Any:
     return check
 
 
-def varies(params: dict[str, Any]) -> bool:
-    """Whether any of ``params`` is a gradient or filter (not one value)."""
-    return any(isinstance(v, (list, dict)) or (isinstance(v, str) and v.lstrip()[:1] in "[{")
-               for v in params.values())  # fmt: skip
+def varies(merge: Merge, params: dict[str, Any]) -> bool:
+    """Whether any of ``merge``'s parameters in ``params`` is a gradient or filters (not
+    one value); ``weights`` and the other keywords are not parameters."""
+    takes = {p.name for p in merge.params}
+    return any(
+        isinstance(v, (list, dict)) or (isinstance(v, str) and v.lstrip()[:1] in "[{")
+        for k, v in params.items()
+        if k in takes
+    )
 
 
 def per_tensor(
