@@ -280,3 +280,17 @@ def test_the_command_line_takes_the_same_grammar(corpus, tmp_path):
     )
     bad = ["slerp", a, b, "--t", "[0, 2]", "-o", str(tmp_path / "bad"), "-q"]
     assert main(bad) == 2 and not (tmp_path / "bad").exists()
+
+
+def test_a_filter_that_leaves_a_tensor_without_its_required_value_is_refused(
+    corpus, tmp_path, capsys
+):
+    """slerp requires t: filters with no default leave the LM head without one."""
+    _, paths = corpus
+    text = paths["gradient-slerp-bf16"].read_text().replace("    - value: 0.5\n", "")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(text)
+    assert main(["merge", str(cfg), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "t: missing for tensor" in err and "lm_head" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yml"]

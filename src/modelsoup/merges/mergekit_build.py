@@ -149,10 +149,10 @@ def _keywords(p: Plan, s: Slice, key: tuple, name: str) -> dict[str, Any]:
             continue
         default = out.get(KEYWORDS[k])  # mergekit's default for the models without one
         out[KEYWORDS[k]] = [default if v is None else v for v in values]
-    if p.merge.name == "slerp" and "t" not in out:
-        raise ConfigError(f"{p.config}: t: missing for tensor {name}: slerp requires t")
-    if p.merge.name == "nearswap" and "t" not in out:
-        raise ConfigError(f"{p.config}: t: missing for tensor {name}: nearswap requires t")
+    for q in p.merge.params:  # no default: mergekit requires it (slerp's t, ...)
+        if q.default is None and q.mergekit and q.name not in out:
+            raise ConfigError(f"{p.config}: {q.mergekit}: missing for tensor {name}: "
+                              f"{p.method} requires it")  # fmt: skip
     return out
 
 
@@ -198,11 +198,9 @@ def build(
             key = (index, *_resolve(p, s, views, name, st.position(i, count)))
             if key not in made:
                 kw = _keywords(p, s, key[1:], name)
-                what = _describe(kw, p)
-                if p.merge.precision:
-                    kw["precision"] = precision
-                made[key] = (p.merge.make(inputs, **kw)[0], what)
-            parts[name], what = made[key]
+                extra = {"precision": precision} if p.merge.precision else {}
+                made[key] = (p.merge.make(inputs, **kw, **extra)[0], _describe(kw, p), kw)
+            parts[name], what, _ = made[key]
             record[what] = record.get(what, 0) + 1
         offset += _slice_layers(s, opened)
     order = sorted(parts, key=_order)
@@ -212,7 +210,7 @@ def build(
         routed = weighted_average([routed], dtype=parse_dtype(out))
     details: dict[str, Any] = {"parameter_sets": record}
     if len(made) == 1:  # one set for every tensor: its keywords, as a plain merge records
-        details.update(_keywords(p, p.slices[0], next(iter(made))[1:], ""))
+        details.update(next(iter(made.values()))[2])
     return routed, details, offset
 
 
