@@ -241,6 +241,14 @@ def _takes(merge: Merge) -> set[str]:
     return names
 
 
+def _only(config: Path, where: str, block: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse, by name, a key of ``block`` modelsoup does not read (a slice's
+    ``residual_weight``, a typo)."""
+    extra = sorted(str(k) for k in block if k not in keys)
+    if extra:
+        raise _fail(config, f"{where}.{extra[0][:40]}", f"not supported; read: {', '.join(keys)}")
+
+
 def _layer_range(config: Path, where: str, value: Any) -> tuple[int, int]:
     ok = (isinstance(value, list) and len(value) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
@@ -262,9 +270,7 @@ def _slices(config: Path, data: dict[str, Any], p: Plan) -> list[Slice]:
                 entry = {"model": entry}
             if not isinstance(entry, dict) or "model" not in entry:
                 raise _fail(config, f"models[{i}]", "each entry needs model: PATH")
-            extra = set(entry) - {"model", "parameters"}
-            if extra:
-                raise _fail(config, f"models[{i}].{sorted(map(str, extra))[0]}", "not supported")
+            _only(config, f"models[{i}]", entry, ("model", "parameters"))
             model = _model_name(config, f"models[{i}].model", entry["model"])
             params = _settings(config, f"models[{i}].parameters", entry.get("parameters"), p)
             sources.append(Source(model, None, params))
@@ -277,21 +283,13 @@ def _slices(config: Path, data: dict[str, Any], p: Plan) -> list[Slice]:
         where = f"slices[{i}]"
         if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
             raise _fail(config, where, "each slice needs sources: a list of model and layer_range")
-        extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
-        if extra or s.get("residual_weight") is not None:
-            key = sorted(map(str, extra))[0] if extra else "residual_weight"
-            raise _fail(config, f"{where}.{key}", "not supported")
+        _only(config, where, s, ("sources", "base_model", "parameters"))
         sources = []
         for j, src in enumerate(s["sources"]):
             w = f"{where}.sources[{j}]"
             if not isinstance(src, dict) or "model" not in src or "layer_range" not in src:
                 raise _fail(config, w, "each source needs model and layer_range")
-            if set(src) - {"model", "layer_range", "parameters"}:
-                raise _fail(
-                    config,
-                    f"{w}.{sorted(set(map(str, src)) - {'model', 'layer_range', 'parameters'})[0]}",
-                    "not supported",
-                )
+            _only(config, w, src, ("model", "layer_range", "parameters"))
             sources.append(Source(
                 _model_name(config, f"{w}.model", src["model"]),
                 _layer_range(config, f"{w}.layer_range", src["layer_range"]),
