@@ -388,7 +388,9 @@ def claim_run_dir(folder: Path, inputs: Sequence[Ingredient], force: bool = Fals
     exit 2); returns the folder."""
     check_output(folder, input_paths(inputs), True, what="run folder")
     if folder.is_dir() and not (folder / LOCK_NAME).exists() and not force:
-        found = sorted(p.name for p in folder.iterdir())
+        # another rank of the same torchrun may create the lock between the test above and
+        # this listing: a lock is modelsoup's mark, never a foreign file
+        found = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
         if found:
             listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
             raise SoupError(
