@@ -22,10 +22,11 @@ mergekit's ``ties`` (weight 1, density 0.5, base B) on the same folders plus the
 
 With ``--method gradient-slerp`` or ``--method frankenmerge``: the same configuration
 file run by ``modelsoup merge CFG OUT`` and ``mergekit-yaml CFG OUT``, on Llama folders
-of about 100M bfloat16 parameters (12 layers, width 768, vocabulary 16,000): the
+of about 100M bfloat16 parameters (12 layers, width 768, vocabulary 16,000; ``--size
+500m``: 16 layers, width 1536, vocabulary 32,000): the
 gradient-SLERP template of model cards (``t`` per ``filter: self_attn`` / ``mlp`` as
 gradients, 0.5 elsewhere; two models) and a ``passthrough`` frankenmerge of four
-models' overlapping layer ranges into 21 layers (targets: time <= 0.5x, peak RSS <=
+models' overlapping layer ranges into 21 layers (28 at 500m) (targets: time <= 0.5x, peak RSS <=
 0.3x; outputs equal bit for bit).
 
 mergekit lives in its own environment (it pins its own dependencies):
@@ -71,22 +72,32 @@ def build(folder: Path, k: int) -> list[Path]:
     return paths
 
 
-LLAMA = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-             num_attention_heads=12, num_key_value_heads=4, vocab_size=16000,
-             tie_word_embeddings=False)  # fmt: skip
+LLAMA = {
+    "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4, vocab_size=16000,
+                 tie_word_embeddings=False),
+    "500m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+                 num_attention_heads=12, num_key_value_heads=4, vocab_size=32000,
+                 tie_word_embeddings=False),
+}  # fmt: skip
 
 
-def build_llama(folder: Path, k: int) -> list[Path]:
-    """k bfloat16 fine-tunes of one ~100M Llama, and the base (reused when present)."""
+def llama_paths(folder: Path, k: int, size: str) -> list[Path]:
+    return [folder / f"llama{'' if size == '100m' else size}{i}" for i in range(k)]
+
+
+def build_llama(folder: Path, k: int, size: str) -> list[Path]:
+    """k bfloat16 fine-tunes of one Llama of ``size``, and the base (reused when present)."""
     import torch
     import transformers
 
-    paths = [folder / f"llama{i}" for i in range(k)]
-    if all((p / "model.safetensors").is_file() for p in [*paths, folder / "llama-base"]):
+    paths = llama_paths(folder, k, size)
+    base_path = paths[0].with_name(paths[0].name[:-1] + "-base")
+    if all((p / "model.safetensors").is_file() for p in [*paths, base_path]):
         return paths
     torch.manual_seed(0)
-    base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
-    base.to(torch.bfloat16).save_pretrained(folder / "llama-base")
+    base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA[size]))
+    base.to(torch.bfloat16).save_pretrained(base_path)
     state = {n: t.clone() for n, t in base.state_dict().items()}
     for i, p in enumerate(paths):
         g = torch.Generator().manual_seed(i)
@@ -98,19 +109,20 @@ def build_llama(folder: Path, k: int) -> list[Path]:
     return paths
 
 
-def llama_config(method: str, folder: Path, paths: list[Path]) -> Path:
+def llama_config(method: str, folder: Path, paths: list[Path], layers: int = 12) -> Path:
     """The benchmark's mergekit configuration (see the module)."""
+    n = layers
     if method == "gradient-slerp":
         text = (
-            f"slices:\n  - sources:\n      - model: {paths[0]}\n        layer_range: [0, 12]\n"
-            f"      - model: {paths[1]}\n        layer_range: [0, 12]\n"
+            f"slices:\n  - sources:\n      - model: {paths[0]}\n        layer_range: [0, {n}]\n"
+            f"      - model: {paths[1]}\n        layer_range: [0, {n}]\n"
             f"merge_method: slerp\nbase_model: {paths[0]}\nparameters:\n  t:\n"
             "    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
             "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n"
             "dtype: bfloat16\n"
         )
     else:
-        ranges = [(0, 6), (3, 9), (6, 12), (8, 11)]
+        ranges = [(0, n // 2), (n // 4, 3 * n // 4), (n // 2, n), (2 * n // 3, 11 * n // 12)]
         text = (
             "slices:\n"
             + "".join(
@@ -119,7 +131,7 @@ def llama_config(method: str, folder: Path, paths: list[Path]) -> Path:
             )
             + "merge_method: passthrough\ndtype: bfloat16\n"
         )
-    yml = folder / f"{method}.yml"
+    yml = folder / f"{method}-{paths[0].name}.yml"
     yml.write_text(text)
     return yml
 
@@ -169,6 +181,12 @@ def main() -> None:
     ap.add_argument(
         "--method", default="linear", choices=["linear", "ties", "gradient-slerp", "frankenmerge"]
     )
+    ap.add_argument(
+        "--size",
+        choices=sorted(LLAMA),
+        default="100m",
+        help="the Llama of --method gradient-slerp and frankenmerge",
+    )
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compare", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -176,7 +194,10 @@ def main() -> None:
     if llama:
         args.k = 4  # the frankenmerge's four models; SLERP takes the first two
     if args.build_only:
-        (build_llama if llama else build)(Path(args.dir), args.k)
+        if llama:
+            build_llama(Path(args.dir), args.k, args.size)
+        else:
+            build(Path(args.dir), args.k)
         return
     if args.compare:
         print(f"outputs, {args.compare[2]} vs mergekit: " + compare(*map(Path, args.compare[:2])))
@@ -189,12 +210,13 @@ def main() -> None:
     # Building and comparing import torch; they run in child processes so that this
     # parent stays small: a forked child's ru_maxrss starts at its parent's RSS.
     helper = [sys.executable, __file__, "--dir", str(folder), "--k", str(args.k)]
-    subprocess.run([*helper, "--build-only", "--method", args.method], check=True)
+    subprocess.run([*helper, "--build-only", "--method", args.method, "--size", args.size],
+                   check=True)  # fmt: skip
     paths = [folder / f"ft{i}" for i in range(args.k)]
     base = folder / "base"
     if llama:
-        paths = [folder / f"llama{i}" for i in range(args.k)]
-        yml = llama_config(args.method, folder, paths)
+        paths = llama_paths(folder, args.k, args.size)
+        yml = llama_config(args.method, folder, paths, LLAMA[args.size]["num_hidden_layers"])
         modes = ("modelsoup", "mergekit")
         targets = (0.5, 0.3)
     elif args.method == "ties":
