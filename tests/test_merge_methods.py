@@ -343,3 +343,30 @@ def test_sce_by_hand():
     top = ms.materialize(sce([S(t1), S(t2)], S(base), select_topk=0.5))["w"]
     assert top[0] == 0
     torch.testing.assert_close(top[1], torch.tensor(3.0))
+
+
+def test_nuslerp_is_slerp_at_the_weights_ratio_on_models_or_task_vectors():
+    from modelsoup.merges.nuslerp import nuslerp
+
+    a, b = {"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 1.0])}
+    got = ms.materialize(nuslerp([S(a), S(b)], weights=[1.0, 1.0]))["w"]
+    torch.testing.assert_close(got, torch.tensor([1.0, 1.0]) / math.sqrt(2))  # 45 degrees
+    got = ms.materialize(nuslerp([S(a), S(b)], weights=[1.0, 2.0]))["w"]  # t = 2/3: 60 deg
+    torch.testing.assert_close(got, torch.tensor([0.5, math.sqrt(3) / 2]))
+    base = {"w": torch.tensor([5.0, 5.0])}
+    shifted = [S({"w": t["w"] + base["w"]}) for t in (a, b)]
+    got = ms.materialize(nuslerp(shifted, weights=[1.0, 1.0], base=S(base)))["w"]
+    torch.testing.assert_close(got, base["w"] + torch.tensor([1.0, 1.0]) / math.sqrt(2))
+
+
+def test_multislerp_of_two_is_their_slerp_midpoint_and_of_one_is_the_model():
+    from modelsoup.merges.multislerp import multislerp
+
+    a, b = {"w": torch.tensor([2.0, 0.0])}, {"w": torch.tensor([0.0, 2.0])}
+    got = ms.materialize(multislerp([S(a), S(b)]))["w"]
+    torch.testing.assert_close(got, 2 * torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert torch.equal(ms.materialize(multislerp([S(a)]))["w"], a["w"])
+    with pytest.raises(ms.SoupError, match="cancel"):
+        c = {"w": torch.tensor([-2.0, 0.0])}
+        ms.materialize(multislerp([S(a), S(c), S({"w": torch.tensor([0.0, 0.0])})],
+                                  weights=[1, 1, 1]))  # fmt: skip

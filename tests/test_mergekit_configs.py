@@ -44,6 +44,8 @@ CONFIGS = {
     "passthrough": ({}, {"scale": [0.5]}, True),
     "sce": ({"select_topk": 0.4, "int8_mask": "true"}, {}, True),
     "karcher": ({"max_iter": 5}, {}, True),
+    "nuslerp": ({}, {"weight": [0.3, 0.7]}, True),
+    "multislerp": ({}, {"weight": [0.6, 0.4]}, True),
 }
 
 
@@ -213,7 +215,7 @@ def test_what_modelsoup_does_not_merge_as_mergekit_does_is_refused_by_name(
     if case in ("unknown method", "not implemented"):
         text = text.replace(
             "merge_method: ties",
-            "merge_method: " + ("frankenmerge" if case == "unknown method" else "nuslerp"),
+            "merge_method: " + ("frankenmerge" if case == "unknown method" else "arcee_fusion"),
         )
     if case == "revision":
         text = text.replace(f"base_model: {folders[2]}", f"base_model: {folders[2]}@v1.0")

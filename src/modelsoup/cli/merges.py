@@ -160,6 +160,8 @@ def _options(args: argparse.Namespace, merge: Merge, prep: c.Prepared) -> dict[s
         out["weights"] = args.weights
     if merge.casts:
         out["accumulate"] = parse_dtype(args.accumulate)
+    if merge.optional_base and prep.base is not None:  # the task vectors' origin
+        out["base"] = prep.base
     if merge.tensor_weights and prep.tensor_weights:
         out["weights_for"] = prep.tensor_weights
     for param in merge.params:

@@ -9,7 +9,9 @@ from .dare import dare
 from .della import della, della_linear
 from .karcher import karcher
 from .model_stock import model_stock, model_stock_mergekit
+from .multislerp import multislerp
 from .nearswap import nearswap
+from .nuslerp import nuslerp
 from .passthrough import passthrough
 from .sce import sce
 from .slerp import slerp
@@ -27,7 +29,9 @@ __all__ = [
     "model_stock",
     "model_stock_mergekit",
     "karcher",
+    "multislerp",
     "nearswap",
+    "nuslerp",
     "passthrough",
     "sce",
     "slerp",

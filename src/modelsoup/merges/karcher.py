@@ -78,17 +78,12 @@ def karcher(
 ) -> Tensorwise:
     """The Karcher mean of ``models`` (k >= 2), lazy, one tensor at a time. In float32
     (modelsoup's precision, the default), a tensor equal in every model is that tensor
-    bit for bit, as every merge of modelsoup keeps it (``--keep`` relies on it); with
+    bit for bit (`Tensorwise`; ``--keep`` relies on it); with
     ``precision="inputs"`` it is computed as mergekit computes it, rounding included."""
-
-    def fn(name: str, ts: list[torch.Tensor]) -> torch.Tensor:
-        if precision == "float32" and all(torch.equal(ts[0], t) for t in ts[1:]):
-            return ts[0]
-        return karcher_tensor(ts, max_iter, tol)
 
     if max_iter < 0 or not tol >= 0:
         raise SoupError(f"max_iter and tol must be >= 0, got {max_iter} and {tol}")
     return Tensorwise(
-        list(models), fn,
+        list(models), lambda name, ts: karcher_tensor(ts, max_iter, tol),
         source=f"Karcher mean of {len(models)}", integers=integers, precision=precision,
     )  # fmt: skip

@@ -105,7 +105,7 @@ def _resolve(p: Plan, s: Slice, views: list[Renamed], name: str, t: float) -> tu
                     if v is not None:
                         values.append((key, v))
                         break
-        if src.model != base or p.merge.inputs == "models":  # NON_BASE: the base has none
+        if src.model != base or not p.takes_base:  # NON_BASE: the base has none
             per.append(tuple(values))
     return tuple(shared), tuple(per)
 
@@ -166,15 +166,18 @@ def _weights(p: Plan, w: list[float]) -> list[float]:
     return w
 
 
-def _inputs(p: Plan, s: Slice, views: list[Renamed]) -> tuple[Any, ...]:
+def _inputs(p: Plan, s: Slice, views: list[Renamed]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The merge function's positional inputs and, for an optional base, ``base=``."""
     base = s.base or p.base
     by_model = {src.model: v for src, v in zip(s.sources, views)}
     others = [v for src, v in zip(s.sources, views) if src.model != base]
     if p.merge.inputs == "models":
-        return (list(views),)  # the base, where listed, is one of them (mergekit ignores it)
+        if p.takes_base:  # nuslerp, multislerp: the base is the origin
+            return (others,), {"base": by_model[base]}
+        return (list(views),), {}  # the base, where listed, is one of them (mergekit ignores it)
     if p.merge.inputs == "two":
-        return (by_model[base], others[0])
-    return (others, by_model[base])
+        return (by_model[base], others[0]), {}
+    return (others, by_model[base]), {}
 
 
 def build(
@@ -192,13 +195,14 @@ def build(
     offset = 0
     for index, s in enumerate(p.slices):
         views, where = _views(s, index == 0, index == len(p.slices) - 1, offset, opened)
-        inputs = _inputs(p, s, views)
+        inputs, origin = _inputs(p, s, views)
         for name in views[0].layout.specs:
             i, count = where[name]
             key = (index, *_resolve(p, s, views, name, st.position(i, count)))
             if key not in made:
                 kw = _keywords(p, s, key[1:], name)
                 extra = {"precision": precision} if p.merge.precision else {}
+                extra.update(origin)
                 made[key] = (p.merge.make(inputs, **kw, **extra)[0], _describe(kw, p), kw)
             parts[name], what, _ = made[key]
             record[what] = record.get(what, 0) + 1

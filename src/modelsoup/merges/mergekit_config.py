@@ -34,7 +34,7 @@ REFUSED_KEYS = {
 }
 TOKENIZER_SOURCES = ("base", "union")
 # mergekit 0.1.5's registered methods that modelsoup does not implement yet
-NOT_IMPLEMENTED = ("nuslerp", "multislerp", "arcee_fusion", "ram", "ramplus_tl")
+NOT_IMPLEMENTED = ("arcee_fusion", "ram", "ramplus_tl")
 # Every parameter name of mergekit 0.1.5's methods: one the method does not take is
 # ignored (as mergekit ignores it); any other name is refused as a typo.
 MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "normalize",
@@ -43,7 +43,8 @@ MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "norma
                        "max_iter", "tol", "r", "alpha")  # fmt: skip
 # set per model (mergekit's INPUT and NON_BASE scopes); the others are shared
 PER_MODEL = ("weight", "density", "epsilon", "gamma", "scale")
-BOOLS = ("normalize", "rescale", "int8_mask", "filter_wise")
+BOOLS = ("normalize", "rescale", "int8_mask", "filter_wise", "normalize_weights",
+         "nuslerp_row_wise", "nuslerp_flatten")  # fmt: skip
 # mergekit parameter -> keyword of the registered functions, from the registry's Params
 # (``rescale``: mergekit's bool, the functions' "l1" or "none")
 KEYWORDS = {q.mergekit: q.name for m in MERGES.values() for q in m.params if q.mergekit}
@@ -97,6 +98,14 @@ class Plan:
     chat_template: str | None = None
     name: str | None = None
     ignored: list[str] = field(default_factory=list)  # parameters mergekit ignores too
+
+    @property
+    def takes_base(self) -> bool:
+        """Whether the base is the merge's origin, not one of the models merged."""
+        inputs = self.merge.inputs
+        return inputs in ("models+base", "two") or (
+            self.merge.optional_base and self.base is not None
+        )
 
 
 def _fail(config: Path, key: str, why: str) -> ConfigError:
@@ -329,10 +338,7 @@ def plan(path: str | Path) -> Plan:
     if out.sliced and out.vocab is not None:
         raise _fail(config, "tokenizer_source", "a tokenizer with slices is not supported")
     seen = [s.model for sl in out.slices for s in sl.sources]
-    bases = {sl.base or base for sl in out.slices}
-    out.models = [m for m in dict.fromkeys(seen)
-                  if m not in bases or merge.inputs == "models"]  # fmt: skip
-    if merge.inputs == "models" and base is not None:
+    if merge.inputs == "models" and base is not None and not merge.optional_base:
         if any(base not in [x.model for x in sl.sources] for sl in out.slices):
             raise _fail(
                 config, "base_model", f"{out.method} merges the base_model like the other "
@@ -340,7 +346,9 @@ def plan(path: str | Path) -> Plan:
                 "models with its parameters, or leave base_model out",
             )  # fmt: skip
         out.base = None  # merged like the others (mergekit ignores a base for these)
-    if not out.sliced and base is not None and base not in seen and merge.inputs != "models":
+    bases = {sl.base or out.base for sl in out.slices} if out.takes_base else set()
+    out.models = [m for m in dict.fromkeys(seen) if m not in bases]
+    if not out.sliced and base is not None and base not in seen and out.takes_base:
         out.slices[0].sources.append(Source(base))  # mergekit adds the base to the inputs
     _inputs(out)
     _check_weights(out)
@@ -361,14 +369,15 @@ def _inputs(p: Plan) -> None:
                 raise _fail(p.config, "base_model", f"{p.method} needs a base_model")
             if base not in names:
                 raise _fail(p.config, where, f"the base model {base} is not among the sources")
-        if needs == "models":
+        if not p.takes_base:
             non_base = names
         if needs == "two" and len(non_base) != 1:
             raise _fail(p.config, where, f"{p.method} merges the base_model and one other model")
         if len(non_base) < p.merge.min_models:
             raise _fail(p.config, where, f"{p.method} needs at least {p.merge.min_models} models")
-        if p.method == "passthrough" and len(names) != 1:
-            raise _fail(p.config, where, "passthrough takes one model per slice")
+        if p.merge.max_models is not None and len(non_base) > p.merge.max_models:
+            raise _fail(p.config, where, f"{p.method} takes at most {p.merge.max_models} "
+                        "model(s) (per slice)")  # fmt: skip
 
 
 def _check_weights(p: Plan) -> None:
@@ -379,7 +388,7 @@ def _check_weights(p: Plan) -> None:
     for i, s in enumerate(p.slices):
         base = s.base or p.base
         for j, src in enumerate(s.sources):
-            if src.model == base and p.merge.inputs != "models":
+            if src.model == base and p.takes_base:
                 continue
             if not any("weight" in scope for scope in (src.params, s.params, p.shared)):
                 where = f"models[{j}]" if not p.sliced else f"slices[{i}].sources[{j}]"

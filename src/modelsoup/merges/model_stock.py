@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -133,3 +134,29 @@ def model_stock_mergekit(
         source=f"Model Stock (mergekit's) of {len(finetuned)}", integers=integers,  # type: ignore[arg-type]
         precision=precision,
     )  # fmt: skip
+
+
+def model_stock_merge(
+    finetuned: Sequence[Ingredient],
+    base: Ingredient,
+    *,
+    cosines: str = "clamp",
+    filter_wise: bool = False,
+    precision: Precision = "float32",
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Model Stock as the registry runs it: `model_stock` (``cosines="clamp"``) with the
+    ratios it chose and the tensors it clamped, or `model_stock_mergekit`
+    (``cosines="mergekit"``); ``options`` as `model_stock` (``dtype``, ``integers``)."""
+    if cosines == "mergekit":
+        merged: Any = model_stock_mergekit(
+            finetuned, base, filter_wise=filter_wise, precision=precision,
+            integers=options.get("integers", "error"),
+        )  # fmt: skip
+        if "dtype" in options:
+            merged = Combination([merged], [1.0], dtype=options["dtype"])
+        return merged, {}
+    if filter_wise:
+        raise SoupError("filter_wise needs cosines='mergekit' (per-row ratios)")
+    stock, ratios = model_stock(finetuned, base, **options)
+    return stock, {"ratios": dict(ratios), "clamped": ratios.clamped}

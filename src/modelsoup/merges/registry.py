@@ -15,14 +15,15 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import SoupError
 from ..ops.arithmetic import weighted_average
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
 from .karcher import karcher
-from .model_stock import model_stock, model_stock_mergekit
+from .model_stock import model_stock_merge
+from .multislerp import multislerp
 from .nearswap import nearswap
+from .nuslerp import nuslerp
 from .passthrough import passthrough
 from .sce import sce
 from .slerp import slerp
@@ -98,6 +99,7 @@ class Merge:
     mergekit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tensor_weights: bool = False
     precision: bool = False  # the function takes precision ("float32" or "inputs")
+    optional_base: bool = False  # a "models" merge that takes base= (the task vectors' origin)
 
     @property
     def tuned(self) -> tuple[Param, ...]:
@@ -140,31 +142,6 @@ def normalize(default: bool) -> Param:
         "normalize", default, "divide by the summed weights (of the agreeing entries)",
         kind=bool, mergekit="normalize",
     )  # fmt: skip
-
-
-def _model_stock(
-    finetuned: Any,
-    base: Any,
-    *,
-    cosines: str = "clamp",
-    filter_wise: bool = False,
-    precision: str = "float32",
-    **options: Any,
-) -> tuple[Any, dict[str, Any]]:
-    if cosines == "mergekit":
-        merged = model_stock_mergekit(
-            finetuned, base, filter_wise=filter_wise, precision=precision,  # type: ignore[arg-type]
-            integers=options.get("integers", "error"),
-        )  # fmt: skip
-        return (
-            (merged, {})
-            if "dtype" not in options
-            else (weighted_average([merged], dtype=options["dtype"]), {})
-        )
-    if filter_wise:
-        raise SoupError("filter_wise needs cosines='mergekit' (per-row ratios)")
-    merged, ratios = model_stock(finetuned, base, **options)
-    return merged, {"ratios": dict(ratios), "clamped": ratios.clamped}
 
 
 MERGES: dict[str, Merge] = {
@@ -295,7 +272,7 @@ MERGES: dict[str, Merge] = {
             mergekit={"slerp": {}},
         ),
         Merge(
-            name="model-stock", label="Model Stock", function=_model_stock,
+            name="model-stock", label="Model Stock", function=model_stock_merge,
             summary="Model Stock: per-layer interpolation toward the base from the "
             "fine-tunes' angle",
             paper="Jang et al., Model Stock, ECCV 2024",
@@ -348,6 +325,39 @@ MERGES: dict[str, Merge] = {
                       mergekit="tol", bounds=(0, None)),
             ),
             min_models=2, precision=True, mergekit={"karcher": {}},
+        ),
+        Merge(
+            name="nuslerp", label="NuSLERP", function=nuslerp,
+            summary="NuSLERP: SLERP of two models (or of their task vectors on --base) at the "
+            "ratio of their weights",
+            paper="as mergekit's nuslerp (SLERP by weights, per row or flattened)",
+            formula="t = w_2 / (w_1 + w_2); per tensor (--flatten) or row (--row-wise), "
+            "sin((1-t)W)/sin(W) a + sin(tW)/sin(W) b on the models or their task vectors",
+            inputs="models",
+            params=(
+                Param("row_wise", False, "one SLERP per row (else per column), without "
+                      "--flatten", kind=bool, mergekit="nuslerp_row_wise"),
+                Param("flatten", True, "one SLERP of the whole tensor", kind=bool,
+                      mergekit="nuslerp_flatten"),
+            ),
+            weights=True, min_models=2, max_models=2, precision=True, optional_base=True,
+            mergekit={"nuslerp": {}},
+        ),
+        Merge(
+            name="multislerp", label="Multi-SLERP", function=multislerp,
+            summary="Multi-SLERP: the weighted mean of several models (or task vectors on "
+            "--base) on the sphere, through the tangent space at their mean direction",
+            paper="Goddard, Multi-SLERP, 2025, as mergekit's multislerp",
+            formula="directions u_i = x_i/|x_i|, m their normalized weighted mean, v the "
+            "weighted tangent sum_i w_i (u_i - <u_i,m> m), m cos|v| + v sin|v|/|v|, times "
+            "sum_i w_i |x_i|", inputs="models",
+            params=(
+                Param("normalize_weights", True, "divide the weights by their sum",
+                      kind=bool, mergekit="normalize_weights"),
+                Param("eps", 1e-8, "added to norms", mergekit="eps", bounds=(0, None)),
+            ),
+            weights=True, min_models=1, precision=True, optional_base=True,
+            mergekit={"multislerp": {}},
         ),
         Merge(
             name="passthrough", label="passthrough", function=passthrough,

@@ -32,7 +32,8 @@ PRECISIONS: tuple[str, ...] = ("float32", "inputs")
 class Tensorwise:
     """The ingredient whose floating tensor ``name`` is ``fn(name, [t_1, ..., t_k])``
     (in float32, or float64 for float64 tensors; with ``precision="inputs"`` in the
-    tensor's own dtype; cast back to the tensor's dtype), computed on demand.
+    tensor's own dtype; cast back to the tensor's dtype), computed on demand. In float32
+    a tensor equal in every ingredient is that tensor.
 
     Integer and bool tensors are never merged: ``integers="error"`` requires them equal
     in every ingredient, ``"first"`` takes the first ingredient's. NaN or Inf in the
@@ -86,6 +87,11 @@ class Tensorwise:
         tensors = [i.get(name) for i in self.ingredients]
         if not is_float(spec.dtype):
             return same_integers(name, tensors, self.integers)
+        same = len(tensors) > 1 and all(torch.equal(tensors[0], t) for t in tensors[1:])
+        if self.precision == "float32" and same:
+            # modelsoup's invariant: a merge of identical tensors is that tensor, bit for
+            # bit (--keep relies on it); "inputs" computes as mergekit, rounding included
+            return tensors[0].reshape(spec.shape)
         wide = spec.dtype  # precision "inputs": the inputs' own dtype, as mergekit
         if self.precision == "float32":
             wide = torch.promote_types(spec.dtype, torch.float32)  # float32, or float64 kept
