@@ -240,11 +240,10 @@ def _takes(merge: Merge) -> set[str]:
     names = {q.mergekit for q in merge.params if q.mergekit}
     if merge.weights:
         names.add("weight")
-    if merge.name in ("uniform", "task-arithmetic", "ties"):
+    if merge.inputs == "models+base" and merge.weights:  # mergekit's task-vector family
+        names |= {"int8_mask", "rescale", "lambda", "density", "normalize"}
+    if merge.name == "uniform":  # linear's normalize
         names.add("normalize")
-    if merge.name in ("task-arithmetic", "ties", "dare", "della", "della-linear",
-                      "breadcrumbs", "breadcrumbs-ties"):  # fmt: skip
-        names |= {"int8_mask", "rescale", "lambda", "density"}
     if merge.name == "sce":
         names.add("int8_mask")
     return names
