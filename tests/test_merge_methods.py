@@ -370,3 +370,53 @@ def test_multislerp_of_two_is_their_slerp_midpoint_and_of_one_is_the_model():
         c = {"w": torch.tensor([-2.0, 0.0])}
         ms.materialize(multislerp([S(a), S(c), S({"w": torch.tensor([0.0, 0.0])})],
                                   weights=[1, 1, 1]))  # fmt: skip
+
+
+def test_ram_keeps_a_lone_change_and_averages_shared_ones_by_hand():
+    """Entry 0: only model 1 changed it; 1: both; 2: neither (under epsilon)."""
+    from modelsoup.merges.ram import ram, ram_plus
+
+    base = {"w": torch.tensor([1.0, 1.0, 1.0])}
+    f1 = {"w": torch.tensor([3.0, 2.0, 1.0 + 1e-7])}
+    f2 = {"w": torch.tensor([1.0, 4.0, 1.0])}
+    got = ms.materialize(ram([S(f1), S(f2)], S(base)))["w"]
+    torch.testing.assert_close(got, torch.tensor([3.0, 1.0 + (1 + 3) / 2, 1.0]))
+    # RAM+: model 1 has 1 shared and 1 unique entry (rho 1, capped at alpha): its unique
+    # change scaled by 1 + r alpha; model 2 has no unique entry
+    plus = ms.materialize(ram_plus([S(f1), S(f2)], S(base), r=0.5, alpha=0.3))["w"]
+    torch.testing.assert_close(plus, torch.tensor([1.0 + 2 * 1.15, 3.0, 1.0]))
+    with pytest.raises(ms.SoupError, match="alpha"):
+        ram_plus([S(f1)], S(base), alpha=-1)
+
+
+def test_ram_plus_and_arcee_fusion_widen_half_precision_as_mergekit_writes_it():
+    from modelsoup.merges.arcee_fusion import arcee_fusion
+    from modelsoup.merges.ram import ram, ram_plus
+
+    base = {"w": torch.zeros(4, 8, dtype=torch.bfloat16)}
+    ft = {"w": torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).bfloat16()}
+    for made, dtype in (
+        (ram_plus([S(ft)], S(base), precision="inputs"), torch.float32),
+        (arcee_fusion(S(base), S(ft), precision="inputs"), torch.float32),
+        (ram([S(ft)], S(base), precision="inputs"), torch.bfloat16),
+        (ram_plus([S(ft)], S(base)), torch.bfloat16),  # float32 precision: the inputs' dtype
+    ):
+        assert made.layout.spec("w").dtype == dtype
+        assert ms.materialize(made)["w"].dtype == dtype
+
+
+def test_arcee_fusion_takes_the_outlying_changes_by_exact_quantiles():
+    from modelsoup.merges.arcee_fusion import arcee_fusion, quantiles
+
+    x = torch.randn(1001, generator=torch.Generator().manual_seed(1))
+    s = x.sort().values
+    assert [float(v) for v in quantiles(x)] == [float(s[250]), float(s[500]), float(s[750])]
+    big = torch.randn(3 * 10**6 + 7, generator=torch.Generator().manual_seed(2))
+    n, sb = big.numel(), big.sort().values  # above mergekit's 10^6 sample: exact still
+    assert float(quantiles(big)[2]) == float(sb[3 * (n - 1) // 4])
+    # one row: entries whose change is outlying (score above median + 1.5 IQR) move
+    a = {"w": torch.zeros(1, 20)}
+    change = torch.linspace(0.01, 0.02, 20).reshape(1, 20)  # IQR 0.005: threshold 0.0225
+    change[0, 3] = 5.0
+    got = ms.materialize(arcee_fusion(S(a), S({"w": change})))["w"]
+    assert torch.equal(got, torch.where(change > 1, change, 0.0))

@@ -46,6 +46,9 @@ CONFIGS = {
     "karcher": ({"max_iter": 5}, {}, True),
     "nuslerp": ({}, {"weight": [0.3, 0.7]}, True),
     "multislerp": ({}, {"weight": [0.6, 0.4]}, True),
+    "arcee_fusion": ({}, {}, True),
+    "ram": ({"epsilon": 0.002}, {}, True),
+    "ramplus_tl": ({"r": 0.5, "alpha": 0.3, "epsilon": 0.002}, {}, True),
 }
 
 
@@ -76,7 +79,8 @@ def _models(method: str, folders: list[Path]) -> tuple[Path, list[Path]]:
     base = folders[2]
     if method == "passthrough":
         return base, folders[:1]
-    return base, ([base, folders[0]] if method in ("slerp", "nearswap") else folders[:2])
+    two = method in ("slerp", "nearswap", "arcee_fusion")
+    return base, ([base, folders[0]] if two else folders[:2])
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +201,6 @@ REFUSALS = {
     "unknown parameter": ("parameters:\n  frobnicate: 1\n", "frobnicate"),
     "missing weight": ("", "weight"),
     "unknown method": ("", "merge_method"),
-    "not implemented": ("", "merge_method"),
     "ties with rescale": ("parameters:\n  rescale: true\n", "rescale"),
     "several configurations": ("---\nmerge_method: linear\n", "mergekit-multi"),
 }
@@ -212,11 +215,8 @@ def test_what_modelsoup_does_not_merge_as_mergekit_does_is_refused_by_name(
     if case == "missing weight":
         weights = {}
     text = _yaml("ties", folders[2], folders[:2], {}, weights) + extra
-    if case in ("unknown method", "not implemented"):
-        text = text.replace(
-            "merge_method: ties",
-            "merge_method: " + ("frankenmerge" if case == "unknown method" else "arcee_fusion"),
-        )
+    if case == "unknown method":
+        text = text.replace("merge_method: ties", "merge_method: frankenmerge")
     if case == "revision":
         text = text.replace(f"base_model: {folders[2]}", f"base_model: {folders[2]}@v1.0")
     cfg = tmp_path / "c.yml"

@@ -24,9 +24,10 @@ from modelsoup.cli import main
 from modelsoup.merges import settings as st
 from modelsoup.merges.mergekit_config import (
     MERGEKIT_PARAMETERS,
-    NOT_IMPLEMENTED,
     READ_KEYS,
     REFUSED_KEYS,
+    mergekit_parameters,
+    per_model,
 )
 from modelsoup.merges.registry import MERGES
 
@@ -132,18 +133,22 @@ def test_a_frankenmerge_streams_its_layers_from_the_slices(corpus, tmp_path):
 
 
 @needs_mergekit
-def test_every_mergekit_method_is_implemented_or_refused_by_name():
+def test_every_mergekit_method_is_implemented_with_its_parameters_and_their_scopes():
+    """Each method of mergekit's registry maps onto a registered merge that takes the
+    same parameter names, the same ones per model (mergekit's input parameters)."""
     registered = _mergekit(
         "import json; from mergekit.merge_methods import registry as r; "
-        "print(json.dumps({m.spec.name: [p.name for p in m.spec.parameters] "
-        "for m in r.registered_methods()}))"
+        "print(json.dumps({m.spec.name: [[p.name for p in m.spec.parameters], "
+        "[p.name for p in m.spec.input_parameters]] for m in r.registered_methods()}))"
     )
-    ours = {m for merge in MERGES.values() for m in merge.mergekit}
-    for method in registered:
-        assert method in ours or method in NOT_IMPLEMENTED, f"{method}: neither merged nor refused"
-    known = {p for params in registered.values() for p in params}
+    by_name = {m: merge for merge in MERGES.values() for m in merge.mergekit}
+    for method, (params, inputs) in registered.items():
+        assert method in by_name, f"{method}: not merged"
+        assert mergekit_parameters(by_name[method]) == set(params), method
+        assert per_model(by_name[method]) == set(inputs), method
+    known = {p for params, _ in registered.values() for p in params}
     assert known == set(MERGEKIT_PARAMETERS)  # a typo is told from another method's name
-    assert set(NOT_IMPLEMENTED) <= set(registered) and ours <= set(registered)
+    assert set(by_name) == set(registered)
 
 
 @needs_mergekit

@@ -15,7 +15,7 @@ from ..checkpoints.tokens import same_vocabulary
 from ..checkpoints.vocab import align_vocabulary
 from ..errors import SoupError
 from ..merges.mergekit_build import build
-from ..merges.mergekit_config import NOT_IMPLEMENTED, ConfigError, Plan, plan
+from ..merges.mergekit_config import ConfigError, Plan, plan
 from ..merges.registry import MERGES
 from ..ops.checks import check_distinct
 from ..ops.summary import human_bytes
@@ -39,8 +39,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "per model or per slice, dtype (the inputs are cast to it and the merge computed "
         "in it, as mergekit), out_dtype, tokenizer_source (or tokenizer: source, "
         "pad_to_multiple_of): base or union, and name. Refused, naming the key: modules, "
-        "a model as the tokenizer source, tokenizer tokens, revisions (@...), and the "
-        f"methods not implemented yet ({', '.join(NOT_IMPLEMENTED)}). The output is a "
+        "a model as the tokenizer source, tokenizer tokens and revisions (@...). The "
+        "output is a "
         "folder (or a .safetensors file) carrying modelsoup.json and a model card.",
     )
     p.add_argument("config", metavar="CONFIG.yml", help="the mergekit configuration")

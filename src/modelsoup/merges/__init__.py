@@ -1,9 +1,11 @@
 """Weight-space merges that need no evaluator, one per module: uniform (and weighted)
-averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, NearSwap, Model
-Stock, passthrough and WiSE-FT; `per_tensor.per_tensor` runs any of them with parameters that vary
-by tensor (gradients, filters). `registry.MERGES` is the table the CLI, `compare` and
+averages, task arithmetic, TIES, DARE, DELLA, Model Breadcrumbs, SLERP, NuSLERP,
+Multi-SLERP, NearSwap, SCE, Karcher, RAM, RAM+, Arcee Fusion, Model Stock, passthrough
+and WiSE-FT; `per_tensor.per_tensor` runs any of them with parameters that vary by
+tensor (gradients, filters). `registry.MERGES` is the table the CLI, `compare` and
 mergekit configs follow; `tune` is the held-out search over a merge's parameters."""
 
+from .arcee_fusion import arcee_fusion
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
@@ -13,6 +15,7 @@ from .multislerp import multislerp
 from .nearswap import nearswap
 from .nuslerp import nuslerp
 from .passthrough import passthrough
+from .ram import ram, ram_plus
 from .sce import sce
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
@@ -21,6 +24,7 @@ from .uniform import uniform_soup
 from .wiseft import wise_ft, wiseft_scan
 
 __all__ = [
+    "arcee_fusion",
     "breadcrumbs",
     "breadcrumbs_ties",
     "dare",
@@ -33,6 +37,8 @@ __all__ = [
     "nearswap",
     "nuslerp",
     "passthrough",
+    "ram",
+    "ram_plus",
     "sce",
     "slerp",
     "task_arithmetic",

@@ -27,7 +27,7 @@ from ..checkpoints.layout import parse_dtype
 from ..ops.arithmetic import weighted_average
 from ..ops.routed import Renamed, Routed
 from . import settings as st
-from .mergekit_config import KEYWORDS, PER_MODEL, ConfigError, Plan, Slice, cast
+from .mergekit_config import KEYWORDS, ConfigError, Plan, Slice, cast, per_model
 
 # a tensor outside the layers that comes before them (mergekit's pre weights); the
 # others (final norm, LM head) come after them
@@ -86,7 +86,7 @@ def _resolve(p: Plan, s: Slice, views: list[Renamed], name: str, t: float) -> tu
     a tuple of (mergekit name, value) pairs, mergekit's precedence and defaults."""
     takes = {k for scope in (p.shared, s.params, *(x.params for x in s.sources)) for k in scope}
     shared = []
-    for key in sorted(takes - set(PER_MODEL)):
+    for key in sorted(takes - per_model(p.merge)):
         for scope in (s.params, p.shared):
             if key in scope:
                 v = st.resolve(scope[key], name, t, cast(key, str(p.config)))
@@ -98,7 +98,7 @@ def _resolve(p: Plan, s: Slice, views: list[Renamed], name: str, t: float) -> tu
     for src, view in zip(s.sources, views):
         inner = view.names.get(name, name)
         values = []
-        for key in sorted(takes & set(PER_MODEL)):
+        for key in sorted(takes & per_model(p.merge)):
             for scope in (src.params, s.params, p.shared):
                 if key in scope:
                     v = st.resolve(scope[key], inner, t, cast(key, str(p.config)))

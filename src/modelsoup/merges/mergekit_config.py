@@ -10,9 +10,9 @@ and ``layer_range`` assemble the output layer by layer (`mergekit_build`).
 
 What modelsoup does not do as mergekit does is refused by name (`ConfigError`, exit 2):
 ``modules``, a model as the tokenizer source, per-token embedding sources, a ``@revision``
-(nothing is fetched), several configurations in one file, methods not implemented yet
-(`NOT_IMPLEMENTED`), and parameter names no mergekit method knows (a typo). A parameter
-another mergekit method takes is ignored with a note, as mergekit ignores it.
+(nothing is fetched), several configurations in one file, and parameter names no mergekit
+method knows (a typo). A parameter another mergekit method takes is ignored with a note,
+as mergekit ignores it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints.yaml_files import read_yaml
 from ..errors import SoupError
 from . import settings as st
 from .registry import MERGES, Merge
@@ -33,16 +34,12 @@ REFUSED_KEYS = {
     "merge; use models or slices",
 }
 TOKENIZER_SOURCES = ("base", "union")
-# mergekit 0.1.5's registered methods that modelsoup does not implement yet
-NOT_IMPLEMENTED = ("arcee_fusion", "ram", "ramplus_tl")
 # Every parameter name of mergekit 0.1.5's methods: one the method does not take is
 # ignored (as mergekit ignores it); any other name is refused as a typo.
 MERGEKIT_PARAMETERS = ("weight", "density", "gamma", "epsilon", "lambda", "normalize",
                        "rescale", "int8_mask", "t", "scale", "filter_wise", "select_topk",
                        "nuslerp_flatten", "nuslerp_row_wise", "normalize_weights", "eps",
                        "max_iter", "tol", "r", "alpha")  # fmt: skip
-# set per model (mergekit's INPUT and NON_BASE scopes); the others are shared
-PER_MODEL = ("weight", "density", "epsilon", "gamma", "scale")
 BOOLS = ("normalize", "rescale", "int8_mask", "filter_wise", "normalize_weights",
          "nuslerp_row_wise", "nuslerp_flatten")  # fmt: skip
 # mergekit parameter -> keyword of the registered functions, from the registry's Params
@@ -114,17 +111,11 @@ def _fail(config: Path, key: str, why: str) -> ConfigError:
 
 def load(path: str | Path) -> dict[str, Any]:
     """The configuration as a mapping, or `ConfigError` naming the file."""
-    import yaml
-
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the configuration: {e}") from e
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from e
+        docs = read_yaml(path)
+    except SoupError as e:
+        raise ConfigError(str(e)) from e
     if len(docs) > 1:
         raise ConfigError(
             f"{path}: holds {len(docs)} configurations (mergekit-multi); modelsoup merge runs "
@@ -141,11 +132,6 @@ def _method(config: Path, data: dict[str, Any]) -> tuple[Merge, dict[str, Any]]:
     for merge in MERGES.values():
         if isinstance(method, str) and method in merge.mergekit:
             return merge, dict(merge.mergekit[method])
-    if method in NOT_IMPLEMENTED:
-        raise _fail(
-            config, "merge_method", f"mergekit's {method} is not implemented in modelsoup yet; "
-            "run this configuration with mergekit-yaml",
-        )  # fmt: skip
     known = sorted(m for merge in MERGES.values() for m in merge.mergekit)
     raise _fail(
         config, "merge_method", f"{str(method)[:60]!r} is not a method modelsoup merges as "
@@ -218,7 +204,7 @@ def _settings(config: Path, where: str, params: Any, p: Plan) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise _fail(config, where, "must be a mapping of parameter names to values")
-    takes = _takes(p.merge)
+    takes = mergekit_parameters(p.merge)
     out = {}
     for key, value in params.items():
         if key not in MERGEKIT_PARAMETERS:
@@ -235,13 +221,22 @@ def _settings(config: Path, where: str, params: Any, p: Plan) -> dict[str, Any]:
     return out
 
 
-def _takes(merge: Merge) -> set[str]:
-    """The mergekit parameter names ``merge`` takes."""
-    names = {q.mergekit for q in merge.params if q.mergekit}
+def per_model(merge: Merge) -> set[str]:
+    """The mergekit parameters ``merge`` takes one value per model of (mergekit's input
+    parameters); the others it takes once."""
+    names = {q.mergekit for q in merge.params if q.per_model and q.mergekit}
     if merge.weights:
         names.add("weight")
     if merge.inputs == "models+base" and merge.weights:  # mergekit's task-vector family
-        names |= {"int8_mask", "rescale", "lambda", "density", "normalize"}
+        names.add("density")
+    return names
+
+
+def mergekit_parameters(merge: Merge) -> set[str]:
+    """The mergekit parameter names ``merge`` takes."""
+    names = {q.mergekit for q in merge.params if q.mergekit} | per_model(merge)
+    if merge.inputs == "models+base" and merge.weights:  # mergekit's task-vector family
+        names |= {"int8_mask", "rescale", "lambda", "normalize"}
     if merge.name == "uniform":  # linear's normalize
         names.add("normalize")
     if merge.name == "sce":

@@ -9,22 +9,18 @@ by a test. Adding a method is one module with its function and one `Merge` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
-
-from ..ops.arithmetic import weighted_average
+from .arcee_fusion import arcee_fusion
 from .breadcrumbs import breadcrumbs, breadcrumbs_ties
 from .dare import dare
 from .della import della, della_linear
 from .karcher import karcher
+from .merge_spec import Merge, Param
 from .model_stock import model_stock_merge
 from .multislerp import multislerp
 from .nearswap import nearswap
 from .nuslerp import nuslerp
 from .passthrough import passthrough
+from .ram import ram, ram_plus
 from .sce import sce
 from .slerp import slerp
 from .task_arithmetic import task_arithmetic
@@ -32,95 +28,8 @@ from .ties import ties
 from .uniform import uniform_soup
 from .wiseft import DEFAULT_ALPHAS, wise_ft
 
-# "models": k ingredients; "models+base": k fine-tunes and --base;
-# "two": A and B; "base+one": BASE and FINETUNED.
-Inputs = Literal["models", "models+base", "two", "base+one"]
-
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DENSITIES = (0.2, 0.5, 0.8)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a merge: its keyword in the function, its default, the grid the
-    held-out search tries (empty: not tuned), its help and, where mergekit has it, its
-    name in a mergekit config. ``kind``: float, int, bool or a tuple of choices;
-    ``bounds``: the range of values (checked when the command line is parsed)."""
-
-    name: str
-    default: Any
-    help: str
-    kind: Any = float
-    grid: tuple[float, ...] = ()
-    flag: str = ""
-    mergekit: str | None = None
-    bounds: tuple[float | None, float | None] = (None, None)  # the values allowed
-    open_low: bool = False  # the lower bound itself is not allowed
-
-    @property
-    def option(self) -> str:
-        """The command-line option: ``--lambda`` for ``lam``, ``--density``, ..."""
-        return self.flag or "--" + self.name.replace("_", "-")
-
-    @property
-    def grid_option(self) -> str:
-        """The option giving the grid: ``--lambdas``, ``--densities``, ``--alphas``."""
-        o = self.option
-        return o[:-1] + "ies" if o.endswith("y") else o + "s"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Merge:
-    """A registered merge: its command's name, its label in tables, its function.
-
-    ``function(*inputs, **params)`` returns the lazy merged ingredient (with
-    ``details``, a pair: the merge and a JSON-able record of what it chose).
-    ``casts``: the function takes ``dtype`` and ``accumulate`` (a `Combination`).
-    ``shared()`` makes the state the merges of one grid share (TIES' thresholds).
-    ``mergekit`` maps mergekit's method names for this merge to the keywords it fixes
-    (and the defaults mergekit gives the parameters). ``tensor_weights``: the function
-    takes ``weights_for`` (tensor name -> one weight per ingredient). ``precision``: it
-    takes ``precision``, "inputs" to compute in the inputs' dtype as mergekit does."""
-
-    name: str
-    label: str
-    function: Callable[..., Any]
-    summary: str
-    paper: str
-    formula: str
-    inputs: Inputs
-    params: tuple[Param, ...] = ()
-    weights: bool = False
-    min_models: int = 1
-    max_models: int | None = None
-    details: bool = False
-    casts: bool = False
-    shared: Callable[[], dict[str, Any]] | None = None
-    mergekit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    tensor_weights: bool = False
-    precision: bool = False  # the function takes precision ("float32" or "inputs")
-    optional_base: bool = False  # a "models" merge that takes base= (the task vectors' origin)
-
-    @property
-    def tuned(self) -> tuple[Param, ...]:
-        """The parameters with a grid: what the held-out search chooses."""
-        return tuple(p for p in self.params if p.grid)
-
-    def make(
-        self, inputs: tuple[Any, ...], *, dtype: torch.dtype | None = None, **params: Any
-    ) -> tuple[Any, dict[str, Any]]:
-        """The merge of ``inputs`` (as `inputs` says) and what it chose (``details``);
-        with ``dtype``, its floating tensors written in that dtype (computed in float32)."""
-        if dtype is not None and self.casts:
-            params["dtype"] = dtype
-        made, details = (
-            self.function(*inputs, **params)
-            if self.details
-            else (self.function(*inputs, **params), {})
-        )
-        if dtype is not None and not self.casts:
-            made = weighted_average([made], dtype=dtype)
-        return made, details
 
 
 LAM = Param("lam", 1.0, "the task vectors' scale", grid=LAMBDAS, flag="--lambda", mergekit="lambda")
@@ -130,10 +39,13 @@ WEIGHT_NOTE = "one weight per ingredient (default 1)"
 def density(default: float, grid: tuple[float, ...] = DENSITIES) -> Param:
     return Param(
         "density", default, "the fraction of entries kept", grid=grid, mergekit="density",
-        bounds=(0, 1), open_low=True,
+        bounds=(0, 1), open_low=True, per_model=True,
     )  # fmt: skip
 
 
+EPSILON = Param(
+    "epsilon", 1e-5, "the size of change an entry counts from", mergekit="epsilon", bounds=(0, None)
+)
 SEED = Param("seed", 0, "seed of the random drops", kind=int, bounds=(0, 2**63 - 1))
 
 
@@ -222,7 +134,7 @@ MERGES: dict[str, Merge] = {
                 params=(
                     LAM, density(0.5),
                     Param("epsilon", 0.15, "the spread of keep probabilities around the "
-                          "density", mergekit="epsilon", bounds=(0, 0.5)),
+                          "density", mergekit="epsilon", bounds=(0, 0.5), per_model=True),
                     normalize(name == "della"),
                     Param("rescale", "l1", "l1: the kept entries scaled to the task "
                           "vector's L1 norm; none", kind=("l1", "none")),
@@ -247,7 +159,7 @@ MERGES: dict[str, Merge] = {
                 params=(
                     LAM, density(0.9, (0.7, 0.8, 0.9)),
                     Param("gamma", 0.01, "the fraction of largest entries dropped",
-                          mergekit="gamma", bounds=(0, 1)),
+                          mergekit="gamma", bounds=(0, 1), per_model=True),
                     normalize(False),
                     Param("rescale", "none", "l1: the kept entries scaled to the task "
                           "vector's L1 norm; none", kind=("l1", "none")),
@@ -298,6 +210,40 @@ MERGES: dict[str, Merge] = {
             params=(Param("t", None, "the distance under which B's entry is taken",
                           mergekit="t", bounds=(0, None), open_low=True),),
             precision=True, mergekit={"nearswap": {}},
+        ),
+        Merge(
+            name="arcee-fusion", label="Arcee Fusion", function=arcee_fusion,
+            summary="Arcee Fusion: take B's entries whose change from A matters most (by "
+            "size times the change of softmax), keep A's elsewhere",
+            paper="Arcee AI, as mergekit's arcee_fusion",
+            formula="per tensor, s = |b - a| KL(softmax(b) || softmax(a)); b where s >= "
+            "median(s) + 1.5 IQR(s), else a; A is the base", inputs="two",
+            precision=True, mergekit={"arcee_fusion": {}},
+        ),
+        Merge(
+            name="ram", label="RAM", function=ram,
+            summary="RAM: per entry, the one fine-tune that changed it, or the mean of those "
+            "that did",
+            paper="Reinforced Agent Merging, arXiv:2601.13572, as mergekit's ram",
+            formula="tau_i = theta_i - theta0 counted where |tau_i| > epsilon; theta0 + the "
+            "mean of the counted tau_i per entry (0 where none)", inputs="models+base",
+            params=(EPSILON,), precision=True, mergekit={"ram": {}},
+        ),
+        Merge(
+            name="ram-plus", label="RAM+", function=ram_plus,
+            summary="RAM+: RAM with each fine-tune's unique entries scaled up by how much of "
+            "its change it shares",
+            paper="Reinforced Agent Merging, arXiv:2601.13572, as mergekit's ramplus_tl",
+            formula="as RAM, with model i's unique entries times 1 + r min(max(rho_i, 0), "
+            "alpha), rho_i = its shared / unique counted entries (per tensor)",
+            inputs="models+base",
+            params=(
+                Param("r", 0.1, "the scale's slope", mergekit="r", bounds=(0, None)),
+                Param("alpha", 0.2, "the cap of the shared-to-unique ratio", mergekit="alpha",
+                      bounds=(0, None)),
+                EPSILON,
+            ),
+            precision=True, mergekit={"ramplus_tl": {}},
         ),
         Merge(
             name="sce", label="SCE", function=sce,
@@ -365,7 +311,7 @@ MERGES: dict[str, Merge] = {
             paper="mergekit's passthrough",
             formula="theta, or scale * theta", inputs="models",
             params=(Param("scale", 1.0, "the factor every floating tensor is multiplied by",
-                          mergekit="scale"),),
+                          mergekit="scale", per_model=True),),
             precision=True, max_models=1, mergekit={"passthrough": {}},
         ),
         Merge(

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..checkpoints.yaml_files import load_all
 from ..errors import SoupError
 
 Scalar = bool | int | float | str
@@ -49,12 +50,11 @@ def parse(value: Any, where: str) -> Any:
     when it starts with ``[`` or ``{``), normalized: a single filter block becomes a list.
     Raises `SettingError` naming ``where``."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
-        import yaml
-
         try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise SettingError(f"{where}: not a setting: {str(e)[:200]}") from e
+            docs = load_all(value, where)
+        except SoupError as e:
+            raise SettingError(f"not a setting: {str(e)[:300]}") from e
+        value = docs[0] if docs else None
     return _check(value, where, 0)
 
 

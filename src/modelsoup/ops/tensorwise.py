@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.layout import Layout, is_float
+from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.recent import RecentTensors
 from ..errors import MismatchError, NonFiniteError, SoupError
 from .arithmetic import IntegerPolicy, all_finite
@@ -35,6 +35,10 @@ class Tensorwise:
     tensor's own dtype; cast back to the tensor's dtype), computed on demand. In float32
     a tensor equal in every ingredient is that tensor.
 
+    ``widens=True`` (with ``precision="inputs"``): the result keeps float32 where ``fn``
+    returns it from half-precision inputs, and the layout says so (mergekit's
+    ``arcee_fusion`` and ``ramplus_tl`` return, and write, float32 from bfloat16 inputs).
+
     Integer and bool tensors are never merged: ``integers="error"`` requires them equal
     in every ingredient, ``"first"`` takes the first ingredient's. NaN or Inf in the
     result raises `NonFiniteError` naming the tensor.
@@ -48,12 +52,15 @@ class Tensorwise:
         source: str,
         integers: IntegerPolicy = "error",
         precision: Precision = "float32",
+        widens: bool = False,
     ):
         if precision not in PRECISIONS:
             raise SoupError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.ingredients = list(ingredients)
         self._layout = check_compatible(self.ingredients)
+        if widens and precision == "inputs":
+            self._layout = widened(self._layout)
         self.fn, self._source, self.integers = fn, source, integers
         # The reductions inside fn (norms, sums) split their work by the intra-op thread
         # count, and the split decides their rounding: computed with the creating
@@ -87,14 +94,15 @@ class Tensorwise:
         tensors = [i.get(name) for i in self.ingredients]
         if not is_float(spec.dtype):
             return same_integers(name, tensors, self.integers)
+        stored = tensors[0].dtype  # spec.dtype, or float32 where the merge widens
         same = len(tensors) > 1 and all(torch.equal(tensors[0], t) for t in tensors[1:])
         if self.precision == "float32" and same:
             # modelsoup's invariant: a merge of identical tensors is that tensor, bit for
             # bit (--keep relies on it); "inputs" computes as mergekit, rounding included
             return tensors[0].reshape(spec.shape)
-        wide = spec.dtype  # precision "inputs": the inputs' own dtype, as mergekit
+        wide = stored  # precision "inputs": the inputs' own dtype, as mergekit
         if self.precision == "float32":
-            wide = torch.promote_types(spec.dtype, torch.float32)  # float32, or float64 kept
+            wide = torch.promote_types(stored, torch.float32)  # float32, or float64 kept
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -104,6 +112,16 @@ class Tensorwise:
         if not all_finite(out):
             raise NonFiniteError(f"the merge of tensor {name!r} is not finite (NaN or Inf)")
         return out.reshape(spec.shape)
+
+
+def widened(layout: Layout) -> Layout:
+    """``layout`` with its half-precision floating tensors in float32."""
+    specs = {
+        n: TensorSpec(s.shape, torch.promote_types(s.dtype, torch.float32))
+        if is_float(s.dtype) else s
+        for n, s in layout.specs.items()
+    }  # fmt: skip
+    return Layout(specs, layout.aliases)
 
 
 def same_integers(name: str, tensors: list[torch.Tensor], integers: str) -> torch.Tensor:
