@@ -207,8 +207,15 @@ EVAL.add_argument(
 EVAL.add_argument(
     "--lm-eval-metric",
     metavar="NAME",
-    help="--lm-eval: the metric to select on (default: the task's first); negated when "
-    "lm-eval says lower is better",
+    help="--lm-eval: the metric to select on, one the task declares (default: its first); "
+    "negated when lm-eval says lower is better",
+)
+EVAL.add_argument(
+    "--trust-task-code",
+    action="store_true",
+    help="--lm-eval: let the task run its code (the modules its !function tags name, in "
+    "the task file or any file it includes; a dataset's trust_remote_code). Without it "
+    "such a task is refused, naming the file and the function (docs/safety.md)",
 )
 EVAL.add_argument(
     "--lm-eval-limit",
@@ -306,6 +313,7 @@ def make_evaluator(args: argparse.Namespace, first: Ingredient | None = None) ->
             device=device,
             eval_dtype=parse_dtype(args.eval_dtype) if args.eval_dtype else None,
             limit=args.lm_eval_limit,
+            trust_code=args.trust_task_code,
         )
     if args.task:
         from ..evaluators.hf import hf_evaluator

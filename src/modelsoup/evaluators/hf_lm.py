@@ -169,6 +169,7 @@ def lm_eval_evaluator(
     device: str | torch.device = "cpu",
     eval_dtype: torch.dtype | None = None,
     limit: int | None = None,
+    trust_code: bool = False,
 ) -> Any:
     """``--lm-eval TASK``: AutoModelForCausalLM from the first ingredient's config and its
     folder's tokenizer, each soup scored by lm-eval on ``task`` (see `LMEvalEvaluator`)."""
@@ -195,4 +196,5 @@ def lm_eval_evaluator(
         limit=limit,
         loader=HFLoader(),
         identity=identity,
+        trust_code=trust_code,
     )

@@ -3,14 +3,13 @@
 For tasks modelsoup does not implement (generation, exact match, anything lm-eval
 registers or a local task YAML describes). The in-memory model, each soup's weights
 loaded into it, is wrapped once in lm-eval's Hugging Face class (``HFLM``) and the task
-is run by ``lm_eval.simple_evaluate``. The score is the task's metric (default: the
-first it reports), negated when lm-eval says lower is better. lm-eval returns one number
+is run by ``lm_eval.simple_evaluate``. The score is one of the metrics the task declares
+(default: its first), negated when lm-eval says lower is better. lm-eval returns one number
 per run, so there is no early rejection: each candidate runs the whole task.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,33 +19,42 @@ from torch import nn
 
 from ..errors import SoupError
 from .classification import load_state, model_identity
+from .lm_eval_task import read_task
 from .protocols import State
 
 
-def task_name(task: str) -> tuple[str, Path | None]:
-    """``(name, folder to include)`` of a task given by name or by a local YAML file."""
-    path = Path(task)
-    if path.suffix.lower() not in (".yaml", ".yml"):
-        return task, None
-    if not path.is_file():
-        raise SoupError(f"{path}: no such task YAML (give a file, or a task name lm-eval knows)")
-    import yaml
+def is_task_file(task: str) -> bool:
+    """Whether ``task`` names a local task YAML (else a task lm-eval registers)."""
+    return Path(task).suffix.lower() in (".yaml", ".yml")
 
+
+def _load_task(manager: Any, spec: str, name: str) -> Any:
+    """lm-eval's Task object for ``spec`` (a name, or a YAML path), or `SoupError`."""
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise SoupError(f"{path}: cannot read the task YAML ({e})") from e
-    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
-        raise SoupError(f"{path}: a task YAML needs a 'task: NAME' line")
-    return config["task"], path.resolve().parent
+        return manager.load([spec])["tasks"][name]
+    except SoupError:
+        raise
+    except Exception as e:  # noqa: BLE001 - lm-eval and datasets raise anything
+        raise SoupError(f"lm-eval cannot load the task {name!r}: {type(e).__name__}: "
+                        f"{str(e)[:400] or 'no message'}") from e  # fmt: skip
+
+
+def _count_docs(task: Any, name: str) -> int:
+    try:
+        return len(task.eval_docs)
+    except Exception as e:  # noqa: BLE001
+        raise SoupError(f"lm-eval task {name!r} has no documents to score: {type(e).__name__}: "
+                        f"{str(e)[:300] or 'no message'}") from e  # fmt: skip
 
 
 class LMEvalEvaluator:
     """A soup's score on an lm-eval task (see the module's docstring).
 
     ``model`` and ``tokenizer`` are the architecture and its tokenizer; ``task`` a task
-    name or a local YAML; ``metric`` the reported metric to select on (default: the
-    first); ``limit`` caps the examples (lm-eval's ``limit``).
+    name or a local YAML (scored as that file says: lm-eval is given the file itself, not
+    its folder); ``metric`` one of the metrics the task declares (default: its first);
+    ``limit`` caps the examples (lm-eval's ``limit``); ``trust_code`` lets the task's
+    ``!function`` code run (see `lm_eval_task`).
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class LMEvalEvaluator:
         limit: int | None = None,
         loader: Callable[[nn.Module, State], None] | None = None,
         identity: Mapping[str, Any] | None = None,
+        trust_code: bool = False,
     ):
         try:
             import lm_eval
@@ -68,28 +77,55 @@ class LMEvalEvaluator:
             from lm_eval.tasks import TaskManager
         except ImportError as e:
             raise SoupError("--lm-eval needs lm-eval: pip install 'modelsoup[lm-eval]'") from e
-        self.task, include = task_name(task)
+        if is_task_file(task):
+            files = read_task(task)
+            files.check_code(trust_code)
+            self.task, self._spec, source = files.name, str(files.path), files.digest()
+            self._manager = TaskManager(include_defaults=False)
+        else:
+            self.task, self._spec, source = task, task, task
+            self._manager = TaskManager()
+            if self.task not in self._manager.all_tasks:
+                raise SoupError(
+                    f"lm-eval knows no task {self.task!r}; give a local task YAML (--lm-eval "
+                    "path/to/task.yaml) or one of `lm-eval ls tasks`"
+                )
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        loaded = _load_task(self._manager, self._spec, self.task)
+        declared = list(loaded.aggregation())
+        if metric is None and declared:
+            metric = declared[0]
+        if metric not in declared:
+            raise SoupError(
+                f"lm-eval task {self.task!r} declares the metrics {declared}, not {metric!r}: "
+                "name one of those with --lm-eval-metric"
+            )
+        if _count_docs(loaded, self.task) == 0:
+            raise SoupError(
+                f"lm-eval task {self.task!r} has no documents in its evaluation split: check "
+                "its data files and test_split/validation_split"
+            )
+        if loaded.OUTPUT_TYPE == "generate_until" and tokenizer.eos_token_id is None:
+            raise SoupError(
+                f"lm-eval task {self.task!r} generates text, which lm-eval stops at the "
+                "tokenizer's end-of-text token, and this tokenizer has none: set eos_token "
+                "in the first ingredient's tokenizer_config.json"
+            )
         self.model = model.to(device).eval()
         self.loader = loader or load_state
         self.metric = metric
         self.limit = limit
-        self.name = f"lm-eval {self.task}" + (f" {metric}" if metric else "")
+        self.name = f"lm-eval {self.task} {metric}"
         self._simple_evaluate = lm_eval.simple_evaluate
-        self._manager = TaskManager(include_path=str(include) if include else None)
-        if self.task not in self._manager.all_tasks:
-            raise SoupError(
-                f"lm-eval knows no task {self.task!r}; give a local task YAML (--lm-eval "
-                "path/to/task.yaml) or one of `lm-eval ls tasks`"
-            )
         self._lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=batch_size)
-        source = Path(task).read_bytes() if include else task.encode()
         self._declared = {
             **dict(identity or {}),
             "lm_eval": getattr(lm_eval, "__version__", "?"),
             "task": self.task,
-            "task_source": hashlib.sha256(source).hexdigest()[:16],
+            "task_source": source,  # a file's: its includes, code and data (lm_eval_task)
             "metric": metric,
             "limit": limit,
+            "trust_code": trust_code,
         }
         self.last: dict[str, Any] = {}
 
@@ -102,24 +138,17 @@ class LMEvalEvaluator:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         out = self._simple_evaluate(
             model=self._lm,
-            tasks=[self.task],
+            tasks=[self._spec],
             task_manager=self._manager,
             limit=self.limit,
             log_samples=False,
         )
         results = out["results"][self.task]
-        metrics = [k for k in results if k != "alias" and "_stderr" not in k]
-        if not metrics:
-            raise SoupError(f"lm-eval task {self.task!r} reported no metric")
-        key = metrics[0]
-        if self.metric is not None:
-            found = [k for k in metrics if k.split(",")[0] == self.metric or k == self.metric]
-            if not found:
-                raise SoupError(
-                    f"lm-eval task {self.task!r} reports {[k.split(',')[0] for k in metrics]}, "
-                    f"not {self.metric!r}: name one of those with --lm-eval-metric"
-                )
-            key = found[0]
+        found = [k for k in results if k.split(",")[0] == self.metric and "_stderr" not in k]
+        if not found:
+            raise SoupError(f"lm-eval task {self.task!r} reported no {self.metric!r} "
+                            f"(it reported {sorted(results)})")  # fmt: skip
+        key = found[0]
         value = float(results[key])
         higher = out.get("higher_is_better", {}).get(self.task, {}).get(key.split(",")[0], True)
         self.last = {"metric": key, "value": value, "higher_is_better": bool(higher)}
