@@ -295,6 +295,18 @@ def test_low_rank_errors_are_recorded_and_max_error_keeps_modules_whole(models, 
         assert torch.equal(merged[f"{mod}.weight"], soup[f"{mod}.weight"])
 
 
+def test_an_adapter_refused_after_the_soup_is_computed_leaves_no_run_folder(
+    models, tmp_path, capsys
+):
+    """--max-error 0 is refused once the soup's modules are measured, after the run
+    folder was claimed: the claimed folder, holding only its lock, is removed."""
+    argv = ["--base", models["base"], "--adapter-rank", "2", "--max-error", "0"]
+    code = _soup(models, tmp_path / "zero", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_adapter_factors_equal_mergekit_extract_lora(models, mergekit_vocab, tmp_path):
     assert _soup(models, tmp_path / "ad", "--base", models["base"], "--adapter-rank", "4") == 0
     ours = load_file(tmp_path / "ad" / "adapter_model.safetensors")
@@ -446,3 +458,16 @@ def test_the_vocabulary_digest_covers_the_base(models):
     as_base, _, _ = align_vocabulary(ings[:2], ings[2], "union")
     as_ingredient, _, _ = align_vocabulary(ings, None, "union")
     assert fingerprint(as_base[0]) != fingerprint(as_ingredient[0])
+
+
+def test_another_architecture_is_told_as_such_not_as_a_vocabulary(models, tmp_path, capsys):
+    """A GPT-2 base under a Llama soup: its tokenizer differs too, but the cause to name
+    is the architecture (tensor names), which no --vocab fixes."""
+    from test_causal_lm import _sweep
+
+    gpt2, _, _ = _sweep(tmp_path / "gpt2", "gpt2")
+    argv = ["task-arithmetic", models["plain"], models["plain2"], "--base", str(gpt2[0])]
+    assert main([*argv, "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "missing from" in err and "one architecture" in err, err
+    assert "tokens added" not in err

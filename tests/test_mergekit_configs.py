@@ -179,12 +179,40 @@ def test_the_merged_folder_carries_its_record_and_card(folders, tmp_path):
     record = json.loads((out / "modelsoup.json").read_text())
     assert record["merge_method"] == "ties" and record["density"] == 0.3
     assert record["weights"] == [1.0, 1.0] and record["normalize"] is True  # mergekit's default
-    assert record["lam"] == 1.0 and "torch" in record["versions"]
+    assert record["lambda"] == 1.0 and "torch" in record["versions"]
     assert record["ingredients"][0] == str(folders[2])  # the base's config and tokenizer
     card = (out / "README.md").read_text()
     assert "ties" in card and str(folders[0]) in card and '"density": 0.3' in card
     assert not (tmp_path / "out.run").exists()
     transformers.AutoModelForSequenceClassification.from_pretrained(out)
+
+
+def test_the_record_and_card_say_which_input_is_the_base_and_whose_weight(folders, tmp_path):
+    cfg = tmp_path / "ties.yml"
+    cfg.write_text(_yaml("ties", folders[2], folders[:2], {"density": 0.3},
+                         {"weight": [0.6, 0.4]}))  # fmt: skip
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "-q"]) == 0
+    record = json.loads((tmp_path / "out" / "modelsoup.json").read_text())
+    assert record["inputs"] == [
+        {"source": str(folders[2]), "role": "base"},
+        {"source": str(folders[0]), "role": "model", "weight": 0.6},
+        {"source": str(folders[1]), "role": "model", "weight": 0.4},
+    ]
+    assert "lambda" in record and "lam" not in record  # the names a config declares
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"`{folders[2]}`: base" in card and f"`{folders[0]}`: model, weight 0.6" in card
+
+
+def test_one_folder_spelled_two_ways_is_refused_as_such(folders, tmp_path, capsys):
+    cfg = tmp_path / "ties.yml"
+    cfg.write_text(
+        f"merge_method: ties\nbase_model: {folders[2]}\nparameters:\n  density: 0.3\n"
+        f"models:\n  - model: {folders[2]}/\n    parameters:\n      weight: 1\n"
+        f"  - model: {folders[0]}\n    parameters:\n      weight: 1\n"
+    )
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "same folder" in err and "spell it one way" in err and "--weights" not in err
 
 
 REFUSALS = {

@@ -110,7 +110,7 @@ def test_a_merge_without_an_evaluator_carries_its_record_inside(command, tmp_pat
     if command == "wiseft-alpha":
         assert record["alpha"] == 0.5
     if command == "ties":
-        assert record["density"] == 0.3 and record["lam"] == 1.0 and record["normalize"]
+        assert record["density"] == 0.3 and record["lambda"] == 1.0 and record["normalize"]
 
 
 @pytest.mark.parametrize("command", ["learned", "wiseft"])

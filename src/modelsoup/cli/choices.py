@@ -15,6 +15,7 @@ from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.tokens import VOCAB_MODES, same_vocabulary
 from ..checkpoints.vocab import VocabularyPlan, align_vocabulary
 from ..errors import SoupError
+from ..ops.checks import check_same_names
 from ..ops.select import choose, parse_keep, parse_weights_for, substitute, weights_for
 from . import options as o
 from .output import check_adapter_request
@@ -113,6 +114,7 @@ def prepare(
     if mode is None:
         if multiple:
             raise SoupError("--vocab-multiple pads the vocabulary --vocab builds; add --vocab")
+        check_same_names(inputs)  # another architecture is told as such, not as a vocabulary
         if not same_vocabulary(inputs):
             named = ", ".join(i.source for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
             raise SoupError(

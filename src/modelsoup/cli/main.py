@@ -83,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # 3x faster CPU evaluation: no page faults per batch
     try:
-        return args.run(args)
+        code = args.run(args)
+        options.CREATED.clear()
+        return code
     except SoupError as e:
+        options.drop_unused_run_dirs()  # before the locks are released
         print(f"modelsoup {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

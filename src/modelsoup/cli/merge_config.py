@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..checkpoints.read import open_ingredient
@@ -17,7 +18,7 @@ from ..errors import SoupError
 from ..merges.mergekit_build import build
 from ..merges.mergekit_config import ConfigError, Plan, plan
 from ..merges.registry import MERGES
-from ..ops.checks import check_distinct
+from ..ops.checks import check_distinct, check_same_names
 from ..ops.summary import human_bytes
 from . import options as o
 from .output import save_soup
@@ -69,6 +70,21 @@ def _output(args: argparse.Namespace) -> None:
     args.output = args.output or args.output_option
 
 
+def _same_spelling(p: Plan, names: list[str]) -> None:
+    """Refuse one folder named two ways (``base`` and ``base/``): mergekit would read
+    them as two models, so the base would be merged as a fine-tune of itself."""
+    seen: dict[Path, str] = {}
+    for name in names:
+        key = Path(name).resolve()
+        if key in seen:
+            raise ConfigError(
+                f"{p.config}: {seen[key]!r} and {name!r} are the same folder; spell it one way "
+                "everywhere in the configuration (as base_model and in models alike): mergekit "
+                "would read the two spellings as two models"
+            )
+        seen[key] = name
+
+
 def run(args: argparse.Namespace) -> int:
     _output(args)
     p = plan(args.config)
@@ -77,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
               "(mergekit ignores it too)", file=sys.stderr)  # fmt: skip
     names = list(dict.fromkeys([*p.models, *([p.base] if p.base else []),
                                 *(s.base for s in p.slices if s.base)]))  # fmt: skip
+    _same_spelling(p, names)
     opened = {m: open_ingredient(m) for m in names}
     read = list(opened.values())
     check_distinct(read)
+    check_same_names(read)  # another architecture is told as such, not as a vocabulary
     vocab = None
     if p.vocab is not None:
         models, base, vocab = align_vocabulary(
@@ -96,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
     soup, details, layers = build(p, opened, precision=PRECISIONS[args.precision])
     first = p.base or p.slices[0].sources[0].model
     template = opened[first]
+    declared = {q.name: q.mergekit for q in p.merge.params if q.mergekit}  # lam: lambda
+    keywords = {declared.get(k, k): v for k, v in {**p.keywords, **details}.items()}
     summary = {"mergekit_config": str(p.config), "merge_method": p.method,
-               "precision": args.precision, **p.keywords, **details}  # fmt: skip
+               "precision": args.precision, **keywords}  # fmt: skip
     if p.name:
         summary["name"] = p.name
     if vocab is not None:
@@ -107,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         args, soup, ordered, p.merge.name, summary=summary, run_folder=False,
         template=template,
         files={**_config_files(p, template, layers), **_chat_template(p, template, opened)},
+        roles=["base" if m == p.base and p.takes_base else "model"
+               for m in [first, *[m for m in opened if m != first]]],
     )  # fmt: skip
     print(
         f"wrote {out}: {p.method} ({p.merge.name}) of {len(read)} models, {layers} layers, "

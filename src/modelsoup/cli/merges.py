@@ -225,7 +225,8 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
         soup, details = per_tensor(merge, inputs, dtype=dtype, **fixed, **point)
     else:
         soup, details = merge.make(inputs, dtype=dtype, **fixed, **point)
-    shown = {k: v for k, v in {**fixed, **point}.items() if _shown(k, v)}
+    declared = {p.name: p.option.removeprefix("--") for p in merge.params}  # lam: lambda
+    shown = {declared.get(k, k): v for k, v in {**fixed, **point}.items() if _shown(k, v)}
     c.print_rules(prep)
     if evaluator is not None:
         write_json(
@@ -245,10 +246,21 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
         run_folder=keeps_run,
         template=prep.ingredients[0],
         base=prep.given_base,
+        roles=_roles(merge, read, prep.base is not None),
     )
     base = getattr(args, "base", None) if merge.inputs == "models" else None
     _report(merge, soup, read, out, shown, details, time.perf_counter() - t0, base)
     return 0
+
+
+def _roles(merge: Merge, read: Sequence[Ingredient], has_base: bool) -> list[str]:
+    """Each input's part, in the order ``read`` holds them (the base last)."""
+    if merge.inputs == "two":
+        return ["A", "B"]
+    if merge.inputs == "base+one":
+        return ["finetuned", "base"]
+    models = len(read) - (merge.inputs == "models+base" or has_base)
+    return ["model"] * models + ["base"] * (len(read) - models)
 
 
 def _shown(key: str, value: Any) -> bool:

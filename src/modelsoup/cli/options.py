@@ -244,7 +244,9 @@ EVAL.add_argument(
 EVAL.add_argument(
     "--batch-size",
     type=number(int, 1, BIG, option="--batch-size"),
-    help="evaluation batch size (default: 256 examples; 8 for --task causal-lm)",
+    help="evaluation batch size (default: 256 examples; 8 for --task causal-lm and "
+    "multiple-choice, where it counts sequences: each choice is one, so an example with "
+    "more choices than this goes through the model in several passes)",
 )
 EVAL.add_argument(
     "--cache-budget",
@@ -387,6 +389,22 @@ def input_paths(inputs: Sequence[Ingredient]) -> tuple[Path, ...]:
 
 # Locks held until the command ends (`main` closes it): one run per run folder.
 LOCKS = contextlib.ExitStack()
+# Run folders this command created: removed if it is refused while they hold only the lock
+CREATED: list[Path] = []
+
+
+def drop_unused_run_dirs() -> None:
+    """After a refusal: remove each run folder this command created that holds nothing
+    but its lock (the lock file unlinked while it is still held), so a refused run
+    writes nothing."""
+    for folder in CREATED:
+        try:
+            if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+                (folder / LOCK_NAME).unlink(missing_ok=True)
+                folder.rmdir()
+        except OSError:
+            pass  # another process wrote into it: it is no longer ours to remove
+    CREATED.clear()
 
 
 def claim_run_dir(folder: Path, inputs: Sequence[Ingredient], force: bool = False) -> Path:
@@ -406,7 +424,10 @@ def claim_run_dir(folder: Path, inputs: Sequence[Ingredient], force: bool = Fals
                 "empty folder, or --force to write into it (files of the same names are "
                 "replaced)"
             )
+    created = not folder.exists()
     LOCKS.enter_context(run_lock(folder))
+    if created and folder.exists():
+        CREATED.append(folder)
     return folder
 
 

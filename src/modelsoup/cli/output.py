@@ -34,6 +34,7 @@ def save_soup(
     template: Ingredient | None = None,
     base: Ingredient | None = None,
     files: dict[str, str] | None = None,
+    roles: Sequence[str] | None = None,
 ) -> Path:
     """Write the soup to ``--output`` with its provenance (and ``summary``) in the file's
     metadata, and the run record (``args.json``: arguments, versions, inputs'
@@ -43,7 +44,9 @@ def save_soup(
     README model card, as mergekit writes its config and card. ``template``: the model
     whose folder the soup's folder copies (default the first input); ``base``: what
     ``--adapter-rank`` adapts, for soups of full fine-tunes; ``files``: {name: text} written
-    into a folder output over the template's (a config.json with another layer count)."""
+    into a folder output over the template's (a config.json with another layer count);
+    ``roles``: each input's part in the merge ("base", "model", "A", ...), recorded with
+    it (and a model's weight, from ``summary["weights"]``)."""
     folder = run_dir(args)
     if getattr(args, "adapter_rank", None) is not None:
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record, base)
@@ -55,6 +58,7 @@ def save_soup(
         "recipe": recipe,
         "modelsoup": package_version(),
         "ingredients": [i.source for i in inputs],
+        **({"inputs": input_roles(inputs, roles, (summary or {}).get("weights"))} if roles else {}),
         **({"run_dir": str(folder)} if run_folder else {"versions": versions()}),
         **(summary or {}),
     }
@@ -73,6 +77,19 @@ def save_soup(
     )
     if record and run_folder:  # after the soup: an unwritable output is reported as such
         record_run(folder, recipe, args=resolved(args), inputs=inputs, evaluator=evaluator)
+    return out
+
+
+def input_roles(
+    inputs: Sequence[Ingredient], roles: Sequence[str], weights: Any
+) -> list[dict[str, Any]]:
+    """Each input with its role, and the models their weights in order: so a record (and
+    its model card) says which input is the base and which weight applies to which."""
+    out: list[dict[str, Any]] = [{"source": i.source, "role": r} for i, r in zip(inputs, roles)]
+    models = [e for e in out if e["role"] == "model"]
+    if isinstance(weights, (list, tuple)) and len(weights) == len(models):
+        for entry, w in zip(models, weights):
+            entry["weight"] = w
     return out
 
 

@@ -36,16 +36,12 @@ def check_compatible(
             f"adapters on different bases: {x.source} adapts {a} but {y.source} adapts {b}; "
             "a soup of adapters needs one base (--base-model)"
         )
+    implied = check_same_names(ingredients)
     first = ingredients[0]
     ref = first.layout
     ref_names = ref.names
-    implied = _implied_ties(ingredients)
-    ref_set = set(ref_names) - set(implied)
     for other in ingredients[1:]:
         lay = other.layout
-        names = set(lay.names) - set(implied)
-        if names != ref_set:
-            raise _names_error(first, other, ref_names, lay.names, ref_set, names)
         for name in ref_names:
             if name in implied:
                 continue  # its target is compared
@@ -91,6 +87,21 @@ def check_compatible(
             groups[key] = name
             specs[name] = ref.spec(name)
     return Layout(specs, aliases)
+
+
+def check_same_names(ingredients: Sequence[Ingredient]) -> dict[str, str]:
+    """Refuse ingredients that hold different tensor names (another architecture), before
+    anything else is compared: shapes can differ for a reason with a remedy (a vocabulary
+    with added tokens), names cannot. Returns the implied ties (see `_implied_ties`)."""
+    implied = _implied_ties(ingredients)
+    first = ingredients[0]
+    ref_set = set(first.layout.names) - set(implied)
+    for other in ingredients[1:]:
+        names = set(other.layout.names) - set(implied)
+        if names != ref_set:
+            raise _names_error(first, other, first.layout.names, other.layout.names, ref_set,
+                               names)  # fmt: skip
+    return implied
 
 
 def _implied_ties(ingredients: Sequence[Ingredient]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from ..evaluators.protocols import (
     loss_units,
     outputs,
 )
+from ..ops.summary import human_bytes
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
@@ -250,8 +251,8 @@ def mixture_losses(
         raise SoupError(
             f"an ensemble of {len(members)} models holds {held + 1} x {evaluator.vocab} "
             f"logits x 4 bytes = {per_token / 2**20:.1f} MiB per token, and one batch of "
-            f"{largest} tokens needs {largest * per_token / 2**30:.2f} GiB, over the budget "
-            f"of {budget / 2**30:.2f} GiB: raise --cache-budget (e.g. --cache-budget "
+            f"{largest} tokens needs {human_bytes(largest * per_token)}, over the budget "
+            f"of {human_bytes(budget)}: raise --cache-budget (e.g. --cache-budget "
             f"{_ceil_gb(largest * per_token)}GB) or lower --batch-size"
         )
     chunks = evaluator.chunks(split, max(1, budget // per_token))

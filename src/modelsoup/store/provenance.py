@@ -90,7 +90,8 @@ def model_card(provenance: dict[str, Any]) -> str:
     """A short model card for a merged folder: method, inputs, parameters, version."""
     params = {
         k: v for k, v in provenance.items()
-        if k not in ("recipe", "modelsoup", "ingredients", "versions", "ratios", "clamped")
+        if k not in ("recipe", "modelsoup", "ingredients", "inputs", "versions", "ratios",
+                     "clamped")
     }  # fmt: skip
     lines = [
         "---",
@@ -102,7 +103,15 @@ def model_card(provenance: dict[str, Any]) -> str:
         "",
         f"Made with modelsoup {provenance['modelsoup']} by the `{provenance['recipe']}` merge of:",
         "",
-        *[f"- `{s}`" for s in provenance["ingredients"]],
+        *(
+            [
+                f"- `{e['source']}`: {e['role']}"
+                + (f", weight {e['weight']:g}" if "weight" in e else "")
+                for e in provenance["inputs"]
+            ]
+            if "inputs" in provenance
+            else [f"- `{s}`" for s in provenance["ingredients"]]
+        ),
         "",
         "Parameters:",
         "",
