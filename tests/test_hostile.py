@@ -544,6 +544,15 @@ def test_the_corpus_is_large():
     assert len(CASES) >= 30
 
 
+def test_the_docs_state_the_corpus_size():
+    """README and docs/safety.md quote the number of cases this file holds."""
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    safety = (root / "docs" / "safety.md").read_text()
+    assert f"{len(CASES)} hostile inputs" in readme
+    assert f"corpus of {len(CASES)} bad inputs" in safety
+
+
 # --- a full disk, for real: a tiny tmpfs (root only; skipped elsewhere) -------------
 
 

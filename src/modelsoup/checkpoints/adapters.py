@@ -111,7 +111,7 @@ class LoraAdapter:
             raise CheckpointError(f"{path}: an adapter's config is a JSON object")
         kind = config.get("peft_type")
         if kind != "LORA":
-            self._refuse(f"peft_type {kind!r}; only LORA adapters are supported")
+            self._refuse(f"peft_type {shown(kind)}; only LORA adapters are supported")
         for key, value in config.items():
             if key in REFUSED_UNLESS:
                 default, what = REFUSED_UNLESS[key]
@@ -129,15 +129,16 @@ class LoraAdapter:
                     "(a newer peft?)"
                 )
         r = config.get("r", PEFT_DEFAULTS["r"])
-        if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-            self._refuse(f"r = {r!r}: the rank must be a positive integer")
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 < r < 2**31:
+            self._refuse(f"r = {shown(r)}: the rank must be a positive integer")
         alpha = config.get("lora_alpha", PEFT_DEFAULTS["lora_alpha"])
         if (
             not isinstance(alpha, (int, float))
             or isinstance(alpha, bool)
+            or abs(alpha) > 1e300  # a huge integer overflows a float
             or not math.isfinite(alpha)
         ):
-            self._refuse(f"lora_alpha = {alpha!r}: must be a finite number")
+            self._refuse(f"lora_alpha = {shown(alpha)}: must be a finite number")
         return config
 
     def _refuse(self, why: str) -> None:
@@ -148,9 +149,9 @@ class LoraAdapter:
 
     def _named_base(self) -> Path:
         name = self.config.get("base_model_name_or_path")
-        if not name or not Path(name).is_dir():
+        if not isinstance(name, str) or not name or len(name) > 4096 or not is_dir(name):
             raise CheckpointError(
-                f"{self.folder}: the adapter's base {name!r} is not a local folder; pass "
+                f"{self.folder}: the adapter's base {shown(name)} is not a local folder; pass "
                 "--base-model DIR (base_model= in Python) with the base model's folder"
             )
         return Path(name)
@@ -389,3 +390,20 @@ def _adapter_config(
         "modules_to_save": sorted({n.rsplit(".", 1)[0] for n in whole}) or None,
         "base_model_name_or_path": str(first.base.folder),
     }
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as a message shows it: its JSON, cut at ``limit`` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def is_dir(name: str) -> bool:
+    """Whether ``name`` is a folder; False for a name the system cannot even look up."""
+    try:
+        return Path(name).is_dir()
+    except (OSError, ValueError):
+        return False

@@ -61,8 +61,9 @@ def load_all(text: str, source: str | Path, loader: Any = None) -> list[Any]:
                 size = expanded_size(node)
                 if size > MAX_NODES:
                     raise SoupError(
-                        f"{source}: the YAML expands to over {MAX_NODES:,} values through its "
-                        "aliases (&name / *name); write the values out, or use fewer aliases"
+                        f"{source}: the YAML holds over {MAX_NODES:,} values (an alias, "
+                        "*name, counted each time it is used); a configuration this large is "
+                        "not one modelsoup reads: check for runaway aliases or repeated entries"
                     )
                 docs.append(parser.construct_document(node))
         finally:

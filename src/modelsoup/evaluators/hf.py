@@ -29,6 +29,7 @@ from .hf_folders import (
     from_folder,
     model_folder,
     read_table,
+    texts_of,
 )
 from .hf_lm import causal_lm_evaluator, fit_length, multiple_choice_evaluator
 from .protocols import Metric
@@ -183,10 +184,10 @@ def _text_inputs(
     import transformers
 
     tok = from_folder(transformers.AutoTokenizer, folder, "tokenizer")
-    texts = column(table, text_column, data, "--text-column").astype(str).tolist()
+    texts = texts_of(table, text_column, data, "--text-column")
     pairs = None
     if pair_column:
-        pairs = column(table, pair_column, data, "--text-pair-column").astype(str).tolist()
+        pairs = texts_of(table, pair_column, data, "--text-pair-column")
     enc = tok(texts, pairs, truncation=True, max_length=length, padding=True, return_tensors="pt")
     return {k: v for k, v in enc.items()}
 

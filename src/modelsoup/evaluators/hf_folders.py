@@ -68,6 +68,20 @@ def column(table: Any, name: str, path: str, flag: str) -> Any:
     return table[name]
 
 
+def texts_of(table: Any, name: str, path: str, flag: str) -> list[str]:
+    """The column ``name`` as texts; a row that holds no text (null, NaN, a number, a
+    list) is refused by its number, as the tokenizer cannot read it."""
+    values = column(table, name, path, flag).tolist()
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            shown = "null" if v is None or (isinstance(v, float) and v != v) else type(v).__name__
+            raise SoupError(
+                f"{path}: row {i} of column {name!r} is {shown}, not a text; every row needs "
+                "one (remove the row, or give the text)"
+            )
+    return values
+
+
 def checkpoint_names(model: nn.Module) -> dict[str, str]:
     """``{name in a save_pretrained checkpoint: name in model.state_dict()}``.
 

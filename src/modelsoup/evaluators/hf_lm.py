@@ -15,12 +15,12 @@ from ..errors import SoupError
 from .hf_folders import (
     HFLoader,
     build_model,
-    column,
     config_hash,
     from_folder,
     model_folder,
     pad_id,
     read_table,
+    texts_of,
 )
 
 
@@ -30,11 +30,33 @@ def read_texts(path: str | os.PathLike, text_column: str) -> list[str]:
     path = Path(path)
     if path.suffix.lower() == ".txt":
         try:
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SoupError(f"{path}: cannot read the text file ({e})") from e
+        # one example per line: split at \n (a \r before it dropped), not at the form
+        # feeds and U+2028 that str.splitlines also breaks at
+        lines = (line.removesuffix("\r") for line in text.split("\n"))
+        return [line for line in lines if line.strip()]
     table = read_table(path)
-    return column(table, text_column, str(path), "--text-column").astype(str).tolist()
+    texts = texts_of(table, text_column, str(path), "--text-column")
+    return [t for t in texts if t.strip()]  # empty rows skipped, as blank lines are
+
+
+def head_tokens(tok: Any, text: str, n: int) -> list[int]:
+    """``tok(text, truncation=True, max_length=n)["input_ids"]``, tokenizing only a prefix
+    of a long text: a 20 MB line cut to 32 tokens is not tokenized whole.
+
+    A prefix's first tokens are the whole text's once the cut is far past them: the
+    prefix is taken when its first n + 8 tokens equal those of a prefix twice as long
+    (tokenizers merge within a word, so the cut only changes tokens near it)."""
+    size = 16 * (n + 16)
+    while size < len(text):
+        head = tok(text[:size], add_special_tokens=False)["input_ids"]
+        longer = tok(text[: 2 * size], add_special_tokens=False)["input_ids"]
+        if len(head) > n + 8 and head[: n + 8] == longer[: n + 8]:
+            return tok(text[:size], truncation=True, max_length=n)["input_ids"]
+        size *= 4
+    return tok(text, truncation=True, max_length=n)["input_ids"]
 
 
 def causal_lm_evaluator(
@@ -63,7 +85,7 @@ def causal_lm_evaluator(
     texts = read_texts(data, text_column)
     if not texts:
         raise SoupError(f"{data}: no examples (empty lines are skipped)")
-    ids = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    ids = [x for t in texts if (x := head_tokens(tok, t, max_length))]  # no token: no example
     if all(len(x) < 2 for x in ids):
         raise SoupError(
             f"{data}: no token to predict: every example is shorter than 2 tokens (with "

@@ -28,23 +28,32 @@ def is_task_file(task: str) -> bool:
     return Path(task).suffix.lower() in (".yaml", ".yml")
 
 
-def _load_task(manager: Any, spec: str, name: str) -> Any:
-    """lm-eval's Task object for ``spec`` (a name, or a YAML path), or `SoupError`."""
+def _failure(where: str, what: str, e: Exception) -> SoupError:
+    return SoupError(f"{where}: {what}: {type(e).__name__}: {str(e)[:400] or 'no message'}")
+
+
+def checked_task(manager: Any, spec: str, name: str, where: str, limit: int | None) -> Any:
+    """lm-eval's Task for ``spec`` (a name, or a YAML path), loaded and its requests built
+    once (every document's prompt, choices and target), so a task that cannot run is
+    refused before any soup is made; `SoupError` naming ``where`` otherwise."""
     try:
-        return manager.load([spec])["tasks"][name]
-    except SoupError:
-        raise
+        task = manager.load([spec])["tasks"][name]
     except Exception as e:  # noqa: BLE001 - lm-eval and datasets raise anything
-        raise SoupError(f"lm-eval cannot load the task {name!r}: {type(e).__name__}: "
-                        f"{str(e)[:400] or 'no message'}") from e  # fmt: skip
-
-
-def _count_docs(task: Any, name: str) -> int:
+        raise _failure(where, f"lm-eval cannot load the task {name!r}", e) from e
     try:
-        return len(task.eval_docs)
+        docs = len(task.eval_docs)
     except Exception as e:  # noqa: BLE001
-        raise SoupError(f"lm-eval task {name!r} has no documents to score: {type(e).__name__}: "
-                        f"{str(e)[:300] or 'no message'}") from e  # fmt: skip
+        raise _failure(where, f"lm-eval task {name!r} has no documents to score", e) from e
+    if docs == 0:
+        raise SoupError(
+            f"{where}: lm-eval task {name!r} has no documents in its evaluation split: "
+            "check its data files and test_split/validation_split"
+        )
+    try:
+        task.build_all_requests(limit=limit)
+    except Exception as e:  # noqa: BLE001
+        raise _failure(where, f"lm-eval cannot build the requests of task {name!r}", e) from e
+    return task
 
 
 class LMEvalEvaluator:
@@ -81,9 +90,10 @@ class LMEvalEvaluator:
             files = read_task(task)
             files.check_code(trust_code)
             self.task, self._spec, source = files.name, str(files.path), files.digest()
+            where = str(files.path)
             self._manager = TaskManager(include_defaults=False)
         else:
-            self.task, self._spec, source = task, task, task
+            self.task, self._spec, source, where = task, task, task, f"--lm-eval {task}"
             self._manager = TaskManager()
             if self.task not in self._manager.all_tasks:
                 raise SoupError(
@@ -91,26 +101,22 @@ class LMEvalEvaluator:
                     "path/to/task.yaml) or one of `lm-eval ls tasks`"
                 )
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        loaded = _load_task(self._manager, self._spec, self.task)
+        loaded = checked_task(self._manager, self._spec, self.task, where, limit)
         declared = list(loaded.aggregation())
         if metric is None and declared:
             metric = declared[0]
         if metric not in declared:
             raise SoupError(
-                f"lm-eval task {self.task!r} declares the metrics {declared}, not {metric!r}: "
-                "name one of those with --lm-eval-metric"
-            )
-        if _count_docs(loaded, self.task) == 0:
-            raise SoupError(
-                f"lm-eval task {self.task!r} has no documents in its evaluation split: check "
-                "its data files and test_split/validation_split"
+                f"{where}: lm-eval task {self.task!r} declares the metrics {declared}, not "
+                f"{str(metric)[:60]!r}: name one of those with --lm-eval-metric"
             )
         if loaded.OUTPUT_TYPE == "generate_until" and tokenizer.eos_token_id is None:
             raise SoupError(
-                f"lm-eval task {self.task!r} generates text, which lm-eval stops at the "
-                "tokenizer's end-of-text token, and this tokenizer has none: set eos_token "
-                "in the first ingredient's tokenizer_config.json"
+                f"{where}: lm-eval task {self.task!r} generates text, which lm-eval stops at "
+                "the tokenizer's end-of-text token, and this tokenizer has none: set "
+                "eos_token in the first ingredient's tokenizer_config.json"
             )
+        self._where = where
         self.model = model.to(device).eval()
         self.loader = loader or load_state
         self.metric = metric
@@ -118,6 +124,8 @@ class LMEvalEvaluator:
         self.name = f"lm-eval {self.task} {metric}"
         self._simple_evaluate = lm_eval.simple_evaluate
         self._lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=batch_size)
+        self._run(1)  # one document end to end (the model as built): a task that fails in
+        # lm-eval's scoring is refused here, before a run folder or a soup exists
         self._declared = {
             **dict(identity or {}),
             "lm_eval": getattr(lm_eval, "__version__", "?"),
@@ -129,6 +137,18 @@ class LMEvalEvaluator:
         }
         self.last: dict[str, Any] = {}
 
+    def _run(self, limit: int | None) -> dict[str, Any]:
+        try:
+            return self._simple_evaluate(
+                model=self._lm,
+                tasks=[self._spec],
+                task_manager=self._manager,
+                limit=limit,
+                log_samples=False,
+            )
+        except Exception as e:  # noqa: BLE001 - the task's code and templates raise anything
+            raise _failure(self._where, f"lm-eval failed on task {self.task!r}", e) from e
+
     def identity(self, split: str) -> dict[str, Any]:
         return {**self._declared, "model": model_identity(self.model), "split": split}
 
@@ -136,18 +156,14 @@ class LMEvalEvaluator:
         self.loader(self.model, state)
         self.model.eval()
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        out = self._simple_evaluate(
-            model=self._lm,
-            tasks=[self._spec],
-            task_manager=self._manager,
-            limit=self.limit,
-            log_samples=False,
-        )
+        out = self._run(self.limit)
         results = out["results"][self.task]
         found = [k for k in results if k.split(",")[0] == self.metric and "_stderr" not in k]
         if not found:
-            raise SoupError(f"lm-eval task {self.task!r} reported no {self.metric!r} "
-                            f"(it reported {sorted(results)})")  # fmt: skip
+            raise SoupError(
+                f"{self._where}: lm-eval task {self.task!r} reported no {self.metric!r} (it "
+                f"reported {sorted(results)})"
+            )
         key = found[0]
         value = float(results[key])
         higher = out.get("higher_is_better", {}).get(self.task, {}).get(key.split(",")[0], True)

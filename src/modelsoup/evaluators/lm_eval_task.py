@@ -22,6 +22,10 @@ from typing import Any
 from ..checkpoints.yaml_files import read_yaml
 from ..errors import SoupError
 
+# datasets' packaged builders: without data files they read every file of their kind
+# under the working directory
+PACKAGED = ("json", "csv", "parquet", "text", "arrow", "pandas", "xml", "sql", "webdataset",
+            "imagefolder", "audiofolder", "videofolder")  # fmt: skip
 MAX_FILES = 64  # YAML files a task may include, transitively
 MAX_DATA_FILES = 10_000  # files under the data paths a task names
 TRUST = "--trust-task-code (trust_code=True)"
@@ -174,6 +178,22 @@ def read_task(path: str | Path) -> TaskFiles:
     seen: list[Path] = []
     found: list[TaskFunction] = []
     config = _load(Path(path), seen, found)
-    if not isinstance(config.get("task"), str) or not config["task"]:
-        raise SoupError(f"{path}: a task YAML needs a 'task: NAME' line (here or included)")
+    name = config.get("task")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256 or "\n" in name:
+        raise SoupError(f"{path}: a task YAML needs a 'task: NAME' line (here or included), "
+                        "NAME one line of at most 256 characters")  # fmt: skip
+    kwargs = config.get("dataset_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise SoupError(f"{path}: dataset_kwargs must be a mapping (data_files: ...)")
+    kwargs = kwargs or {}
+    if (
+        config.get("dataset_path") in PACKAGED
+        and not kwargs.get("data_files")
+        and not (kwargs.get("data_dir"))
+    ):
+        raise SoupError(
+            f"{path}: dataset_path: {config['dataset_path']} names no file: give "
+            "dataset_kwargs.data_files (without them datasets reads every such file under "
+            "the working directory)"
+        )
     return TaskFiles(Path(path).resolve(), config, seen, found)

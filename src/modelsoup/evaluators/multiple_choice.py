@@ -40,6 +40,8 @@ def encode_pair(
     """``(context tokens, continuation tokens)`` as lm-eval's ``loglikelihood`` makes them."""
     if context == "":
         cont = tokenizer.encode(continuation, add_special_tokens=False)
+        if not cont:  # a blank choice some tokenizers drop whole: nothing to score
+            return [prefix], []
         return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
     spaces = len(context) - len(context.rstrip())
     if spaces:
@@ -98,7 +100,17 @@ class MultipleChoiceEvaluator:
             for c, choice in enumerate(self.choices[n]):
                 ctx, cont = encode_pair(tokenizer, str(e["context"]), " " + choice, prefix)
                 if not cont:
-                    raise SoupError(f"example {n}, choice {c} ({choice!r}) has no tokens")
+                    raise SoupError(f"example {n}, choice {c} ({choice[:40]!r}) has no tokens")
+                if None in ctx:
+                    raise SoupError(
+                        f"example {n} has an empty context, which lm-eval starts with the "
+                        "tokenizer's bos or eos token: it has neither"
+                    )
+                if len(cont) > limit:
+                    raise SoupError(
+                        f"example {n}, choice {c} is {len(cont)} tokens, longer than the "
+                        f"model's context of {limit}: shorten the choice"
+                    )
                 # longer than the model's context: the last limit + 1 tokens (lm-eval's)
                 self.requests[n].append(((ctx + cont)[-(limit + 1) :], len(cont)))
         # the tokens, the gold indices and the choices' lengths (acc_norm's divisors)
@@ -142,38 +154,56 @@ class MultipleChoiceEvaluator:
     # -- scoring --------------------------------------------------------------------------
 
     def _groups(self) -> Iterator[list[int]]:
-        """This rank's examples, ``batch_size`` at a time (all their choices together)."""
+        """This rank's examples, in groups of about ``batch_size`` choices (at least one
+        example each): the unit early rejection counts in."""
         rank, size = world()
-        mine = list(range(rank, len(self.choices), size))
-        for i in range(0, len(mine), self.batch_size):
-            yield mine[i : i + self.batch_size]
+        group: list[int] = []
+        held = 0
+        for n in range(rank, len(self.choices), size):
+            if group and held + len(self.choices[n]) > self.batch_size:
+                yield group
+                group, held = [], 0
+            group.append(n)
+            held += len(self.choices[n])
+        if group:
+            yield group
 
     @torch.inference_mode()
     def _loglikelihoods(self, examples: list[int]) -> torch.Tensor:
         """[len(examples), most choices] summed continuation log-probabilities (divided
-        by the choice's length with ``normalize``), -inf where there is no choice."""
+        by the choice's length with ``normalize``), -inf where there is no choice. At most
+        ``batch_size`` sequences go through the model at once, whatever an example's
+        number of choices."""
         reqs = [
             (row, c, r) for row, n in enumerate(examples) for c, r in enumerate(self.requests[n])
         ]
-        width = max(len(tokens) - 1 for _, _, (tokens, _) in reqs)
+        most = max(len(self.choices[n]) for n in examples)
+        table = torch.full((len(examples), most), float("-inf"))
+        for start in range(0, len(reqs), self.batch_size):
+            part = reqs[start : start + self.batch_size]
+            for (row, c, _), ll in zip(part, self._pass([r for _, _, r in part])):
+                n = examples[row]
+                table[row, c] = ll / len(self.choices[n][c]) if self.normalize else ll
+        return table
+
+    def _pass(self, reqs: list[Request]) -> list[float]:
+        """Each request's summed continuation log-probability, in one forward pass."""
+        width = max(len(tokens) - 1 for tokens, _ in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for b, (_, _, (tokens, _)) in enumerate(reqs):
+        for b, (tokens, _) in enumerate(reqs):
             ids[b, : len(tokens) - 1] = torch.tensor(tokens[:-1])
             mask[b, : len(tokens) - 1] = 1
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         logits = output_logits(out)
-        most = max(len(self.choices[n]) for n in examples)
-        table = torch.full((len(examples), most), float("-inf"))
-        for b, (row, c, (tokens, k)) in enumerate(reqs):
+        lls = []
+        for b, (tokens, k) in enumerate(reqs):
             end = len(tokens) - 1  # position end - 1 predicts the last token
             # only the continuation's rows: a batch's full log-softmax is vocabulary-wide
             logprobs = torch.log_softmax(logits[b, end - k : end].float(), dim=-1)
             cont = torch.tensor(tokens[-k:], device=logprobs.device)
-            ll = float(logprobs.gather(1, cont[:, None]).sum())
-            n = examples[row]
-            table[row, c] = ll / len(self.choices[n][c]) if self.normalize else ll
-        return table
+            lls.append(float(logprobs.gather(1, cont[:, None]).sum()))
+        return lls
 
     def evaluate(
         self,
@@ -226,6 +256,16 @@ class MultipleChoiceEvaluator:
         return {"val": gather_rows(local, index, len(self.choices), self.device)}
 
 
+SHAPE = '{"context": "...", "choices": ["...", "..."], "gold": 0}'
+
+
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSON-lines text: split at newlines only (``\\n``, ``\\r\\n``), not at
+    the other breaks `str.splitlines` knows (form feed, U+2028), which JSON strings may
+    hold; blank lines skipped."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
 def read_examples(path: str) -> list[dict[str, Any]]:
     """Examples of a multiple-choice task: a JSON-lines (or JSON array) file whose
     objects have ``context`` (text), ``choices`` (a list of texts) and ``gold`` (the
@@ -241,27 +281,33 @@ def read_examples(path: str) -> list[dict[str, Any]]:
         if text.lstrip().startswith("["):
             rows = json.loads(text)
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise SoupError(f"{p}: not JSON lines ({e})") from e
-    if not rows:
-        raise SoupError(f"{p}: no examples")
+            rows = [json.loads(line) for line in json_lines(text)]
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise SoupError(f"{p}: not JSON lines ({str(e)[:200]})") from e
+    if not isinstance(rows, list) or not rows:
+        raise SoupError(f"{p}: no examples; each line is an object {SHAPE}")
     for n, row in enumerate(rows):
-        missing = [k for k in ("context", "choices", "gold") if k not in row]
-        if missing:
-            raise SoupError(
-                f"{p}: example {n} has no {missing[0]!r}; each line is an object "
-                '{"context": "...", "choices": ["...", "..."], "gold": 0}'
-            )
-        ch = row["choices"]
-        if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
-            raise SoupError(f"{p}: example {n}: 'choices' must be a list of at least 2 texts")
-        g = row["gold"]
-        if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < len(ch):
-            raise SoupError(
-                f"{p}: example {n}: 'gold' must be the index of the right choice, "
-                f"0..{len(ch) - 1}; got {g!r}"
-            )
-        if any(c == "" for c in ch):
-            raise SoupError(f"{p}: example {n} has an empty choice (acc_norm divides by length)")
+        _check_example(p, n, row)
     return rows
+
+
+def _check_example(p: Any, n: int, row: Any) -> None:
+    if not isinstance(row, dict):
+        raise SoupError(f"{p}: example {n} is a {type(row).__name__}, not an object {SHAPE}")
+    missing = [k for k in ("context", "choices", "gold") if k not in row]
+    if missing:
+        raise SoupError(f"{p}: example {n} has no {missing[0]!r}; each line is an object {SHAPE}")
+    if not isinstance(row["context"], str):
+        raise SoupError(f"{p}: example {n}: 'context' must be a text, got "
+                        f"{type(row['context']).__name__}")  # fmt: skip
+    ch = row["choices"]
+    if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+        raise SoupError(f"{p}: example {n}: 'choices' must be a list of at least 2 texts")
+    g = row["gold"]
+    if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < len(ch):
+        raise SoupError(
+            f"{p}: example {n}: 'gold' must be the index of the right choice, "
+            f"0..{len(ch) - 1}; got {str(g)[:40]!r}"
+        )
+    if any(c == "" for c in ch):
+        raise SoupError(f"{p}: example {n} has an empty choice (acc_norm divides by length)")

@@ -18,6 +18,7 @@ as mergekit ignores it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,9 @@ def _method(config: Path, data: dict[str, Any]) -> tuple[Merge, dict[str, Any]]:
 
 
 def _model_name(config: Path, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\0" in value:
         raise _fail(config, key, f"{str(value)[:60]!r} is not a model path")
-    if "@" in value and not Path(value).exists():
+    if "@" in value and not os.path.lexists(value):
         raise _fail(
             config, key, f"{value}: a revision (@...) is not supported: nothing is fetched "
             "offline; give the folder of that revision",
