@@ -29,6 +29,7 @@ from modelsoup import (
     uniform_soup,
     weighted_average,
 )
+from modelsoup.evaluators.classification import load_state
 
 
 @pytest.fixture(params=[True, False], ids=["small-chunks", "one-chunk"])
@@ -140,6 +141,23 @@ def test_running_mean_matches_uniform_soup(chunks):
     for n in ref:
         torch.testing.assert_close(got[n], ref[n], rtol=1e-6, atol=1e-7)
     assert all(torch.equal(sds[0][n], ings[0].get(n)) for n in sds[0])  # input untouched
+
+
+def test_the_candidate_evaluated_is_the_mean_committed_bit_for_bit(chunks):
+    """The candidate is computed as it is read (never a second copy of the model), and
+    commit computes it again into the mean: the two agree bit for bit, chunked or not."""
+    sds = finetunes(4)
+    rm = RunningMean(StateDictIngredient(sds[0]))
+    for sd in sds[1:]:
+        rm.propose(StateDictIngredient(sd))
+        seen = {n: t.clone() for n, t in rm.state(candidate=True).items()}
+        rm.commit()
+        assert all(torch.equal(seen[n], t) for n, t in rm.state().items())
+    model = make_model(0, tied=False)
+    rm.propose(StateDictIngredient(finetunes(5)[4]))
+    lazy = rm.state(candidate=True)
+    load_state(model, lazy)  # tensor by tensor into the model's own storage
+    assert all(torch.equal(model.state_dict()[n], lazy[n]) for n in lazy)
 
 
 def test_running_mean_of_identical_is_exact():

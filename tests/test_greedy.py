@@ -73,7 +73,7 @@ def test_soup_of_the_kept_equals_their_uniform_soup(sweep):
     assert res.evaluation.score == _evaluator()(materialize(res.soup))
 
 
-def test_greedy_never_below_best_single_and_reads_each_once(sweep):
+def test_greedy_never_below_best_single_and_reads_each_once_and_the_kept_twice(sweep):
     _, paths = sweep
     ings = [open_ingredient(p) for p in paths]
     res = greedy_soup(ings, _evaluator())
@@ -81,10 +81,11 @@ def test_greedy_never_below_best_single_and_reads_each_once(sweep):
     assert res.evaluation.score >= best
     assert res.scores[res.kept[0]].score == best
     k = len(ings)
-    assert res.scoring_reads == k and res.reads == k  # 1 to start, then each candidate once
+    # 1 to start, each candidate once, each kept one again (computed into the soup)
+    assert res.scoring_reads == k and res.reads == k + len(res.kept) - 1
     assert res.evaluations == k  # the first soup is measured again, then k-1 candidates
     res2 = greedy_soup(ings, _evaluator(), scores=res.scores)
-    assert res2.scoring_reads == 0 and res2.reads == k and res2.kept == res.kept
+    assert res2.scoring_reads == 0 and res2.reads == res.reads and res2.kept == res.kept
 
 
 def _random_case(seed: int, k: int):
@@ -140,7 +141,7 @@ def test_random_order_is_seeded(sweep):
     assert a.order == b.order and a.kept == b.kept
     assert sorted(a.order) == list(range(len(ings)))
     assert a.order != c.order
-    assert all(s is None for s in a.scores) and a.reads == len(ings)
+    assert all(s is None for s in a.scores) and a.reads == len(ings) + len(a.kept) - 1
 
 
 def test_journal_resume_replays_without_evaluating(sweep, tmp_path):

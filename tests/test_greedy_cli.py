@@ -94,7 +94,8 @@ def test_greedy_cli_writes_soup_and_run_folder(tmp_path, sweep, capsys):
     capsys.readouterr()
     r2 = json.loads((tmp_path / "r2" / "result.json").read_text())
     assert r2["kept"] == result["kept"] and r2["cost"]["scoring_reads"] == 0
-    assert r2["cost"]["soup_reads"] == len(sweep)
+    # each ingredient once, each kept one again (computed into the soup)
+    assert r2["cost"]["soup_reads"] == len(sweep) + len(r2["kept"]) - 1
 
 
 def test_ensemble_cli_uses_the_cache(tmp_path, sweep, capsys):

@@ -31,7 +31,6 @@ from .jobs.recipes import RECIPES
 from .merges import model_stock, uniform_soup, wise_ft
 from .ops.arithmetic import (
     Combination,
-    RunningMean,
     interpolate,
     linear_combination,
     task_vector,
@@ -39,6 +38,7 @@ from .ops.arithmetic import (
 )
 from .ops.checks import check_compatible
 from .ops.geometry import angle, cosine, dot, gram, norm
+from .ops.running_mean import RunningMean
 from .ops.select import choose, substitute
 from .soups import GreedyResult, LearnedResult, greedy_soup, learned_soup
 from .version import package_version

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -83,3 +84,29 @@ def materialize(ingredient: Ingredient) -> dict[str, torch.Tensor]:
     fill(ingredient, state)
     state.update({a: state[t] for a, t in ingredient.layout.aliases.items()})
     return state
+
+
+@runtime_checkable
+class StreamedState(Protocol):
+    """A state dict that can write a tensor into a caller's tensor chunk by chunk, and
+    tell its shape without computing it (`ops.running_mean.LazyState`): a model is
+    loaded from it without the whole tensor ever existing beside the model's own."""
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def copy_into(self, name: str, target: torch.Tensor) -> None: ...
+
+
+def shape_of(state: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    """The shape of ``state[name]``, without computing it where ``state`` streams."""
+    if isinstance(state, StreamedState):
+        return state.shape(name)
+    return tuple(state[name].shape)
+
+
+def copy_tensor(state: Mapping[str, torch.Tensor], name: str, target: torch.Tensor) -> None:
+    """``target.copy_(state[name])``, chunk by chunk where ``state`` streams."""
+    if isinstance(state, StreamedState):
+        state.copy_into(name, target)
+    else:
+        target.copy_(state[name])

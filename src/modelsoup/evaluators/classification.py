@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints.stream import copy_tensor, shape_of
 from ..errors import MismatchError, SoupError
 from .distributed import all_reduce, gather_rows, world
 from .protocols import Evaluation, Metric, State, out_of_reach
@@ -57,7 +58,9 @@ def forward(model: nn.Module, inputs: Any, state: State | None = None) -> torch.
 
 
 def load_state(model: nn.Module, state: State) -> None:
-    """``model.load_state_dict(state)`` with a clear error when names or shapes differ."""
+    """``model.load_state_dict(state)`` with a clear error when names or shapes differ,
+    copying one tensor at a time into the model's own (``model.state_dict()`` shares
+    their storage), so ``state`` may compute its tensors as they are read."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -78,12 +81,15 @@ def load_state(model: nn.Module, state: State) -> None:
             + ". The factory must build the architecture the checkpoints were saved from"
         )
     for k, t in own.items():
-        if tuple(t.shape) != tuple(state[k].shape):
+        shape = shape_of(state, k)
+        if tuple(t.shape) != shape:
             raise MismatchError(
-                f"tensor {k!r} is {list(state[k].shape)} in the soup but {list(t.shape)} in the "
-                "model from --model; the factory must build the checkpoints' architecture"
+                f"tensor {k!r} is {list(shape)} in the soup but {list(t.shape)} in the model "
+                "from --model; the factory must build the checkpoints' architecture"
             )
-    model.load_state_dict(state)
+    with torch.no_grad():  # tensor by tensor (chunk by chunk where the state streams)
+        for k, t in own.items():
+            copy_tensor(state, k, t)
 
 
 def as_splits(data: Any, selection: str = "val") -> dict[str, Any]:

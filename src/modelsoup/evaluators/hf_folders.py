@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.stream import copy_tensor, shape_of
 from ..errors import SoupError
 from .classification import load_state
 
@@ -120,6 +121,52 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
+class Renamed(Mapping[str, torch.Tensor]):
+    """``state`` with its checkpoint names renamed by ``rename`` (checkpoint name -> the
+    model's), and the model's own tensors ``kept`` for the names the state leaves out (a
+    tie ``save_pretrained`` omits): a view, nothing is read until a tensor is asked for,
+    and it streams where ``state`` does (`StreamedState`)."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], rename: Mapping[str, str],
+                 kept: Mapping[str, torch.Tensor] | None = None):  # fmt: skip
+        self.state, self.rename, self.kept = state, rename, dict(kept or {})
+        self.back = {v: k for k, v in rename.items()}
+
+    def _source(self, name: str) -> str | None:
+        """The state's name for the model's ``name``; None: not in the state."""
+        inner = self.back.get(name, name)
+        if (name not in self.back and name in self.rename) or inner not in self.state:
+            return None
+        return inner
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        inner = self._source(name)
+        if inner is None:
+            return self.kept[name]
+        return self.state[inner]
+
+    def __contains__(self, name: object) -> bool:  # without reading the tensor
+        return isinstance(name, str) and (self._source(name) is not None or name in self.kept)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (self.rename.get(k, k) for k in self.state)
+        yield from (k for k in self.kept if self._source(k) is None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        inner = self._source(name)
+        return tuple(self.kept[name].shape) if inner is None else shape_of(self.state, inner)
+
+    def copy_into(self, name: str, target: torch.Tensor) -> None:
+        inner = self._source(name)
+        if inner is None:
+            target.copy_(self.kept[name])
+        else:
+            copy_tensor(self.state, inner, target)
+
+
 class HFLoader:
     """Puts a soup's state into a transformers model. Soups carry the names of the
     checkpoints (as ``save_pretrained`` writes them); when those differ from the model's
@@ -133,11 +180,11 @@ class HFLoader:
         own = model.state_dict()
         if self._rename is None and any(k not in own for k in state):
             self._rename = checkpoint_names(model)
-        if self._rename:
-            state = {self._rename.get(k, k): v for k, v in state.items()}
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
-        if tied and any(k not in state for k in own):
-            state = {**{k: own[k] for k in own if k in tied and k not in state}, **state}
+        if self._rename or tied:
+            view = Renamed(state, self._rename or {})
+            kept = {k: own[k] for k in own if k in tied and k not in view}
+            state = Renamed(state, self._rename or {}, kept)
         load_state(model, state)
         if tied and hasattr(model, "tie_weights"):
             model.tie_weights()

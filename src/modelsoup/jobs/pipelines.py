@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
     Compare,
@@ -29,6 +28,7 @@ from ..evaluators.protocols import (
     identity_of,
     split_scores,
 )
+from ..ops.running_mean import lazy_state
 from ..soups.ensemble import compute_logits, ensemble_baselines
 from ..soups.greedy import GreedyResult, Order, greedy_soup
 from ..store.cache import LogitCache
@@ -159,7 +159,7 @@ def greedy_run(
     record_run(run_dir, "greedy", args=args, inputs=ingredients, evaluator=evaluator)
     _write_scores(run_dir, ingredients, evaluator, first)
     splits = (
-        split_scores(evaluator, materialize(first.soup))
+        split_scores(evaluator, lazy_state(first.soup))  # no copy beside the soup
         if isinstance(evaluator, LogitEvaluator)
         else {}
     )

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient, StateDictIngredient
+from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
-from ..checkpoints.stream import chunk_ranges, fill, stream_chunks
+from ..checkpoints.stream import chunk_ranges, stream_chunks
 from ..errors import MismatchError, NonFiniteError, SoupError
 from .checks import check_compatible, check_weights
 
@@ -289,123 +289,3 @@ def task_vector(a: Ingredient, base: Ingredient, **options) -> Combination:
     """
     options.setdefault("dtype", options.get("accumulate", torch.float32))
     return Combination([a, base], [1.0, -1.0], **options)
-
-
-class RunningMean:
-    """The mean of ingredients added one at a time (what greedy recipes grow).
-
-    Holds the mean so far in the accumulation dtype (integer tensors keep theirs): memory
-    is one model, whatever the count. Adding θ is the exact running mean
-    ``m <- lerp(m, θ, 1/(n+1))`` (the formula of torch.optim.swa_utils), which reads θ
-    once; a mean of one ingredient, or of identical ones, is that ingredient bit for bit.
-
-    ``propose(θ)`` computes the mean with θ into a second buffer without committing it,
-    so a greedy recipe can evaluate the candidate and then ``commit()`` or drop it.
-    """
-
-    def __init__(
-        self,
-        first: Ingredient,
-        *,
-        accumulate: torch.dtype = torch.float32,
-        integers: IntegerPolicy = "error",
-    ):
-        self.accumulate = accumulate
-        self.integers = integers
-        self.members: list[Ingredient] = [first]
-        self._layout = check_compatible([first])
-        self._mean = self._buffers()
-        self._cand: dict[str, torch.Tensor] | None = None
-        self._proposed: Ingredient | None = None
-        fill(Combination([first], [1.0], dtype=accumulate), self._mean)
-
-    @property
-    def count(self) -> int:
-        return len(self.members)
-
-    @property
-    def source(self) -> str:
-        return f"running mean of {self.count} ingredient(s) ({self.members[0].source}, ...)"
-
-    @property
-    def layout(self) -> Layout:
-        return self._layout
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        return tuple(dict.fromkeys(f for ing in self.members for f in ing.files))
-
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {
-            n: torch.empty(s.shape, dtype=self.accumulate if is_float(s.dtype) else s.dtype)
-            for n, s in self._layout.specs.items()
-        }
-
-    def _view(self, buffers: Mapping[str, torch.Tensor]) -> StateDictIngredient:
-        """The buffers as an ingredient, tied names sharing their tensor."""
-        sd = dict(buffers)
-        sd.update({a: sd[t] for a, t in self._layout.aliases.items()})
-        return StateDictIngredient(sd, source="the running mean")
-
-    def propose(self, ingredient: Ingredient) -> None:
-        """Compute the mean with ``ingredient`` (read once) into the candidate buffer.
-
-        Checks it like any combination: names, shapes, integer tensors (``integers``),
-        NaN/Inf naming its file.
-        """
-        layout = check_compatible([self, ingredient], allow_float_dtype_mix=True)
-        if set(layout.specs) != set(self._layout.specs):  # the new one breaks a tie
-            for name in layout.specs.keys() - self._layout.specs.keys():
-                self._mean[name] = self._mean[self._layout.canonical(name)].clone()
-            self._layout = layout
-            self._cand = None
-        if self._cand is None:
-            self._cand = self._buffers()
-        w = 1.0 / (self.count + 1)
-        mix = Combination(
-            [self._view(self._mean), ingredient],
-            [1.0 - w, w],
-            dtype=self.accumulate,
-            integers=self.integers,
-        )
-        fill(mix, self._cand)
-        self._proposed = ingredient
-
-    def commit(self) -> None:
-        """Make the proposed candidate the mean."""
-        assert self._proposed is not None and self._cand is not None, "propose() first"
-        self._mean, self._cand = self._cand, self._mean
-        self.members.append(self._proposed)
-        self._proposed = None
-
-    def add(self, ingredient: Ingredient) -> None:
-        """Add one ingredient (``propose`` then ``commit``)."""
-        self.propose(ingredient)
-        self.commit()
-
-    def state(self, candidate: bool = False) -> dict[str, torch.Tensor]:
-        """The mean (or the proposed candidate) as a state dict in the ingredients' dtypes,
-        tied names sharing one tensor. Float32 ingredients share the buffers: copy before
-        modifying."""
-        buffers = self._cand if candidate else self._mean
-        assert buffers is not None
-        out = {n: buffers[n].to(s.dtype) for n, s in self._ingredient_specs().items()}
-        out.update({a: out[t] for a, t in self._layout.aliases.items()})
-        return out
-
-    def _ingredient_specs(self) -> dict[str, TensorSpec]:
-        first = self.members[0].layout
-        return {n: first.spec(n) for n in self._layout.specs}
-
-    def mean(self) -> StateDictIngredient:
-        """The current mean as an in-memory ingredient (in the ingredients' dtypes)."""
-        return StateDictIngredient(self.state(), source=self.source)
-
-    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        spec = self._ingredient_specs()[self._layout.canonical(name)]
-        flat = self._mean[self._layout.canonical(name)].view(-1)
-        stop = flat.numel() if stop is None else stop
-        return flat[start:stop].to(spec.dtype, copy=True)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.read(name).view(self._layout.spec(name).shape)

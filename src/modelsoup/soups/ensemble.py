@@ -36,6 +36,7 @@ from ..evaluators.protocols import (
     loss_units,
     outputs,
 )
+from ..ops.running_mean import lazy_state
 from ..ops.summary import human_bytes
 
 
@@ -138,7 +139,7 @@ def compute_logits(
         found = {s: cache.get(ing, evaluator, s) if cache else None for s in splits}
         missing = [s for s in splits if found[s] is None]
         if missing:
-            state = materialize(ing)
+            state = lazy_state(ing)  # read as the evaluator loads it: no second model
             found.update(outputs(evaluator, state, missing))
             reads += 1
             if cache:

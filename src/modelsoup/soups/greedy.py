@@ -6,11 +6,13 @@ the held-out score of average(soup + candidate) is >= the current soup's (the pa
 text; its released code uses >, selectable here as ``compare="gt"``). Without the sort
 (``order="random"``) it is the paper's "greedy soup, random order".
 
-The soup is a running mean kept in memory (one model in the accumulation dtype) plus
-one buffer for the candidate: each candidate is read once, and the soup is never rebuilt
-from scratch. With an accuracy evaluator, a candidate's evaluation stops as soon as its
-errors rule out reaching the bar (exact: accuracy only counts). Every decision goes to a
-journal, so a killed run resumes where it stopped and ends with the same soup.
+The soup is a running mean kept in memory (one model in the accumulation dtype). The
+candidate is computed tensor by tensor as the evaluator loads it into its model, never
+held whole, and an accepted one is computed again into the mean (read twice): the soup
+is never rebuilt from scratch. With an accuracy evaluator, a candidate's evaluation
+stops as soon as its errors rule out reaching the bar (exact: accuracy only counts).
+Every decision goes to a journal, so a killed run resumes where it stopped and ends
+with the same soup.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from tqdm.auto import tqdm
 
 from ..checkpoints.fingerprint import fingerprint
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
-from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
     Compare,
@@ -38,8 +39,9 @@ from ..evaluators.protocols import (
     evaluator_name,
     identity_of,
 )
-from ..ops.arithmetic import IntegerPolicy, RunningMean
+from ..ops.arithmetic import IntegerPolicy
 from ..ops.checks import check_compatible
+from ..ops.running_mean import RunningMean, lazy_state
 
 
 class DecisionLog(Protocol):
@@ -80,10 +82,10 @@ class GreedyResult:
     without scores). Costs count this process's work only (a resumed run replays the
     journal's decisions without evaluating). The scoring pass (each ingredient alone)
     costs ``scoring_reads`` checkpoint reads and ``scoring_examples`` held-out examples;
-    the soup pass costs ``reads`` checkpoint reads (k: the first ingredient, then each
-    candidate once) and ``evaluations`` (the first soup, measured again with this
-    evaluator, then each candidate) over ``examples`` held-out examples, where full
-    evaluations would have run ``examples_full``.
+    the soup pass costs ``reads`` checkpoint reads (the first ingredient, each candidate
+    once, and each kept one again when it joins the soup) and ``evaluations`` (the first
+    soup, measured again with this evaluator, then each candidate) over ``examples``
+    held-out examples, where full evaluations would have run ``examples_full``.
     """
 
     soup: StateDictIngredient
@@ -144,9 +146,7 @@ def score_ingredients(
         if done is not None:
             out.append(Evaluation.from_json(done["evaluation"]))
             continue
-        state = materialize(ing)
-        ev = evaluate(evaluator, state, what=ing.source)
-        del state
+        ev = evaluate(evaluator, lazy_state(ing), what=ing.source)  # read as it is loaded
         if counter is not None:
             counter.scoring_reads += 1
             counter.scoring_examples += ev.examples
@@ -184,8 +184,10 @@ def greedy_soup(
     - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
       (`CountingEvaluator`s only; the decision is the same as a full evaluation's).
 
-    Memory: two full-size buffers in ``accumulate`` (soup and candidate) plus what the
-    evaluator holds, whatever the number of ingredients.
+    Memory: one full-size buffer in ``accumulate`` (the soup), one tensor of the
+    candidate, and what the evaluator holds (its model), whatever the number of
+    ingredients; an evaluator that takes the whole state at once (``dict(state)``)
+    holds the candidate too.
     """
     if order not in ("sorted", "random"):
         raise SoupError(f"order must be 'sorted' or 'random', got {order!r}")
@@ -217,7 +219,8 @@ def greedy_soup(
         )  # fmt: skip
         resumed += replayed
         if accepted:
-            soup.commit()
+            soup.commit()  # computes the candidate again into the soup: its second read
+            counter.reads += not replayed  # a replayed one was counted when proposed
             current = ev
         decisions.append(Decision(step, i, accepted, ev))
         bar.update(1)
