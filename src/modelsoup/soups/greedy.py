@@ -184,10 +184,8 @@ def greedy_soup(
     - ``early_rejection``: stop a candidate's evaluation once it cannot reach the bar
       (`CountingEvaluator`s only; the decision is the same as a full evaluation's).
 
-    Memory: one full-size buffer in ``accumulate`` (the soup), one tensor of the
-    candidate, and what the evaluator holds (its model), whatever the number of
-    ingredients; an evaluator that takes the whole state at once (``dict(state)``)
-    holds the candidate too.
+    Memory: the soup in ``accumulate``, one tensor of the candidate and the evaluator's
+    model, whatever k (an evaluator taking ``dict(state)`` holds the candidate too).
     """
     if order not in ("sorted", "random"):
         raise SoupError(f"order must be 'sorted' or 'random', got {order!r}")
@@ -218,9 +216,9 @@ def greedy_soup(
             compare if early_rejection else None, compare,
         )  # fmt: skip
         resumed += replayed
-        if accepted:
-            soup.commit()  # computes the candidate again into the soup: its second read
-            counter.reads += not replayed  # a replayed one was counted when proposed
+        if accepted:  # the candidate computed again into the soup: a second read
+            soup.commit()
+            counter.reads += not replayed
             current = ev
         decisions.append(Decision(step, i, accepted, ev))
         bar.update(1)
