@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_multiple_choice import TASK_YAML
 
 from modelsoup.cli import main
 from modelsoup.errors import SoupError
@@ -104,18 +105,7 @@ def test_the_digest_covers_every_file_the_task_reads(tmp_path, monkeypatch):
 
 # --- through lm-eval itself (a tiny GPT-2 sweep) -------------------------------------
 
-MC = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {data}
-validation_split: validation
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-"""
+MC = TASK_YAML  # the multiple-choice task of test_multiple_choice (acc, acc_norm)
 
 
 @pytest.fixture(scope="module")

@@ -182,9 +182,8 @@ class HFLoader:
             self._rename = checkpoint_names(model)
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         if self._rename or tied:
-            view = Renamed(state, self._rename or {})
-            kept = {k: own[k] for k in own if k in tied and k not in view}
-            state = Renamed(state, self._rename or {}, kept)
+            state = Renamed(state, self._rename or {})
+            state.kept = {k: own[k] for k in own if k in tied and k not in state}
         load_state(model, state)
         if tied and hasattr(model, "tie_weights"):
             model.tie_weights()

@@ -33,10 +33,9 @@ def read_texts(path: str | os.PathLike, text_column: str) -> list[str]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SoupError(f"{path}: cannot read the text file ({e})") from e
-        # one example per line: split at \n (a \r before it dropped), not at the form
-        # feeds and U+2028 that str.splitlines also breaks at
-        lines = (line.removesuffix("\r") for line in text.split("\n"))
-        return [line for line in lines if line.strip()]
+        from .multiple_choice import text_lines
+
+        return text_lines(text)
     table = read_table(path)
     texts = texts_of(table, text_column, str(path), "--text-column")
     return [t for t in texts if t.strip()]  # empty rows skipped, as blank lines are

@@ -89,7 +89,7 @@ class TaskFiles:
         for entry in named:
             for item in entry if isinstance(entry, list) else [entry]:
                 if isinstance(item, str) and item:
-                    out += [Path(p) for p in sorted(glob.glob(item))] or []
+                    out += [Path(p) for p in sorted(glob.glob(item))]
         return sorted(set(out))
 
     def check_code(self, trust: bool) -> None:

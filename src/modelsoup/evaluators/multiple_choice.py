@@ -259,11 +259,12 @@ class MultipleChoiceEvaluator:
 SHAPE = '{"context": "...", "choices": ["...", "..."], "gold": 0}'
 
 
-def json_lines(text: str) -> list[str]:
-    """The lines of a JSON-lines text: split at newlines only (``\\n``, ``\\r\\n``), not at
-    the other breaks `str.splitlines` knows (form feed, U+2028), which JSON strings may
-    hold; blank lines skipped."""
-    return [line for line in text.split("\n") if line.strip()]
+def text_lines(text: str) -> list[str]:
+    """The non-blank lines of a one-example-per-line text: split at newlines only
+    (``\\n``, a ``\\r`` before it dropped), not at the other breaks `str.splitlines`
+    knows (form feed, U+2028), which a text or a JSON string may hold."""
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line for line in lines if line.strip()]
 
 
 def read_examples(path: str) -> list[dict[str, Any]]:
@@ -281,7 +282,7 @@ def read_examples(path: str) -> list[dict[str, Any]]:
         if text.lstrip().startswith("["):
             rows = json.loads(text)
         else:
-            rows = [json.loads(line) for line in json_lines(text)]
+            rows = [json.loads(line) for line in text_lines(text)]
     except (json.JSONDecodeError, RecursionError) as e:
         raise SoupError(f"{p}: not JSON lines ({str(e)[:200]})") from e
     if not isinstance(rows, list) or not rows:

@@ -75,7 +75,8 @@ class RunningMean:
     Holds the mean so far in the accumulation dtype (integer tensors keep theirs): memory
     is one model, whatever the count. Adding θ is the exact running mean
     ``m <- lerp(m, θ, 1/(n+1))`` (the formula of torch.optim.swa_utils), which reads θ
-    once; a mean of one ingredient, or of identical ones, is that ingredient bit for bit.
+    once to evaluate it and once more to keep it; a mean of one ingredient, or of
+    identical ones, is that ingredient bit for bit.
 
     ``propose(θ)`` prepares the mean with θ without computing it: ``state(candidate=
     True)`` computes it tensor by tensor as it is read (see the module), so a greedy
