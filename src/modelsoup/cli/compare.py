@@ -7,7 +7,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..jobs.compare import Settings, compare, table
+from ..jobs.compare import Settings, compare
+from ..jobs.compare_report import table, verdicts
+from . import certified as cf
 from . import choices as c
 from . import options as o
 
@@ -15,7 +17,7 @@ from . import options as o
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
-        parents=[o.READ, o.KEY, o.EVAL, o.INTEGERS, o.QUIET, c.TENSORS],
+        parents=[o.READ, o.KEY, o.EVAL, o.INTEGERS, o.QUIET, c.TENSORS, cf.CERTIFY],
         help="every recipe on your sweep, scored on every split: the paper's Table 3 for it",
         description="Cook every recipe that applies to the sweep (best individual, uniform, "
         "greedy and random-order greedy, learned per model and per layer, the logit "
@@ -62,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     read, prep = c.open_prepared(args)
     ingredients, base = prep.ingredients, prep.base
     out = Path(args.out)
-    evaluator = o.make_evaluator(args, ingredients[0])
+    held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
     o.claim_run_dir(out, read, args.force)  # every check done: now write
     c.print_rules(prep)
     results = compare(
         ingredients,
-        evaluator,
+        held.choose,
         out,
         base=base,
+        held=held,
         settings=Settings(
             random_orders=args.orders,
             seed=args.seed,
@@ -92,5 +95,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))
             )
         )
+    if held.certify is None:
+        print(f"not certified: {held.reason}")
+    else:
+        print(f"certified on {held.certify.size(held.certify.selection)} held-out examples "
+              "that no choice saw:")  # fmt: skip
+        for line in verdicts(results):
+            print("  " + line)
     print(f"wrote {out}/report.html, results.md, results.json, results.csv")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..jobs.pipelines import ensemble_run
 from ..jobs.recipes import Recipe
+from . import certified as cf
 from . import choices as c
 from . import options as o
 
@@ -14,7 +15,7 @@ from . import options as o
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     p = sub.add_parser(
         "ensemble",
-        parents=[o.READ, o.KEY, o.QUIET, o.EVAL, o.COMPARE, c.TENSORS, c.OPTIONAL_BASE],
+        parents=[o.READ, o.KEY, o.QUIET, o.EVAL, o.COMPARE, c.TENSORS, c.OPTIONAL_BASE, cf.CERTIFY],
         help=recipe.summary,
         description=f"The paper's baselines ({recipe.paper}): the best ingredient on the "
         "held-out split, the ensemble of all (mean logits), and the greedy ensemble (Recipe 1 "
@@ -36,7 +37,8 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
 def run(args: argparse.Namespace) -> int:
     read, prep = c.open_prepared(args)
     ingredients = prep.ingredients
-    evaluator = o.make_evaluator(args, ingredients[0])
+    held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
+    evaluator = held.choose
     o.claim_run_dir(Path(args.run_dir), read, args.force)  # checks done: now write
     c.print_rules(prep)
     result = ensemble_run(
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         budget=o.cache_budget(args),
         args=o.resolved(args),
         progress=not args.quiet,
+        held=held,
     )
     if not o.is_rank0():
         return 0
@@ -64,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
     row("best on val", 1, result["best_on_val"])
     row("ensemble", result["ensemble"]["models"], result["ensemble"])
     row("greedy ensemble", result["greedy_ensemble"]["models"], result["greedy_ensemble"])
+    certs = result.get("certified", {})
+    labels = {
+        "best_on_val": "best on val",
+        "ensemble": "ensemble",
+        "greedy_ensemble": "greedy ensemble",
+    }
+    cf.say(held, {labels[k]: v for k, v in certs.items()}, cf.metric_of(evaluator))
     print(
         f"selected on {result['selection']!r}; read {result['reads']} checkpoint(s) "
         f"(the rest from the logit cache); run folder {args.run_dir}"

@@ -8,6 +8,7 @@ import math
 from ..checkpoints.layout import parse_dtype
 from ..jobs.pipelines import greedy_run, read_scores
 from ..jobs.recipes import Recipe
+from . import certified as cf
 from . import choices as c
 from . import options as o
 from .output import save_soup
@@ -27,6 +28,7 @@ def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
             o.INTEGERS,
             c.TENSORS,
             c.OPTIONAL_BASE,
+            cf.CERTIFY,
         ],  # fmt: skip
         help=recipe.summary,
         description=f"{recipe.summary.capitalize()}. After {recipe.paper}. Ingredients are "
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     ingredients = prep.ingredients
     out = o.check_writable(args, read, run_folder=False)
     folder = o.run_dir(args)
-    evaluator = o.make_evaluator(args, ingredients[0])
+    held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
+    evaluator = held.choose
     o.claim_run_dir(folder, read, args.force)  # every check done: now write
     c.print_rules(prep)
     scores = read_scores(args.scores, ingredients) if args.scores else None
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         accumulate=parse_dtype(args.accumulate),
         integers=args.integers,
+        held=held,
     )
     if not o.is_rank0():
         return 0
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         base=prep.given_base,
     )  # fmt: skip
     _report(result, len(ingredients), getattr(evaluator, "name", "score"))
+    cf.say(held, {"greedy soup": result["certified"]}, cf.metric_of(evaluator))
     print(f"wrote {out}; run folder {folder}")
     return 0
 

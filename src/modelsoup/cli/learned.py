@@ -7,8 +7,10 @@ from pathlib import Path
 
 from ..checkpoints.stream import materialize
 from ..evaluators.protocols import evaluate
+from ..jobs.pipelines import certify_soup
 from ..jobs.recipes import Recipe
 from ..store.provenance import write_json
+from . import certified as cf
 from . import choices as c
 from . import options as o
 from .output import save_soup
@@ -17,7 +19,7 @@ from .output import save_soup
 def add(sub: argparse._SubParsersAction, recipe: Recipe) -> None:
     p = sub.add_parser(
         "learned",
-        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.EVAL, c.TENSORS, c.OPTIONAL_BASE],
+        parents=[o.READ, o.KEY, o.OUTPUT, o.QUIET, o.EVAL, c.TENSORS, c.OPTIONAL_BASE, cf.CERTIFY],
         help=recipe.summary,
         description=f"{recipe.summary.capitalize()}. After {recipe.paper}. AdamW over "
         "softmax mixing weights and a temperature; memory does not grow with the number of "
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     ingredients = prep.ingredients
     out = o.check_writable(args, read, run_folder=False)
     folder = o.run_dir(args)
-    evaluator = o.make_evaluator(args, ingredients[0])
+    held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
+    evaluator = held.choose
     o.claim_run_dir(folder, read, args.force)  # every check done: now write
     c.print_rules(prep)
     res = recipe.function(
@@ -65,7 +68,12 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         mode=args.mode,
         progress=not args.quiet,
     )
-    held = evaluate(evaluator, materialize(res.soup), what="the learned soup")
+    soup = materialize(res.soup)
+    score = evaluate(evaluator, soup, what="the learned soup")
+    certified = certify_soup(ingredients, held, soup, folder)
+    del soup
+    result = {"recipe": "learned", "heldout": score.to_json(), "certified": certified}
+    write_json(folder / "result.json", result)
     write_json(
         folder / "learned.json",
         {
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
             "history": res.history,
             "steps": res.steps,
             "seconds_per_step": res.seconds_per_step,
-            "heldout": held.to_json(),
+            "heldout": score.to_json(),
+            "certified": certified,
         },
     )
     if not o.is_rank0():
@@ -99,7 +108,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         print(f"mixing weights: {weights}")
     print(
         f"learned soup ({res.mode}, {res.steps} steps, {res.seconds_per_step:.2f} s/step): "
-        f"held-out {held.score:.4f}, temperature {res.beta:.3f}"
+        f"held-out {score.score:.4f}, temperature {res.beta:.3f}"
     )
+    cf.say(held, {"learned soup": certified}, cf.metric_of(evaluator))
     print(f"wrote {out}; weights in {folder / 'learned.json'}")
     return 0

@@ -16,13 +16,16 @@ from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import DTYPE_NAMES, parse_dtype
 from ..checkpoints.read import open_ingredient
 from ..errors import SoupError
+from ..jobs.pipelines import certify_soup
 from ..merges import settings as st
 from ..merges.per_tensor import per_tensor, varies
 from ..merges.registry import Merge, Param
 from ..merges.tune import tune
 from ..ops.checks import check_distinct
+from ..ops.running_mean import lazy_state
 from ..ops.summary import human_bytes, human_count
 from ..store.provenance import write_json
+from . import certified as cf
 from . import choices as c
 from . import options as o
 from .output import save_soup
@@ -97,7 +100,7 @@ def add(sub: argparse._SubParsersAction, merge: Merge) -> argparse.ArgumentParse
     if merge.casts:
         parents.append(o.NUMERIC)
     if merge.tuned:
-        parents.append(o.EVAL)
+        parents += [o.EVAL, cf.CERTIFY]
     tuning = (
         " Give every parameter, or an evaluator to choose those left out on the held-out "
         "split from their grids."
@@ -213,7 +216,8 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     out = o.check_writable(args, read, run_folder=False)
     fixed = _options(args, merge, prep)
     searches = bool(_missing(args, merge)) and o.wants_evaluator(args)
-    evaluator = o.make_evaluator(args, prep.ingredients[0]) if searches else None
+    held = cf.held_out(args, o.make_evaluator(args, prep.ingredients[0])) if searches else None
+    evaluator = held.choose if held is not None else None
     # a run folder where an evaluator runs, or where the user names one
     keeps_run = evaluator is not None or args.run_dir is not None
     if keeps_run:  # every check done: now write
@@ -228,14 +232,20 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     declared = {p.name: p.option.removeprefix("--") for p in merge.params}  # lam: lambda
     shown = {declared.get(k, k): v for k, v in {**fixed, **point}.items() if _shown(k, v)}
     c.print_rules(prep)
-    if evaluator is not None:
+    if held is not None:
+        # against the best of the models merged (not the base): what would ship instead
+        cert = certify_soup(prep.ingredients, held, lazy_state(soup), o.run_dir(args))
         write_json(
             o.run_dir(args) / f"{merge.name.replace('-', '_')}.json",
-            {"chosen": point, "grid": rows, "inputs": [i.source for i in read], **details},
-        )
+            {"chosen": point, "grid": rows, "inputs": [i.source for i in read], **details,
+             "certified": cert},
+        )  # fmt: skip
+        write_json(o.run_dir(args) / "result.json", {"recipe": merge.name, "chosen": point,
+                                                     "certified": cert})  # fmt: skip
         if not o.is_rank0():
             return 0
         _print_grid(rows or [], point)
+        cf.say(held, {merge.label: cert}, cf.metric_of(evaluator))
     save_soup(
         args,
         soup,

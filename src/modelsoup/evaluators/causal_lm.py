@@ -19,6 +19,7 @@ computed; logits are taken in float32 whatever ``eval_dtype`` the model runs in.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -121,6 +122,15 @@ class CausalLMEvaluator:
 
     def size(self, split: str) -> int:
         return len(self.examples[split])
+
+    def part(self, indices: Sequence[int], *, others: bool = True) -> CausalLMEvaluator:
+        """This evaluator (the same model) on the examples ``indices`` of the selection
+        split; its other splits too unless ``others=False`` (see `Parted`)."""
+        new = copy.copy(self)
+        new.examples = {**(self.examples if others else {})}
+        new.examples[self.selection] = [self.examples[self.selection][i] for i in indices]
+        new._cache, new._starts_cache, new._data_hash = {}, {}, {}
+        return new
 
     def batches(self, split: str) -> Iterator[Batch]:
         """``(example indices, {input_ids, attention_mask}, labels)`` of this rank's share,

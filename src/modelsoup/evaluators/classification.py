@@ -7,6 +7,7 @@ content, the options) and held-out batches for the learned soup.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -300,6 +301,21 @@ class ClassificationEvaluator:
                 yield keep[-1]
         if self.cache_batches:
             self._cache[split] = keep
+
+    def part(self, indices: Sequence[int], *, others: bool = True) -> ClassificationEvaluator:
+        """This evaluator (the same model) on the examples ``indices`` of the selection
+        split; its other splits too unless ``others=False`` (see `Parted`)."""
+        data = self.splits[self.selection]
+        if isinstance(data, torch.utils.data.DataLoader):
+            raise SoupError(
+                f"the {self.selection!r} split is a DataLoader, whose examples cannot be "
+                "split: return a Dataset from the --data function"
+            )
+        new = copy.copy(self)
+        new.splits = {**(self.splits if others else {})}
+        new.splits[self.selection] = torch.utils.data.Subset(data, [int(i) for i in indices])
+        new._digests, new._cache = {}, {}
+        return new
 
     def size(self, split: str) -> int:
         """Number of examples in ``split`` (all ranks together)."""

@@ -18,6 +18,7 @@ counts, so greedy soups reject early exactly as for classifiers.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -113,14 +114,23 @@ class MultipleChoiceEvaluator:
                     )
                 # longer than the model's context: the last limit + 1 tokens (lm-eval's)
                 self.requests[n].append(((ctx + cont)[-(limit + 1) :], len(cont)))
-        # the tokens, the gold indices and the choices' lengths (acc_norm's divisors)
-        text = json.dumps([self.requests, self.gold.tolist(), self.choices])
-        self._declared = {
-            **dict(identity or {}),
-            "data": hashlib.sha256(text.encode()).hexdigest()[:16],
-            "normalize": normalize,
-        }
+        self._declared = {**dict(identity or {}), "data": self._data(), "normalize": normalize}
         self._model_id: dict[str, Any] | None = None
+
+    def _data(self) -> str:
+        """A hash of the tokens, the gold indices and the choices (acc_norm's divisors)."""
+        text = json.dumps([self.requests, self.gold.tolist(), self.choices])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def part(self, indices: Sequence[int], *, others: bool = True) -> MultipleChoiceEvaluator:
+        """This evaluator (the same model) on the examples ``indices`` (see `Parted`)."""
+        new = copy.copy(self)
+        idx = [int(i) for i in indices]
+        new.requests = [self.requests[i] for i in idx]
+        new.choices = [self.choices[i] for i in idx]
+        new.gold = self.gold[idx] if idx else self.gold[:0]
+        new._declared = {**self._declared, "data": new._data()}
+        return new
 
     @property
     def splits(self) -> list[str]:

@@ -19,6 +19,11 @@ matching method, subclassing nothing of ours:
   keyed by what the evaluator computes with; without it nothing is cached.
 - `TrainableEvaluator`: ``model``, ``device``, ``selection``, ``batches(split)`` and
   ``size(split)``. The learned soup.
+- `ExampleScores`: ``example_scores(state)``, each example's score. Certified
+  choices, where there are neither logits nor losses.
+- `Parted`: ``selection``, ``size(split)`` and ``part(indices, others=...)``: the same
+  evaluator on some of the held-out examples. Certified choices (choose on one part,
+  certify on the other).
 
 Higher is better for every score. `identity` must describe everything that determines
 the evaluator's outputs on a split (model, data, options): caches and journals are keyed
@@ -194,6 +199,30 @@ class TrainableEvaluator(Protocol):
     def batches(self, split: str) -> Iterable[tuple[torch.Tensor, Any, torch.Tensor]]: ...
 
     def size(self, split: str) -> int: ...
+
+
+@runtime_checkable
+class ExampleScores(Protocol):
+    """Gives each held-out example's score: ``example_scores(state)`` is ``[N]`` float
+    (higher is better) in a fixed example order, whose mean is the score. Certified
+    choices take it from an evaluator with neither logits nor losses (lm-eval's)."""
+
+    def example_scores(self, state: State) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Parted(Protocol):
+    """Can be restricted to some held-out examples: ``part(indices)`` is this evaluator
+    (the same model object, no copy of it) on those examples of its ``selection`` split
+    only, in that order, keeping its other splits unless ``others=False``; its identity
+    then describes those examples. ``size(selection)`` counts the examples to choose
+    from. Raises `SoupError` when its data cannot be split (say why)."""
+
+    selection: str
+
+    def size(self, split: str) -> int: ...
+
+    def part(self, indices: Sequence[int], *, others: bool = True) -> Any: ...
 
 
 def beats(candidate: Evaluation, current: Evaluation, compare: Compare) -> bool:

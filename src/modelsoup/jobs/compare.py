@@ -13,8 +13,6 @@ identity), so a rerun only computes what changed.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import resource
 import statistics
 import time
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..checkpoints.save import atomic_output
 from ..checkpoints.stream import materialize
 from ..errors import SoupError
 from ..evaluators.protocols import (
@@ -39,11 +36,24 @@ from ..merges import uniform_soup, wise_ft
 from ..merges.registry import MERGES, applies_to_sweep
 from ..merges.tune import grid, tune
 from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
+from ..ops.running_mean import lazy_state
 from ..soups import greedy_soup, learned_soup
-from ..soups.ensemble import ensemble_baselines
+from ..soups.ensemble import compute_logits, ensemble_baselines
 from ..store.cache import LogitCache
 from ..store.journal import journal_at
-from ..store.provenance import versions, write_json
+from ..store.provenance import versions
+from .certify import (
+    HeldOut,
+    Outcomes,
+    certificate,
+    certify_ensembles,
+    mean_outcomes,
+    not_certified,
+    outcomes,
+    outcomes_of,
+    uncertified,
+)
+from .compare_report import write_reports
 from .pipelines import scores_from_logits
 
 
@@ -57,6 +67,7 @@ class Row:
     seconds: float = 0.0
     peak_mb: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    certified: dict[str, Any] | None = None
 
 
 def _reset_peak() -> bool:
@@ -110,11 +121,14 @@ class _Kitchen:
     def __init__(
         self,
         ingredients: Sequence[Ingredient],
-        evaluator: Evaluator,
+        held: HeldOut,
         out: Path,
         settings: Settings,
     ):
-        self.ingredients, self.evaluator, self.out, self.s = ingredients, evaluator, out, settings
+        self.ingredients, self.held, self.out, self.s = ingredients, held, out, settings
+        evaluator = self.evaluator = held.choose
+        self.best: tuple[Outcomes, str] | None = None  # the best ingredient's, certifying
+        self.outcomes: dict[str, Outcomes] = {}
         self.logit = isinstance(evaluator, LogitEvaluator)
         self.selection = evaluator.selection if self.logit else "heldout"
         self.cache = LogitCache(out / "logits")
@@ -137,8 +151,17 @@ class _Kitchen:
         with _measured(m):
             state = materialize(make())
         self.rows.append(Row(method, models, self.score(state), m["seconds"], m["peak_mb"], detail))
+        self.rows[-1].certified = self.certify(method, lambda: outcomes(self.held.certify, state))
         held = self.rows[-1].scores[self.selection]
         self.s.log(f"{method}: {held:.4f} held-out ({m['seconds']:.1f} s)")
+
+    def certify(self, method: str, made: Callable[[], Outcomes]) -> dict[str, Any]:
+        """The certificate of ``method``'s result, whose certifying outcomes ``made``
+        computes, against the best ingredient (set by `baselines`)."""
+        if self.held.certify is None or self.best is None:
+            return not_certified(self.held)
+        self.outcomes[method] = made()
+        return certificate(self.outcomes[method], *self.best, self.held)
 
     def baselines(self) -> Any:
         """Best individual and, from (cached) logits, the ensembles; the ingredients'
@@ -150,6 +173,9 @@ class _Kitchen:
             self.rows.append(
                 Row("best individual", 1, individual[b], detail={"ingredient": ings[b].source})
             )
+            if self.held.certify is not None:
+                self.best = (outcomes(self.held.certify, lazy_state(ings[b])), ings[b].source)
+                self.rows[-1].certified = certificate(*self.best[:1], *self.best, self.held)
             return None
         m: dict[str, float | None] = {}
         with _measured(m):
@@ -158,11 +184,20 @@ class _Kitchen:
                 progress=self.s.progress,
             )  # fmt: skip
         best, kept = t["best_on_val"], t["greedy_ensemble"]
+        certs = certify_ensembles(ings, self.held, t, self.cache, self.s.budget)
         self.rows += [
-            Row("best individual", 1, _splits(best, t), detail={"ingredient": best["source"]}),
-            Row("ensemble", len(ings), _splits(t["ensemble"], t), m["seconds"], m["peak_mb"]),
-            Row("greedy ensemble", kept["models"], _splits(kept, t), detail={"kept": kept["kept"]}),
-        ]
+            Row("best individual", 1, _splits(best, t), detail={"ingredient": best["source"]},
+                certified=certs["best_on_val"]),
+            Row("ensemble", len(ings), _splits(t["ensemble"], t), m["seconds"], m["peak_mb"],
+                certified=certs["ensemble"]),
+            Row("greedy ensemble", kept["models"], _splits(kept, t), detail={"kept": kept["kept"]},
+                certified=certs["greedy_ensemble"]),
+        ]  # fmt: skip
+        if self.held.certify is not None:
+            sel = self.held.certify.selection
+            lg = compute_logits(ings, self.held.certify, [sel], self.cache)[0][sel]
+            b = best["index"]
+            self.best = (outcomes_of(self.held.certify, lg[b]), ings[b].source)
         return scores_from_logits(ings, self.evaluator, self.cache, self.s.progress)[0]
 
     def greedy(self, scores: Any) -> Any:
@@ -187,7 +222,12 @@ class _Kitchen:
             )
         if s.random_orders:
             n = s.random_orders
+            names = [r.method for r in self.rows[-n:]]
             self.rows[-n:] = [_mean_row(self.rows[-n:], n)]
+            self.rows[-1].certified = self.certify(
+                self.rows[-1].method,
+                lambda: mean_outcomes([self.outcomes[m] for m in names]),
+            )
         return made["greedy.jsonl"]
 
     def learned(self) -> None:
@@ -230,13 +270,18 @@ def compare(
     *,
     base: Ingredient | None = None,
     settings: Settings | None = None,
+    held: HeldOut | None = None,
 ) -> dict[str, Any]:
     """Cook and score every recipe that applies; return the results (also written to
     ``out/results.json``). Recipes needing a base (WiSE-FT of the greedy soup, and every
     registered merge of fine-tunes on a base: Model Stock, and those with a grid tuned on
     held-out) run when ``base`` is given; logit ensembles with a `LogitEvaluator`;
-    learned soups with a `TrainableEvaluator`."""
-    k = _Kitchen(ingredients, evaluator, out, settings or Settings())
+    learned soups with a `TrainableEvaluator`. With ``held`` (`certify.split_heldout`
+    of ``evaluator``), every choice is made on its choosing part and each row carries
+    its ``certified`` object (see `certify`)."""
+    if held is None or held.choose is not evaluator:
+        held = uncertified(evaluator, "no certifying split was given")
+    k = _Kitchen(ingredients, held, out, settings or Settings())
     scores = k.baselines()
     k.cook("uniform soup", lambda: uniform_soup(ingredients, **k.opts))
     greedy = k.greedy(scores)
@@ -249,6 +294,8 @@ def compare(
         "ingredients": [i.source for i in ingredients],
         "base": base.source if base is not None else None,
         "methods": [asdict(r) for r in k.rows],
+        "certify": held.to_json(),
+        "metric": "loss" if getattr(evaluator, "metric", None) == "loss" else "accuracy",
         "versions": versions(),
     }
     write_reports(results, out)
@@ -338,62 +385,3 @@ def _mean_row(rows: Sequence[Row], n: int) -> Row:
         max((r.peak_mb or 0) for r in rows) or None,
         {"std": std},
     )
-
-
-def table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table."""
-    splits = results["splits"]
-    head = ["method", "models", *splits, "merge s", "peak MB"]
-    body = []
-    for r in results["methods"]:
-        std = r["detail"].get("std", {})
-        cells = [f"{r['scores'][s]:.4f}" + (f" ± {std[s]:.4f}" if s in std else "") for s in splits]
-        mb = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-        body.append([r["method"], str(r["models"]), *cells, f"{r['seconds']:.1f}", mb])
-    return head, body
-
-
-def write_reports(results: Mapping[str, Any], out: Path) -> None:
-    """results.json, results.md, results.csv, scatter.png and a self-contained report.html."""
-    from ..analysis.figures import comparison_scatter
-    from ..analysis.page import Figure, Section, Table, write_page
-
-    head, body = table(results)
-    write_json(out / "results.json", results)
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(row) + " |" for row in body]
-    _write_text(out / "results.md", "\n".join(md) + "\n")
-    buf = io.StringIO()
-    csv.writer(buf).writerows([head, *body])
-    _write_text(out / "results.csv", buf.getvalue())
-    figures = []
-    others = [s for s in results["splits"] if s != results["selection"]]
-    if others:
-        comparison_scatter(results, out / "scatter.png")
-        figures.append(
-            Figure(
-                "Held-out score vs the mean of the other splits, per method.", out / "scatter.png"
-            )
-        )
-    write_page(
-        out / "report.html",
-        "Which merge is best for these models?",
-        [
-            Section(
-                "Methods",
-                [
-                    f"Selected on {results['selection']!r}; scores are higher-is-better "
-                    "(accuracy, or minus the loss). 'models' is the inference cost.",
-                ],
-                tables=[Table("Every method on every split", head, body)],
-                figures=figures,
-            ),
-            Section("Ingredients", items=list(results["ingredients"])),
-        ],
-        versions=dict(results["versions"]),
-    )
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path, force=True) as tmp:
-        tmp.write_text(text)

@@ -24,6 +24,7 @@ from ..evaluators.protocols import (
     Evaluator,
     Identified,
     LogitEvaluator,
+    evaluate,
     evaluation_from_logits,
     identity_of,
     split_scores,
@@ -34,6 +35,7 @@ from ..soups.greedy import GreedyResult, Order, greedy_soup
 from ..store.cache import LogitCache
 from ..store.journal import journal_at
 from ..store.provenance import record_run, write_json
+from .certify import HeldOut, best_index, certify_ensembles, certify_state, not_certified
 
 
 def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
@@ -111,6 +113,7 @@ def greedy_run(
     restart: bool = False,
     args: Mapping[str, Any] | None = None,
     progress: bool = False,
+    held: HeldOut | None = None,
     **options: Any,
 ) -> tuple[GreedyResult, dict[str, Any]]:
     """Greedy soup(s) recorded in ``run_dir``; returns the first soup and the result dict.
@@ -122,7 +125,8 @@ def greedy_run(
     another run (``--force``); without it such a journal is refused. ``repeats`` > 1
     runs the random order with seeds ``seed, seed+1, ...`` and reports mean and standard
     deviation, as the paper does. ``options`` go to `greedy_soup` (``accumulate``,
-    ``integers``).
+    ``integers``). With ``held`` (`certify.split_heldout` of ``evaluator``), the result's
+    ``certified`` object certifies the (first) soup against the best ingredient.
     """
     if repeats > 1 and order != "random":
         raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
@@ -167,8 +171,52 @@ def greedy_run(
     result["cost"] = _costs(runs, scoring_reads, scoring_examples, time.perf_counter() - t0)
     if repeats > 1:
         result["repeats"] = _repeats(ingredients, runs, seed)
+    if held is not None:
+        result["certified"] = _certify_greedy(ingredients, evaluator, held, first, run_dir)
+        result["cost"]["certify_evaluations"] = 2 if held.certify is not None else 0
     write_json(run_dir / "result.json", result)
     return first, result
+
+
+def _certify_greedy(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    held: HeldOut,
+    run: GreedyResult,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The greedy soup's certificate against the ingredient best on the choosing part
+    (scored now when the run did not score them: a random order)."""
+    if held.certify is None:
+        return not_certified(held)
+    scores = [s.score if s is not None else None for s in run.scores]
+    if not any(s is not None for s in scores):
+        scores = choosing_scores(ingredients, evaluator, run_dir)
+    best = ingredients[best_index(scores)]
+    return certify_state(held, lazy_state(run.soup), lazy_state(best), best.source)
+
+
+def choosing_scores(
+    ingredients: Sequence[Ingredient], evaluator: Evaluator, run_dir: Path
+) -> list[float | None]:
+    """Each ingredient's score under ``evaluator`` (the choosing part), from the run's
+    logit cache where the evaluator allows it."""
+    if isinstance(evaluator, LogitEvaluator) and isinstance(evaluator, Identified):
+        found, _ = scores_from_logits(ingredients, evaluator, LogitCache(run_dir / "logits"), False)
+    else:
+        found = [evaluate(evaluator, lazy_state(i), what=i.source) for i in ingredients]
+    return [s.score for s in found]
+
+
+def certify_soup(
+    ingredients: Sequence[Ingredient], held: HeldOut, state: Mapping[str, Any], run_dir: Path
+) -> dict[str, Any]:
+    """The certificate of a soup's ``state``, chosen on ``held.choose`` (a learned
+    soup, a tuned merge), against the ingredient best on the choosing part."""
+    if held.certify is None:
+        return not_certified(held)
+    best = ingredients[best_index(choosing_scores(ingredients, held.choose, run_dir))]
+    return certify_state(held, state, lazy_state(best), best.source)
 
 
 def _write_scores(
@@ -261,9 +309,12 @@ def ensemble_run(
     budget: int | None = None,
     args: Mapping[str, Any] | None = None,
     progress: bool = False,
+    held: HeldOut | None = None,
 ) -> dict[str, Any]:
     """The ensemble baselines from (cached) logits, recorded in ``run_dir/ensemble.json``
-    (a language model's: at most ``budget`` bytes of logits at once)."""
+    (a language model's: at most ``budget`` bytes of logits at once); with ``held``
+    (`certify.split_heldout` of ``evaluator``), each row's certificate under
+    ``certified``."""
     run_dir = Path(run_dir)
     record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
     result = ensemble_baselines(
@@ -274,5 +325,8 @@ def ensemble_run(
         budget=budget,
         progress=progress,
     )
+    if held is not None:
+        cache = LogitCache(run_dir / "logits")
+        result["certified"] = certify_ensembles(ingredients, held, result, cache, budget)
     write_json(run_dir / "ensemble.json", result)
     return result
