@@ -9,8 +9,10 @@ import json
 import time
 from pathlib import Path
 
+from modelsoup.checkpoints.save import atomic_output
 from modelsoup.cli import analyze, options
 from modelsoup.errors import SoupError
+from modelsoup.store import write_json
 from modelsoup.store.lock import run_lock
 
 
@@ -73,6 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tunes trained side by side, one thread each (default: one per available "
         "CPU); the results are the same for any N",
     )
+    p.add_argument(
+        "--sweeps",
+        type=options.number(int, 1, 100, option="--sweeps"),
+        default=1,
+        metavar="N",
+        help="run N independent sweeps (seeds S..S+N-1; the first in the output folder, the "
+        "others in its sweeps/), and write sweeps.md/.json: the spread of each headline "
+        "number across sweeps beside its sampling SE (default 1)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
     if analyze_folder not in analyze.FOLDER_HANDLERS:
@@ -109,18 +120,36 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/reproduce-{config.name}")
     t0 = time.perf_counter()
     options.claim_run_dir(out, [], args.force)  # one run at a time; never a foreign folder
-    try:
-        results = experiment.reproduce(
-            config,
-            out,
-            progress=not args.quiet,
-            log=lambda msg: print(msg, flush=True),
-            workers=args.workers,
-        )
-    except data.MissingDataPackage as e:
-        raise SoupError(str(e)) from e
+    runs = []
+    for i in range(args.sweeps):
+        seeded = config.with_overrides(seed=config.seed + i)
+        where = out if i == 0 else out / "sweeps" / f"seed-{seeded.seed}"
+        if args.sweeps > 1:
+            print(f"sweep {i + 1} of {args.sweeps} (seed {seeded.seed}) in {where}", flush=True)
+        try:
+            runs.append(
+                experiment.reproduce(
+                    seeded,
+                    where,
+                    progress=not args.quiet,
+                    log=lambda msg: print(msg, flush=True),
+                    workers=args.workers,
+                )
+            )
+        except data.MissingDataPackage as e:
+            raise SoupError(str(e)) from e
+    results = runs[0]
     print()
     print((out / "results.md").read_text().split("\n## Ingredients")[0].rstrip())
+    if args.sweeps > 1:
+        from .sweeps import markdown, spread
+
+        s = spread(runs)
+        write_json(out / "sweeps.json", s)
+        text = markdown(s)
+        with atomic_output(out / "sweeps.md", force=True) as tmp:
+            tmp.write_text(text)
+        print("\n" + text)
     wall = time.perf_counter() - t0
     cached = sum(i["cached"] for i in results["ingredients"])
     print(

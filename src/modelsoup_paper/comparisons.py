@@ -49,6 +49,8 @@ def comparisons_of(
     each a `modelsoup.analysis.paired.Paired` as JSON (difference, standard error,
     McNemar p where outcomes are 0/1, within noise or not)."""
     views = {"held-out": ["val"], "ID test": ["test"], "shifts": list(shifts)}
+    if "certify" in labels:  # examples no choice saw: the verdict (jobs/certify.py)
+        views = {"certified": ["certify"], **views}
     out = []
     for a, b in COMPARISONS:
         if a not in predictions or b not in predictions:
@@ -81,3 +83,26 @@ def save_predictions(
             tensors.update({f"{method}#{r}/{s}": p.contiguous() for s, p in row.items()})
     with atomic_output(path, force=True) as tmp:
         save_file(tensors, str(tmp))
+
+
+def certificates(
+    predictions: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    best: str,
+    examples: int,
+) -> dict[str, dict[str, Any]]:
+    """Each method's certificate (`modelsoup.jobs.certify.certificate`) on the certify
+    split: its accuracy with a 95% interval, and the verdict against the best individual
+    fine-tune (``best``: its name), chosen on val like every method. A row of several
+    soups (the random orders) is certified as their mean outcome. ``examples``: val and
+    certify together."""
+    from modelsoup.jobs.certify import HeldOut, Outcomes, certificate
+
+    if "certify" not in labels:
+        return {}
+    held = HeldOut(None, None, 0.0, examples=examples)
+    ref = Outcomes(outcomes(predictions["best individual"], labels)["certify"])
+    return {
+        method: certificate(Outcomes(outcomes(p, labels)["certify"]), ref, best, held)
+        for method, p in predictions.items()
+    }

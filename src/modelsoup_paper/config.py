@@ -22,6 +22,8 @@ class Config:
     max_length: int = 48  # text task: tokens per tweet
     train: int = 3000
     val: int = 500
+    # held back from val, from every choice, to certify what was chosen (jobs/certify.py)
+    certify: float = 0.5
     test: int = 1500
     shifts: tuple[str, ...] = ("digits", "noise", "blur", "rotate", "contrast")
     shift_size: int | None = None
@@ -54,6 +56,8 @@ class Config:
             raise ValueError(f"ingredients must be at least 3 (got {self.ingredients})")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train' (got {self.bn!r})")
+        if not 0 <= self.certify < 1:
+            raise ValueError(f"certify must be in [0, 1) (got {self.certify})")
         if self.train_from < 0:
             raise ValueError(f"train_from must be 0 or more (got {self.train_from})")
         if self.landscape_grid < 2:

@@ -169,8 +169,29 @@ class TaskData:
     aligned: tuple[tuple[str, ...], ...] = ()
 
     def eval_splits(self) -> dict[str, Examples]:
-        """Everything but train: val first (it drives every choice), then test and shifts."""
+        """Everything but train: val first (it drives every choice), then certify (where
+        carved), test and shifts."""
         return {k: v for k, v in self.splits.items() if k != "train"}
+
+    def with_certify(self, fraction: float, seed: int = 0) -> TaskData:
+        """These splits with ``fraction`` of val, drawn at random (``seed``), moved to a
+        ``certify`` split that no choice sees (`modelsoup.jobs.certify`): val keeps the
+        rest and drives every choice, as before."""
+        val = self.splits["val"]
+        perm = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
+        m = max(1, round(fraction * len(val)))
+        parts = {
+            "val": perm[m:].sort().values,
+            "certify": perm[:m].sort().values,
+        }
+        splits: dict[str, Examples] = {}
+        for name, ex in self.splits.items():
+            if name != "val":
+                splits[name] = ex
+                continue
+            for part, idx in parts.items():
+                splits[part] = Examples(val.take(idx), val.labels[idx])
+        return TaskData(splits, fingerprint_of(splits), self.aligned)
 
 
 def fingerprint_of(splits: dict[str, Examples]) -> str:

@@ -32,7 +32,7 @@ from modelsoup.store import LogitCache, Stages, journal_at, versions, write_json
 from modelsoup.store.allocator import keep_freed_memory
 
 from .analyses import run_analyses
-from .comparisons import RANDOM_ORDER, comparisons_of, save_predictions
+from .comparisons import RANDOM_ORDER, certificates, comparisons_of, save_predictions
 from .config import Config
 from .data import Examples
 from .ingredients import config_key, make_ingredients
@@ -207,6 +207,9 @@ def reproduce(
         comparisons = comparisons_of(
             kitchen.predictions, labels, list(config.shifts), task.data.aligned
         )
+        examples = len(labels["val"]) + len(labels.get("certify", ()))
+        best = rows[0].detail["ingredient"]
+        certified = certificates(kitchen.predictions, labels, best, examples)
         save_predictions(kitchen.predictions, labels, out / "predictions.safetensors")
 
     analysis = None
@@ -227,6 +230,7 @@ def reproduce(
         "ingredients": info,
         "methods": [r.__dict__ for r in rows],
         "comparisons": comparisons,
+        "certified": certified,
         "aligned": [list(g) for g in task.data.aligned],
         "uniform_soup_bn_note": "frozen" if config.bn == "frozen" else "recomputed",
         "timing_seconds": timing,

@@ -14,6 +14,8 @@ from typing import Any
 
 from modelsoup.analysis.paired import Z95, Paired, describe
 from modelsoup.checkpoints.save import atomic_output
+from modelsoup.jobs.certify import in_words
+from modelsoup.jobs.certify import verdict as verdict_of
 
 
 def shift_mean(scores: Mapping[str, float], shifts: list[str]) -> float:
@@ -21,7 +23,8 @@ def shift_mean(scores: Mapping[str, float], shifts: list[str]) -> float:
 
 
 def _columns(results: Mapping[str, Any]) -> list[str]:
-    return ["val", "test", *results["shifts"]]
+    certify = ["certify"] if "certify" in results["splits"] else []
+    return ["val", *certify, "test", *results["shifts"]]
 
 
 def _cell(row: Mapping[str, Any], col: str, shifts: list[str]) -> str:
@@ -35,7 +38,7 @@ def _cell(row: Mapping[str, Any], col: str, shifts: list[str]) -> str:
     return text
 
 
-_NAMES = {"val": "held-out", "test": "ID test"}
+_NAMES = {"val": "held-out", "certify": "certified", "test": "ID test"}
 
 
 def method_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -88,6 +91,9 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(results: Mapping[str, Any]) -> str:
     lines = [f"# Model soups on {results['config']['name']}: results", "", _intro(results), ""]
     lines += _md_table(*method_table(results))
+    if results.get("certified"):
+        lines += ["", "## Should I ship it?", "", CERTIFY_NOTE, ""]
+        lines += [f"- {line}" for line in ship(results)]
     lines += ["", "## Ingredients", ""] + _md_table(*ingredient_table(results))
     lines += ["", "## What reproduces", ""]
     if results.get("comparisons"):
@@ -100,6 +106,19 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def _by_method(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["method"].split(" (")[0]: r for r in results["methods"]}
+
+
+CERTIFY_NOTE = (
+    "Each method against the best individual fine-tune (both chosen on held-out), on the "
+    "certify split: examples held back from val that no choice saw. The interval is the "
+    "method's accuracy on new data (95%); the verdict says whether it beats the best "
+    "fine-tune beyond noise (paired difference, its 95% interval above 0)."
+)
+
+
+def ship(results: Mapping[str, Any]) -> list[str]:
+    """Each method's certificate in words (`modelsoup.jobs.certify.in_words`)."""
+    return [f"{m}: {in_words(c)}" for m, c in (results.get("certified") or {}).items()]
 
 
 NOISE_NOTE = (
@@ -124,14 +143,22 @@ def findings(results: Mapping[str, Any]) -> list[str]:
 
     paired = {(c["a"], c["b"]): c["views"] for c in results.get("comparisons", [])}
 
+    cols = (("val", "held-out"), ("test", "ID test"), ("shift mean", "shifts"))
+    if "certify" in results["splits"]:
+        cols = (("certify", "certified"), *cols)
+
     def cmp(a: str, b: str) -> str:
         views = paired.get((a, b))
-        return ", ".join(
+        text = ", ".join(
             f"{label} {describe(Paired.from_json(views[label]))}"
             if views and label in views
             else f"{label} {pp(a, b, col):+.2f} pp"
-            for col, label in (("val", "held-out"), ("test", "ID test"), ("shift mean", "shifts"))
+            for col, label in cols
         )
+        if views and "certified" in views:  # the verdict of examples no choice saw
+            p = Paired.from_json(views["certified"])
+            text = f"**{verdict_of(p.diff, p.se)}**: {text}"
+        return text
 
     greedy_kept = len(m["greedy soup"]["detail"]["kept"])
     out = [
@@ -369,6 +396,9 @@ def write_page(results: Mapping[str, Any], out: Path) -> Path:
                 Table("Ingredients", *ingredient_table(results)),
             ],
         ),
+        Section("Should I ship it?", [CERTIFY_NOTE], items=ship(results))
+        if results.get("certified")
+        else Section("Should I ship it?", ["Not certified (certify 0 in the config)."]),
         Section(
             "What reproduces",
             [NOISE_NOTE.replace("*", "")] if results.get("comparisons") else [],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -77,6 +77,11 @@ TASKS: dict[str, Callable[[Config], Task]] = {"image": image_task, "text": text_
 
 
 def load_task(config: Config) -> Task:
+    """The config's task; with ``config.certify``, that fraction of val is carved out
+    as the ``certify`` split (the same examples for every seed of the sweep)."""
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
-    return TASKS[config.task](config)
+    task = TASKS[config.task](config)
+    if config.certify:
+        task = replace(task, data=task.data.with_certify(config.certify))
+    return task

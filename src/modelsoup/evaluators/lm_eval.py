@@ -6,15 +6,22 @@ loaded into it, is wrapped once in lm-eval's Hugging Face class (``HFLM``) and t
 is run by ``lm_eval.simple_evaluate``. The score is one of the metrics the task declares
 (default: its first), negated when lm-eval says lower is better. lm-eval returns one number
 per run, so there is no early rejection: each candidate runs the whole task.
+
+For certified choices it is `Parted` (its documents split by id, lm-eval's ``samples``)
+and gives `ExampleScores` (each document's metric, from lm-eval's logged samples), for
+metrics lm-eval aggregates by a mean.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import SoupError
@@ -117,6 +124,11 @@ class LMEvalEvaluator:
                 "eos_token in the first ingredient's tokenizer_config.json"
             )
         self._where = where
+        self.selection = "val"
+        self.docs: list[int] | None = None  # the documents scored (None: all, to limit)
+        self._count = len(loaded.eval_docs) if limit is None else min(limit, len(loaded.eval_docs))
+        agg = loaded.aggregation().get(metric)
+        self._mean = getattr(agg, "__name__", "") == "mean"
         self.model = model.to(device).eval()
         self.loader = loader or load_state
         self.metric = metric
@@ -137,20 +149,58 @@ class LMEvalEvaluator:
         }
         self.last: dict[str, Any] = {}
 
-    def _run(self, limit: int | None) -> dict[str, Any]:
+    def _run(self, limit: int | None, log_samples: bool = False) -> dict[str, Any]:
+        # a part of the documents: lm-eval's ``samples`` (which excludes ``limit``)
+        chosen = {"samples": {self.task: self.docs}, "limit": None} if self.docs else {}
         try:
             return self._simple_evaluate(
                 model=self._lm,
                 tasks=[self._spec],
                 task_manager=self._manager,
-                limit=limit,
-                log_samples=False,
+                **{"limit": limit, **chosen},
+                log_samples=log_samples,
             )
         except Exception as e:  # noqa: BLE001 - the task's code and templates raise anything
             raise _failure(self._where, f"lm-eval failed on task {self.task!r}", e) from e
 
     def identity(self, split: str) -> dict[str, Any]:
-        return {**self._declared, "model": model_identity(self.model), "split": split}
+        docs = None
+        if self.docs is not None:
+            docs = hashlib.sha256(repr(self.docs).encode()).hexdigest()[:16]
+        return {
+            **self._declared,
+            "model": model_identity(self.model),
+            "split": split,
+            "documents": docs,
+        }
+
+    def size(self, split: str) -> int:
+        """The documents scored."""
+        return self._count if self.docs is None else len(self.docs)
+
+    def part(self, indices: Sequence[int], *, others: bool = True) -> LMEvalEvaluator:
+        """This evaluator on the documents at ``indices`` of those it scores (see
+        `Parted`); only for a metric lm-eval aggregates by a mean of per-document values."""
+        if not self._mean:
+            raise SoupError(
+                f"{self._where}: lm-eval aggregates {self.metric!r} over the documents, not "
+                "as a mean of per-document values, so a part of them cannot be scored alone"
+            )
+        docs = list(range(self._count)) if self.docs is None else self.docs
+        new = copy.copy(self)
+        new.docs = [docs[int(i)] for i in indices]
+        return new
+
+    def example_scores(self, state: State) -> torch.Tensor:
+        """Each scored document's metric (negated where lower is better), by document id."""
+        self.loader(self.model, state)
+        self.model.eval()
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        out = self._run(self.limit, log_samples=True)
+        samples = sorted(out["samples"][self.task], key=lambda d: d["doc_id"])
+        higher = out.get("higher_is_better", {}).get(self.task, {}).get(self.metric, True)
+        values = torch.tensor([float(d[self.metric]) for d in samples], dtype=torch.float64)
+        return values if higher else -values
 
     def __call__(self, state: State) -> float:
         self.loader(self.model, state)
