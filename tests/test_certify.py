@@ -303,3 +303,19 @@ def test_an_lm_eval_task_is_certified_from_its_logged_samples(lm, tmp_path):
     assert set(cert) >= KEYS and cert["examples"] == 60 and 0 <= cert["estimate"] <= 1
     # the estimate is the mean of 60 documents' acc: a multiple of 1/60
     assert cert["estimate"] * 60 == pytest.approx(round(cert["estimate"] * 60))
+
+
+def test_a_journal_is_keyed_by_the_split(sweep, tmp_path, capsys):
+    """Another --certify-seed or --certify chooses on other examples: the journal of the
+    first run is refused, not replayed; the same split replays to the same certificate."""
+    paths, _ = sweep
+    run = tmp_path / "run"
+    argv = ["greedy", *paths, *EVAL, "--run-dir", str(run)]
+    assert main([*argv, "-o", str(tmp_path / "a.safetensors")]) == 0
+    first = _certified(run)
+    for n, other in enumerate((["--certify-seed", "1"], ["--certify", "0.3"])):
+        capsys.readouterr()
+        assert main([*argv, *other, "-o", str(tmp_path / f"x{n}.safetensors")]) == 2
+        assert "journal" in capsys.readouterr().err
+    assert main([*argv, "-o", str(tmp_path / "b.safetensors")]) == 0  # the same split: replayed
+    assert _certified(run) == first

@@ -63,7 +63,30 @@ def test_table_has_every_method_and_its_invariants(fast_run):
     assert rows["best individual"]["scores"]["val"] == best["scores"]["val"]
     assert rows["greedy soup"]["detail"]["kept"][0] == best["name"]
     assert len(res["ingredients"]) == k and res["ingredients"][0]["name"] == "model_0"
-    assert set(res["splits"]) == {"val", "test", *SHIFTS}
+    assert set(res["splits"]) == {"val", "certify", "test", *SHIFTS}
+    cfg = load_config("fast")
+    assert res["splits"]["val"] + res["splits"]["certify"] == cfg.val  # carved from val
+
+
+def test_every_method_and_finding_is_certified_on_examples_no_choice_saw(fast_run):
+    """The certify split: each method's certificate is its accuracy there (the table's
+    column), against the best individual's; each "What reproduces" line opens with the
+    verdict of its paired difference there."""
+    out, res = fast_run
+    rows = {r["method"].split(" (")[0]: r for r in res["methods"]}
+    assert set(res["certified"]) == set(METHODS)
+    for method, cert in res["certified"].items():
+        if method != "greedy soup, random order":  # certified as the orders' mean outcome
+            assert cert["estimate"] == pytest.approx(rows[method]["scores"]["certify"])
+        assert cert["low"] <= cert["estimate"] <= cert["high"]
+        assert cert["best_ingredient"] == rows["best individual"]["detail"]["ingredient"]
+        assert cert["verdict"] in ("beats", "within noise", "below")
+    md = (out / "results.md").read_text()
+    assert "## Should I ship it?" in md and "| certified |" in md
+    lines = [ln for ln in md.split("## What reproduces")[1].splitlines() if ln.startswith("- ")]
+    marks = ("**beats**", "**within noise**", "**below**")
+    verdicts = [ln for ln in lines if any(m in ln for m in marks)]
+    assert len(verdicts) == len(res["comparisons"])
 
 
 def test_reports_agree_with_the_results(fast_run):
@@ -424,3 +447,34 @@ def test_cli_analyze_a_reproduce_folder(fast_run, capsys):
     assert again["methods"] == json.loads(json.dumps(res["methods"]))
     assert main(["analyze", str(out), "--landscape", "1", "7"]) == 2
     assert "1..3" in capsys.readouterr().err
+
+
+def test_sweeps_report_the_spread_across_sweeps_beside_the_sampling_se():
+    """``reproduce --sweeps N``'s summary, on results made up so the answer is known."""
+    from modelsoup_paper.sweeps import holds, markdown, spread
+
+    def run(seed, diff, se):
+        view = {"diff": diff, "se": se, "n": 250, "p": None}
+        return {
+            "config": {"seed": seed},
+            "comparisons": [
+                {
+                    "a": "greedy soup",
+                    "b": "best individual",
+                    "views": {"certified": view, "held-out": view},
+                }
+            ],  # fmt: skip
+            "methods": [{"method": "greedy soup", "scores": {"val": 0.9 + diff, "test": 0.9}}],
+            "certified": {"greedy soup": {"estimate": 0.9 + diff}},
+        }
+
+    s = spread([run(0, 0.02, 0.005), run(1, 0.03, 0.005), run(2, 0.001, 0.005)])
+    e = s["comparisons"]["greedy soup vs best individual"]["certified"]
+    assert e["verdicts"] == ["beats", "beats", "within noise"]
+    assert e["mean"] == pytest.approx(0.017) and e["mean_se"] == pytest.approx(0.005)
+    assert e["sd_across_sweeps"] == pytest.approx(np.std([0.02, 0.03, 0.001], ddof=1))
+    assert holds(e) == "ahead in every sweep (verdicts differ)"
+    assert s["methods"]["greedy soup"]["certified estimate"] == pytest.approx([0.92, 0.93, 0.901])
+    md = markdown(s)
+    assert "| greedy soup vs best individual | certified | +1.70 |" in md
+    assert "seeds 0, 1, 2" in md

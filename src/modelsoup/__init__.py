@@ -26,7 +26,8 @@ from .evaluators import (
     LogitEvaluator,
     TrainableEvaluator,
 )
-from .jobs.pipelines import ensemble_run, greedy_run
+from .jobs.certify import HeldOut, split_heldout
+from .jobs.pipelines import certify_soup, ensemble_run, greedy_run
 from .jobs.recipes import RECIPES
 from .merges import model_stock, uniform_soup, wise_ft
 from .ops.arithmetic import (
@@ -77,6 +78,9 @@ __all__ = [
     "extract_lora",
     "gram",
     "greedy_run",
+    "HeldOut",
+    "split_heldout",
+    "certify_soup",
     "greedy_soup",
     "interpolate",
     "learned_soup",

@@ -106,3 +106,18 @@ def certificates(
         method: certificate(Outcomes(outcomes(p, labels)["certify"]), ref, best, held)
         for method, p in predictions.items()
     }
+
+
+CERTIFY_NOTE = (
+    "Each method against the best individual fine-tune (both chosen on held-out), on the "
+    "certify split: examples held back from val that no choice saw. The interval is the "
+    "method's accuracy on new data (95%); the verdict says whether it beats the best "
+    "fine-tune beyond noise (paired difference, its 95% interval above 0)."
+)
+
+
+def ship(results: Mapping[str, Any]) -> list[str]:
+    """Each method's certificate in words (`modelsoup.jobs.certify.in_words`)."""
+    from modelsoup.jobs.certify import in_words
+
+    return [f"{m}: {in_words(c)}" for m, c in (results.get("certified") or {}).items()]

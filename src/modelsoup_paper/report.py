@@ -14,8 +14,9 @@ from typing import Any
 
 from modelsoup.analysis.paired import Z95, Paired, describe
 from modelsoup.checkpoints.save import atomic_output
-from modelsoup.jobs.certify import in_words
 from modelsoup.jobs.certify import verdict as verdict_of
+
+from .comparisons import CERTIFY_NOTE, ship
 
 
 def shift_mean(scores: Mapping[str, float], shifts: list[str]) -> float:
@@ -72,11 +73,18 @@ def ingredient_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[s
 
 
 def _intro(results: Mapping[str, Any]) -> str:
+    n = results["splits"]
+    certify = (
+        f"; the certify split ({n['certify']} more, held back from it) is seen by no "
+        "choice and certifies each"
+        if "certify" in n
+        else ""
+    )
     return (
         f"Accuracy (%) of every method of the paper's Table 3. The held-out split "
-        f"({results['splits']['val']} examples carved from the training data) drives every "
-        f"choice; ID test ({results['splits']['test']}) and the shifts are only reported. "
-        "`models` is the inference cost."
+        f"({n['val']} examples carved from the training data) drives every choice{certify}; "
+        f"ID test ({n['test']}) and the shifts are only reported. `models` is the inference "
+        "cost."
     )
 
 
@@ -106,19 +114,6 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def _by_method(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["method"].split(" (")[0]: r for r in results["methods"]}
-
-
-CERTIFY_NOTE = (
-    "Each method against the best individual fine-tune (both chosen on held-out), on the "
-    "certify split: examples held back from val that no choice saw. The interval is the "
-    "method's accuracy on new data (95%); the verdict says whether it beats the best "
-    "fine-tune beyond noise (paired difference, its 95% interval above 0)."
-)
-
-
-def ship(results: Mapping[str, Any]) -> list[str]:
-    """Each method's certificate in words (`modelsoup.jobs.certify.in_words`)."""
-    return [f"{m}: {in_words(c)}" for m, c in (results.get("certified") or {}).items()]
 
 
 NOISE_NOTE = (
