@@ -118,3 +118,17 @@ def test_readme_own_evaluator_snippet_runs_as_printed(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cli_kept = json.loads((tmp_path / "cli.safetensors.run" / "result.json").read_text())["kept"]
     assert [Path(p).name for p in cli_kept] == [Path(p).name for p in record["kept"]]
+
+
+def test_quickstart_makes_a_sweep_and_a_certified_greedy_soup(tmp_path, capsys):
+    """``modelsoup quickstart``: the newcomer's first command, on a sweep it makes."""
+    from modelsoup.cli import main
+
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "$ modelsoup uniform" in printed and "$ modelsoup greedy" in printed
+    assert (out / "uniform.safetensors").is_file() and (out / "greedy.safetensors").is_file()
+    result = json.loads((out / "greedy.safetensors.run" / "result.json").read_text())
+    assert result["certified"]["verdict"] in ("beats", "within noise", "below")
+    assert "certified on the other 250" in printed

@@ -17,7 +17,20 @@ from modelsoup.store.lock import run_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``reproduce`` to the subparsers and claim reproduce folders in ``analyze``."""
+    """Add ``quickstart`` and ``reproduce`` to the subparsers and claim reproduce folders
+    in ``analyze``."""
+    q = sub.add_parser(
+        "quickstart",
+        help="a soup and a certified choice on a tiny sweep made on the spot (seconds)",
+        description="Make a tiny sweep (a 'pretrained' MLP and 6 fine-tunes of it, "
+        "nothing downloaded), then run the uniform and the greedy soup on it, printing "
+        "each command: what to try first.",
+    )
+    q.add_argument(
+        "--out", metavar="DIR", default="runs/quickstart",
+        help="where the sweep and the soups go (default runs/quickstart)",
+    )  # fmt: skip
+    q.set_defaults(run=lambda args: _quickstart(args))
     p = sub.add_parser(
         "reproduce",
         help="the paper's experiment end to end, offline (the main job)",
@@ -88,6 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
     if analyze_folder not in analyze.FOLDER_HANDLERS:
         analyze.FOLDER_HANDLERS.append(analyze_folder)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import quickstart
+
+    return quickstart(Path(args.out))
 
 
 def _experiment():

@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         record=False,  # greedy_run wrote args.json and result.json
         base=prep.given_base,
     )  # fmt: skip
-    _report(result, len(ingredients), getattr(evaluator, "name", "score"))
+    name = getattr(evaluator, "name", "score")
+    if held.certify is not None:  # the scores below are the choosing part's
+        name += f" (the {held.choose.size(held.choose.selection)} choosing examples)"
+    _report(result, len(ingredients), name)
     cf.say(held, {"greedy soup": result["certified"]}, cf.metric_of(evaluator))
     print(f"wrote {out}; run folder {folder}")
     return 0

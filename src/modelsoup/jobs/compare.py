@@ -174,8 +174,9 @@ class _Kitchen:
                 Row("best individual", 1, individual[b], detail={"ingredient": ings[b].source})
             )
             if self.held.certify is not None:
-                self.best = (outcomes(self.held.certify, lazy_state(ings[b])), ings[b].source)
-                self.rows[-1].certified = certificate(*self.best[:1], *self.best, self.held)
+                best = outcomes(self.held.certify, lazy_state(ings[b]))
+                self.best = (best, ings[b].source)
+                self.rows[-1].certified = certificate(best, best, ings[b].source, self.held)
             return None
         m: dict[str, float | None] = {}
         with _measured(m):
