@@ -49,6 +49,7 @@ class Counting:
         self.inner, self.bytes = inner, 0
     source = property(lambda self: self.inner.source)
     layout = property(lambda self: self.inner.layout)
+    origin = property(lambda self: self.inner.origin)
     files = property(lambda self: self.inner.files)
     def read(self, name, start=0, stop=None):
         t = self.inner.read(name, start, stop)

@@ -236,3 +236,32 @@ def test_unknown_path_kind(tmp_path):
     p.mkdir()
     with pytest.raises(CheckpointError):
         open_ingredient(p)
+
+
+def test_every_ingredient_class_declares_the_whole_contract():
+    """Each class of the library that reads tensors by name (``get``, ``read``,
+    ``layout``) declares every member of `Ingredient`, ``origin`` included: callers read
+    ``ingredient.origin.folder`` and never probe with getattr, and no class forwards
+    unknown attributes (``__getattr__``) to the ingredient it wraps."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "modelsoup"
+    members = {"source", "layout", "files", "origin", "get", "read"}
+    checked = 0
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef) or "Protocol" in ast.unparse(node.bases):
+                continue
+            names = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            names |= {t.id for n in node.body if isinstance(n, ast.Assign)
+                      for t in n.targets if isinstance(t, ast.Name)}  # fmt: skip
+            if not {"get", "read", "layout"} <= names:
+                continue
+            checked += 1
+            assert members <= names, f"{path.name}: {node.name} lacks {members - names}"
+            assert "__getattr__" not in names, f"{path.name}: {node.name} forwards attributes"
+    assert checked >= 12
+    src = "\n".join(p.read_text() for p in root.rglob("*.py"))
+    for member in ("folder", "load_files", "base_source", "derivation"):
+        assert f'"{member}"' not in src, f"a getattr probe for {member!r} is back"

@@ -24,6 +24,7 @@ import torch
 from ..errors import CheckpointError, MismatchError, SoupError
 from .files import open_file
 from .folders import ShardedCheckpoint
+from .ingredients import Origin
 from .inputs import read_json, regular_file
 from .layout import Layout
 from .recent import RecentTensors
@@ -246,6 +247,11 @@ class LoraAdapter:
     def base_source(self) -> str:
         """The base model's folder, resolved: adapters on different bases never mix."""
         return str(self.base.folder.resolve())
+
+    @property
+    def origin(self) -> Origin:
+        """The adapter's folder, and its base (whose folder a full-model soup copies)."""
+        return Origin(folder=self.folder, base=self.base, base_source=self.base_source)
 
     @property
     def layout(self) -> Layout:

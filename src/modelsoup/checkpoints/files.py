@@ -30,6 +30,7 @@ import torch
 from ..errors import CheckpointError
 from .ingredients import (
     ALIASES_METADATA_KEY,
+    NO_ORIGIN,
     TORCH_SUFFIXES,
     flat_range,
     normalize_names,
@@ -150,6 +151,8 @@ class SafetensorsFile:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    origin = NO_ORIGIN  # a plain file: no folder, nothing derived
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -306,6 +309,8 @@ class TorchFile:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    origin = NO_ORIGIN  # a plain file: no folder, nothing derived
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -59,7 +59,7 @@ def fingerprint(ingredient: Ingredient) -> str | None:
     files = [Path(f) for f in ingredient.files if Path(f).is_file()]
     if not files:
         return None
-    h = hashlib.sha256(str(getattr(ingredient, "derivation", "") or "").encode())
+    h = hashlib.sha256(ingredient.origin.derivation.encode())
     for f in files:
         h.update(_file_digest(f).encode())
     return h.hexdigest()[:20]

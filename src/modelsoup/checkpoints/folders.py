@@ -11,6 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from .files import SafetensorsFile, TorchFile, open_file
+from .ingredients import Origin
 from .inputs import read_json, regular_file
 from .layout import Layout, TensorSpec
 
@@ -165,6 +166,11 @@ class ShardedCheckpoint:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    @property
+    def origin(self) -> Origin:
+        """A model folder: its config and tokenizer files go with a soup written as one."""
+        return Origin(folder=self.folder, load_files=tuple(self.load_files))
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -1,7 +1,9 @@
 """Ingredients: lazy handles to checkpoints that yield tensors by name.
 
 An ingredient is anything with a ``layout`` (names, shapes, dtypes, ties), a ``get(name)``
-that returns one tensor, a ``source`` for messages and the ``files`` it reads. Arithmetic
+that returns one tensor, a ``source`` for messages, the ``files`` it reads and its
+``origin`` (an `Origin`: the model folder, an adapter's base, a derivation; every field
+has a default that means "nothing to say"). Arithmetic
 (`modelsoup.ops.arithmetic`) streams over names, so a soup of k checkpoints holds a few
 tensors at a time, never k models. The readers of files are in `files`, adapters in
 `adapters`, and `read.open_ingredient` opens any of them.
@@ -10,8 +12,9 @@ tensors at a time, never k models. The readers of files are in `files`, adapters
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -21,6 +24,40 @@ from .layout import Layout, TensorSpec
 # Key under a safetensors file's __metadata__ that records tied names (alias -> stored).
 ALIASES_METADATA_KEY = "modelsoup.aliases"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What an ingredient says about where it comes from, beyond its tensors. The
+    defaults mean "nothing to say" (a plain file, a state dict in memory, arithmetic).
+
+    - ``folder``: the Hugging Face model folder it was read from (a LoRA adapter: the
+      adapter's folder). Evaluators build the model from its config.json, and a soup
+      written as a folder copies its files.
+    - ``load_files``: the files beside the weights that a written model folder needs
+      (config.json, the tokenizer's), checked when the folder was opened.
+    - ``base``: a LoRA adapter's base model, an ingredient; ``base_source`` its folder,
+      resolved (adapters on different bases never mix).
+    - ``derivation``: what was done to the files' tensors (some taken from another model,
+      a vocabulary realigned), which the fingerprint covers with the files.
+
+    A wrapper states what it changes: ``dataclasses.replace(inner.origin, ...)``.
+    """
+
+    folder: Path | None = None
+    load_files: tuple[Path, ...] = ()
+    base: Any = None
+    base_source: str | None = None
+    derivation: str = ""
+
+    def derived(self, step: str) -> Origin:
+        """This origin with ``step`` appended to its derivation."""
+        from dataclasses import replace
+
+        return replace(self, derivation=f"{self.derivation}|{step}" if self.derivation else step)
+
+
+NO_ORIGIN = Origin()
 
 
 @runtime_checkable
@@ -43,6 +80,11 @@ class Ingredient(Protocol):
     @property
     def files(self) -> tuple[Path, ...]:
         """Paths it reads (files, and the folder of a Hugging Face model); () in memory."""
+        ...
+
+    @property
+    def origin(self) -> Origin:
+        """Where it comes from beyond its tensors (`Origin`; `NO_ORIGIN` to say nothing)."""
         ...
 
     def get(self, name: str) -> torch.Tensor:
@@ -141,6 +183,8 @@ class StateDictIngredient:
     @property
     def files(self) -> tuple[Path, ...]:
         return ()
+
+    origin = NO_ORIGIN
 
     def get(self, name: str) -> torch.Tensor:
         return self._tensors[self._layout.canonical(name)]

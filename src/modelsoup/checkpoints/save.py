@@ -334,7 +334,7 @@ def save_hf_folder(
                 },
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        for src in template.load_files:  # checked when the folder was opened
+        for src in template.origin.load_files:  # checked when the folder was opened
             shutil.copy2(src, tmp / src.name)
         for fname, text in (extra_files or {}).items():  # the record and model card
             (tmp / fname).write_text(text)
@@ -371,8 +371,9 @@ def save(
             f"output {path}: unknown suffix {path.suffix!r}; write .safetensors, .pt, or a "
             "folder name without suffix (for Hugging Face folder inputs)"
         )
-    template = getattr(template, "base", template)  # an adapter's folder: its base's
-    if getattr(template, "load_files", None) is None:
+    if template is not None:
+        template = template.origin.base or template  # an adapter's folder: its base's
+    if template is None or template.origin.folder is None:
         raise SoupError(
             f"output {path} has no suffix, so it would be a Hugging Face folder, but the "
             "first ingredient is not one; name the output *.safetensors or *.pt"

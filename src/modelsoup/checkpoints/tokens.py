@@ -49,7 +49,7 @@ ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_t
 
 def hf_folder(ing: Ingredient, why: str) -> Path:
     """The Hugging Face folder (with config.json) an ingredient is read from."""
-    folder = getattr(ing, "folder", None)
+    folder = ing.origin.folder
     if folder is None or not (Path(folder) / "config.json").is_file():
         raise SoupError(
             f"{ing.source}: {why} needs Hugging Face model folders with their config.json "
@@ -247,7 +247,7 @@ def same_vocabulary(inputs: Sequence[Ingredient], load: bool = True) -> bool:
     rows) and declare the same rows; True where some input has no Hugging Face folder
     (a plain file carries no tokenizer to compare). Without ``load``, only the files are
     compared (False where they differ, the tokens unread)."""
-    folders = [getattr(i, "folder", None) for i in inputs]
+    folders = [i.origin.folder for i in inputs]
     if any(f is None or not (Path(f) / "config.json").is_file() for f in folders):
         return True
     folders = [Path(f) for f in folders]

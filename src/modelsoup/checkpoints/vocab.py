@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, MismatchError
-from .ingredients import Ingredient, flat_range
+from .ingredients import Ingredient, Origin, flat_range
 from .layout import Layout, TensorSpec
+from .read import describe_format
 from .tokens import SoupVocabulary, hf_folder, same_vocabulary
 
 
@@ -193,16 +194,20 @@ class VocabAligned:
         return tuple(dict.fromkeys([*self.inner.files, *others]))
 
     @property
-    def derivation(self) -> str:
-        return f"vocab:{self.plan.vocab.digest}:{self.index}"
+    def origin(self) -> Origin:
+        """The inner ingredient's, but for what the realignment changes: the folder and
+        load files are the soup vocabulary's (its config.json and tokenizer), and the
+        derivation records the alignment."""
+        vocab = self.plan.vocab
+        return replace(
+            self.inner.origin.derived(f"vocab:{vocab.digest}:{self.index}"),
+            folder=vocab.folder,
+            load_files=tuple(vocab.load_files),
+        )
 
     @property
-    def folder(self) -> Path:
-        return self.plan.vocab.folder
-
-    @property
-    def load_files(self) -> list[Path]:
-        return self.plan.vocab.load_files
+    def storage_format(self) -> str:
+        return f"{describe_format(self.inner)}, vocabulary realigned ({self.plan.vocab.mode})"
 
     def rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
         """Rows ``r0:r1`` of vocabulary tensor ``name`` as [r1 - r0, width]."""
@@ -245,11 +250,6 @@ class VocabAligned:
         if name not in self.plan.names:
             return self.inner.get(name)
         return self.read(name).view(self._layout.spec(name).shape)
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_") or attr in ("plan", "index", "inner"):
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
 
     def __repr__(self) -> str:
         return f"VocabAligned({self.inner!r}, {self.plan.vocab.mode})"

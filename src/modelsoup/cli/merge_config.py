@@ -154,7 +154,7 @@ def _chat_template(p: Plan, template: Any, opened: dict[str, Any]) -> dict[str, 
     import transformers
 
     def folder(ing: Any) -> Path | None:
-        files = getattr(ing, "load_files", None) or ()
+        files = ing.origin.load_files
         return Path(files[0]).parent if files else None
 
     if text == "auto":
@@ -187,7 +187,7 @@ def _chat_template(p: Plan, template: Any, opened: dict[str, Any]) -> dict[str, 
 def _config_files(p: Plan, template: Any, layers: int) -> dict[str, str]:
     """config.json as mergekit writes it: the template's, with the output's layer count
     (slices) and dtype; {} for a file output or a folder whose config is unchanged."""
-    files = [f for f in getattr(template, "load_files", None) or () if f.name == "config.json"]
+    files = [f for f in template.origin.load_files if f.name == "config.json"]
     if not files:
         return {}
     config = json.loads(files[0].read_text())

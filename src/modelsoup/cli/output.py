@@ -50,8 +50,7 @@ def save_soup(
     folder = run_dir(args)
     if getattr(args, "adapter_rank", None) is not None:
         return _save_adapter(args, soup, inputs, recipe, folder, evaluator, record, base)
-    layout = getattr(soup, "layout", None)
-    nbytes = layout.nbytes if layout is not None else 0
+    nbytes = soup.layout.nbytes
     if nbytes > ANNOUNCE_BYTES and is_rank0():  # say so before a long write starts
         print(f"writing {nbytes / 1e9:.1f} GB to {args.output}", file=sys.stderr, flush=True)
     provenance = {
@@ -97,7 +96,7 @@ def check_adapter_request(
     args: argparse.Namespace, inputs: Sequence[Ingredient], base: Ingredient | None
 ) -> None:
     """``--adapter-rank`` needs an output folder, and adapters to re-rank or a base."""
-    adapters = any(getattr(i, "base_source", None) for i in inputs)
+    adapters = any(i.origin.base_source for i in inputs)
     if Path(args.output).suffix or (not adapters and base is None):
         raise SoupError(
             "--adapter-rank writes a PEFT adapter folder: give an output folder name without "

@@ -23,7 +23,7 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 def model_folder(ingredient: Ingredient) -> Path:
     """The Hugging Face folder an ingredient comes from (the one holding config.json)."""
-    folder = getattr(ingredient, "folder", None)
+    folder = ingredient.origin.folder
     candidates = [Path(folder)] if folder is not None else []
     candidates += [Path(f).parent for f in ingredient.files]
     for c in candidates:

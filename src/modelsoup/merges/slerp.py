@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import is_float
 from ..errors import NonFiniteError, SoupError
 from ..ops.arithmetic import IntegerPolicy, all_finite
@@ -103,6 +103,7 @@ class Slerp:
     source = property(lambda self: f"SLERP of {self.a.source} and {self.b.source} at t={self.t:g}")
     layout = property(lambda self: self._layout)
     files = property(lambda self: (*self.a.files, *self.b.files))
+    origin = NO_ORIGIN  # a merge of several models: nothing more to say
 
     def _chunks(self, name: str, dtype: torch.dtype):
         n = self._layout.spec(name).numel

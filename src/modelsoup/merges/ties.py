@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import is_float
 from ..errors import NonFiniteError
 from ..ops.arithmetic import IntegerPolicy, all_finite
@@ -85,6 +85,7 @@ class Ties:
     )
     layout = property(lambda self: self._layout)
     files = property(lambda self: tuple(f for i in [*self.ingredients, self.base] for f in i.files))
+    origin = NO_ORIGIN  # a merge of several models: nothing more to say
 
     def _threshold(self, name: str) -> list[float]:
         if self.density >= 1:  # every entry kept: nothing to find

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.stream import chunk_ranges, stream_chunks
 from ..errors import MismatchError, NonFiniteError, SoupError
@@ -132,6 +132,8 @@ class Combination:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    origin = NO_ORIGIN  # arithmetic on ingredients: nothing more to say
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -29,7 +29,7 @@ def check_compatible(
     """
     if not ingredients:
         raise SoupError("no ingredients: give at least one checkpoint")
-    bases = {i.base_source: i for i in ingredients if getattr(i, "base_source", None)}
+    bases = {i.origin.base_source: i for i in ingredients if i.origin.base_source}
     if len(bases) > 1:
         (a, x), (b, y) = list(bases.items())[:2]
         raise MismatchError(

@@ -10,12 +10,14 @@ time through the ingredient they point to: memory is what that ingredient needs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient, Origin
 from ..checkpoints.layout import Layout
 
 
@@ -32,6 +34,13 @@ class Renamed:
     source = property(lambda self: self._source)
     layout = property(lambda self: self._layout)
     files = property(lambda self: self.ingredient.files)
+
+    @property
+    def origin(self) -> Origin:
+        """No folder (its tensors are not the folder's model); the renaming is part of
+        its derivation, so its fingerprint differs from the inner ingredient's."""
+        names = hashlib.sha256(json.dumps(sorted(self.names.items())).encode()).hexdigest()
+        return Origin(derivation=self.ingredient.origin.derived(f"renamed:{names[:16]}").derivation)
 
     def get(self, name: str) -> torch.Tensor:
         return self.ingredient.get(self.names[name])
@@ -51,6 +60,7 @@ class Routed:
 
     source = property(lambda self: self._source)
     layout = property(lambda self: self._layout)
+    origin = NO_ORIGIN  # tensors of several models: no one folder, base or derivation
 
     @property
     def files(self) -> tuple[Path, ...]:

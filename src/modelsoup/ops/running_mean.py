@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient, StateDictIngredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient, StateDictIngredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.stream import fill, stream_chunks
 from .arithmetic import Combination, IntegerPolicy
@@ -111,6 +111,8 @@ class RunningMean:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    origin = NO_ORIGIN  # arithmetic on ingredients: nothing more to say
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import Ingredient, Origin
 from ..checkpoints.layout import Layout
+from ..checkpoints.read import describe_format
 from ..errors import MismatchError, SoupError
 
 
@@ -193,9 +194,14 @@ class Substituted:
         return tuple(dict.fromkeys([*self.inner.files, *extra]))
 
     @property
-    def derivation(self) -> str:
-        inner = getattr(self.inner, "derivation", "")
-        return f"{inner}|{self._derivation}" if inner else self._derivation
+    def origin(self) -> Origin:
+        """The inner ingredient's (its folder, an adapter's base), with the substitution
+        added to its derivation."""
+        return self.inner.origin.derived(self._derivation)
+
+    @property
+    def storage_format(self) -> str:
+        return f"{describe_format(self.inner)}, {len(self.sources)} tensor(s) substituted"
 
     def _owner(self, name: str) -> Ingredient:
         return self.sources.get(self._layout.canonical(name), self.inner)
@@ -205,11 +211,6 @@ class Substituted:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self._owner(name).read(name, start, stop)
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_") or attr in ("inner", "sources"):
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
 
     def __repr__(self) -> str:
         return f"Substituted({self.inner!r}, {len(self.sources)} tensors)"

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.recent import RecentTensors
 from ..errors import MismatchError, NonFiniteError, SoupError
@@ -77,6 +77,8 @@ class Tensorwise:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    origin = NO_ORIGIN  # arithmetic on ingredients: nothing more to say
 
     @property
     def files(self) -> tuple[Path, ...]:
