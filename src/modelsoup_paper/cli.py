@@ -19,18 +19,7 @@ from modelsoup.store.lock import run_lock
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``quickstart`` and ``reproduce`` to the subparsers and claim reproduce folders
     in ``analyze``."""
-    q = sub.add_parser(
-        "quickstart",
-        help="a soup and a certified choice on a tiny sweep made on the spot (seconds)",
-        description="Make a tiny sweep (a 'pretrained' MLP and 6 fine-tunes of it, "
-        "nothing downloaded), then run the uniform and the greedy soup on it, printing "
-        "each command: what to try first.",
-    )
-    q.add_argument(
-        "--out", metavar="DIR", default="runs/quickstart",
-        help="where the sweep and the soups go (default runs/quickstart)",
-    )  # fmt: skip
-    q.set_defaults(run=lambda args: _quickstart(args))
+    _add_quickstart(sub)
     p = sub.add_parser(
         "reproduce",
         help="the paper's experiment end to end, offline (the main job)",
@@ -101,6 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
     if analyze_folder not in analyze.FOLDER_HANDLERS:
         analyze.FOLDER_HANDLERS.append(analyze_folder)
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser(
+        "quickstart",
+        help="a soup and a certified choice on a tiny sweep made on the spot (seconds)",
+        description="Make a tiny sweep (a 'pretrained' MLP and 6 fine-tunes of it, "
+        "nothing downloaded), then run the uniform and the greedy soup on it, printing "
+        "each command: what to try first.",
+    )
+    q.add_argument(
+        "--out", metavar="DIR", default="runs/quickstart",
+        help="where the sweep and the soups go (default runs/quickstart)",
+    )  # fmt: skip
+    q.set_defaults(run=_quickstart)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
