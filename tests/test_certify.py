@@ -319,3 +319,19 @@ def test_a_journal_is_keyed_by_the_split(sweep, tmp_path, capsys):
         assert "journal" in capsys.readouterr().err
     assert main([*argv, "-o", str(tmp_path / "b.safetensors")]) == 0  # the same split: replayed
     assert _certified(run) == first
+
+
+def test_scores_that_saw_the_certifying_examples_are_refused(sweep, tmp_path, capsys):
+    """--scores from a run that chose on every example would let the choice see the
+    certifying part: refused, with the fixes; the scores.json of the same split is used."""
+    paths, _ = sweep
+    every = tmp_path / "every.run"
+    assert main(["greedy", *paths, *EVAL, "--certify", "0", "--run-dir", str(every),
+                 "-o", str(tmp_path / "a.safetensors")]) == 0  # fmt: skip
+    argv = ["greedy", *paths, *EVAL, "-o", str(tmp_path / "b.safetensors")]
+    capsys.readouterr()
+    assert main([*argv, "--scores", str(every / "scores.json")]) == 2
+    assert "--certify 0" in capsys.readouterr().err
+    same = tmp_path / "same.run"
+    assert main([*argv, "--run-dir", str(same)]) == 0
+    assert main([*argv, "--scores", str(same / "scores.json"), "--force"]) == 0

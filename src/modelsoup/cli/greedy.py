@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     evaluator = held.choose
     o.claim_run_dir(folder, read, args.force)  # every check done: now write
     c.print_rules(prep)
-    scores = read_scores(args.scores, ingredients) if args.scores else None
+    chooser = evaluator if held.certify is not None else None
+    scores = read_scores(args.scores, ingredients, chooser=chooser) if args.scores else None
     soup, result = greedy_run(
         ingredients,
         evaluator,

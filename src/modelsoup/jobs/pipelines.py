@@ -38,13 +38,17 @@ from ..store.provenance import record_run, write_json
 from .certify import HeldOut, best_index, certify_ensembles, certify_state, not_certified
 
 
-def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Evaluation]:
+def read_scores(
+    path: str | Path, ingredients: Sequence[Ingredient], *, chooser: Any = None
+) -> list[Evaluation]:
     """Held-out scores from a JSON file, one per ingredient.
 
     Accepted: a list of numbers (in the ingredients' order); a map from ingredient path
     to number; or a ``scores.json`` written by an earlier run (``{"evaluator": identity,
     "scores": [objects with source and score, and correct/total when exact]}``, or that
-    list alone).
+    list alone). With ``chooser`` (a certified run's choosing evaluator), a scores.json
+    made by another evaluator is refused: scores that saw the certifying examples would
+    let the choice see them too.
     """
     path = Path(path)
     try:
@@ -53,6 +57,14 @@ def read_scores(path: str | Path, ingredients: Sequence[Ingredient]) -> list[Eva
         raise SoupError(f"{path}: cannot read scores ({e})") from e
     sources = [i.source for i in ingredients]
     if isinstance(data, Mapping) and isinstance(data.get("scores"), list):
+        made_by = data.get("evaluator")
+        if chooser is not None and made_by is not None and made_by != identity_of(chooser):
+            raise SoupError(
+                f"{path}: these scores were made by another evaluator or on other held-out "
+                "examples than this run's choosing part, so the choice would see examples "
+                "its certificate needs unseen: drop --scores, take the scores.json of a run "
+                "with the same --certify and --certify-seed, or pass --certify 0"
+            )
         data = data["scores"]  # a scores.json of an earlier run
 
     def parse(item: Any) -> Evaluation:
