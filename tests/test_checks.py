@@ -61,7 +61,7 @@ def test_dtype_mismatch(tmp_path):
     ings = _files(tmp_path, [a, b])
     with pytest.raises(
         MismatchError,
-        match=r"'body\.0\.bias' is float32\[8\] in .*ing0.* but float16\[8\] in .*ing1.*--dtype",
+        match=r"'body\.0\.bias' is float32\[8\] in .*ing0.* but float16\[8\] in .*ing1.*with dtype",
     ):
         check_compatible(ings)
     check_compatible(ings, allow_float_dtype_mix=True)
@@ -133,3 +133,26 @@ def test_a_tie_left_out_by_one_ingredient_is_implied():
         check_compatible([untied, omitted])
     soup = weighted_average([tied, omitted])
     assert torch.equal(soup.get("head"), soup.get("embed"))
+
+
+def test_the_library_names_parameters_and_the_command_line_names_flags(tmp_path, capsys):
+    """One remedial text, two spellings: a Python caller reads ``gamma`` and
+    ``force=True``, the command line ``--gamma`` and ``--force``."""
+    from modelsoup.checkpoints.ingredients import StateDictIngredient
+    from modelsoup.cli import main
+    from modelsoup.errors import SoupError
+    from modelsoup.merges import breadcrumbs
+
+    a = StateDictIngredient({"w": torch.ones(4)}, "a")
+    with pytest.raises(SoupError) as e:
+        breadcrumbs([a, a], a, gamma=1.5)
+    assert "gamma must be" in str(e.value) and "--gamma" not in str(e.value)
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"x")
+    save_file({"w": torch.ones(4)}, tmp_path / "a.safetensors")
+    save_file({"w": torch.zeros(4)}, tmp_path / "b.safetensors")
+    capsys.readouterr()
+    assert main(["uniform", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                 "-o", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "pass --force" in err and "force=True" not in err

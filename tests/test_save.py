@@ -58,7 +58,7 @@ def test_ties_roundtrip_through_safetensors_and_torch(tmp_path):
 def test_existing_output_needs_force(tmp_path, ings):
     out = tmp_path / "soup.safetensors"
     out.write_bytes(b"keep me")
-    with pytest.raises(SoupError, match="exists; pass --force"):
+    with pytest.raises(SoupError, match="exists; pass force=True"):
         save(uniform_soup(ings), out)
     assert out.read_bytes() == b"keep me"
     save(uniform_soup(ings), out, force=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, MismatchError, SoupError
+from ..errors import CheckpointError, MismatchError, SoupError, option
 from .files import open_file
 from .folders import ShardedCheckpoint
 from .ingredients import Origin
@@ -91,7 +91,7 @@ class LoraAdapter:
         if not (base / "config.json").is_file():
             raise CheckpointError(
                 f"{self.folder}: the base model {base} is not a Hugging Face model folder "
-                "(no config.json); pass --base-model DIR (base_model= in Python)"
+                f"(no config.json); pass {option('base_model', 'DIR')}"
             )
         self.base = ShardedCheckpoint(base)
         weights = [self.folder / n for n in ADAPTER_WEIGHTS if (self.folder / n).is_file()]
@@ -153,7 +153,7 @@ class LoraAdapter:
         if not isinstance(name, str) or not name or len(name) > 4096 or not is_dir(name):
             raise CheckpointError(
                 f"{self.folder}: the adapter's base {shown(name)} is not a local folder; pass "
-                "--base-model DIR (base_model= in Python) with the base model's folder"
+                f"{option('base_model', 'DIR')} with the base model's folder"
             )
         return Path(name)
 
@@ -221,7 +221,7 @@ class LoraAdapter:
         if name not in base.names:
             raise MismatchError(
                 f"{self.folder}: {stored!r} adapts {name!r}, which the base "
-                f"{self.base.source} does not have; is --base-model the adapter's base?"
+                f"{self.base.source} does not have; is {option('base_model')} the adapter's base?"
             )
         return base.canonical(name)
 
@@ -330,7 +330,7 @@ def save_adapter(
     from .save import atomic_output, check_output
 
     if rank < 1:
-        raise SoupError(f"--adapter-rank must be at least 1, got {rank}")
+        raise SoupError(f"{option('rank', flag='--adapter-rank')} must be at least 1, got {rank}")
     first = adapters[0]
     base = first.base
     fan = bool(first.config.get("fan_in_fan_out"))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, option
 from .ingredients import (
     ALIASES_METADATA_KEY,
     NO_ORIGIN,
@@ -236,7 +236,7 @@ def _unwrap_state_dict(obj: object, key: str | None, path: Path) -> Mapping[str,
                 f"{path}: is a dict whose values are not all tensors and none of the usual "
                 f"keys {list(WRAPPER_KEYS)} holds a state dict; its keys are "
                 f"{sorted(map(str, obj))[:20]}. Name the key that holds the weights "
-                "(--key KEY on the command line, key=... in Python)"
+                f"({option('key', 'KEY')})"
             )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:

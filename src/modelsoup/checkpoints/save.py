@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .ingredients import ALIASES_METADATA_KEY, TORCH_SUFFIXES, Ingredient
 from .layout import SAFETENSORS_CODES, Layout
 from .stream import materialize, stream_chunks
@@ -139,10 +139,10 @@ def check_output(
     if path.is_symlink() and not path.exists():
         raise SoupError(
             f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
-            "remove the link, or pass --force (force=True) to replace it"
+            f"remove the link, or pass {option('force', True)} to replace it"
         )
     if path.exists():
-        raise SoupError(f"{what} {path} exists; pass --force (force=True) to replace it")
+        raise SoupError(f"{what} {path} exists; pass {option('force', True)} to replace it")
 
 
 @contextlib.contextmanager
@@ -188,15 +188,17 @@ def _move_into_place(tmp: Path, path: Path, *, force: bool, folder: bool) -> Non
         try:
             os.link(tmp, path)  # fails if path exists: no silent overwrite in a race
         except FileExistsError as e:
-            raise SoupError(f"output {path} appeared while writing; pass --force") from e
+            raise SoupError(
+                f"output {path} appeared while writing; pass {option('force', True)}"
+            ) from e
         except OSError:  # file systems without hard links
             if path.exists():
-                raise SoupError(f"output {path} exists; pass --force") from None
+                raise SoupError(f"output {path} exists; pass {option('force', True)}") from None
             os.rename(tmp, path)
         return
     if path.exists():
         if not force:
-            raise SoupError(f"output {path} exists; pass --force (force=True) to replace it")
+            raise SoupError(f"output {path} exists; pass {option('force', True)} to replace it")
         old = path.parent / f".{path.name}.modelsoup-old-{secrets.token_hex(4)}"
         os.rename(path, old)
         os.rename(tmp, path)

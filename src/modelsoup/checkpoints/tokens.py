@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, SoupError
+from ..errors import CheckpointError, SoupError, option
 from .folders import hf_load_files
 from .ingredients import Ingredient
 from .inputs import read_json
@@ -156,7 +156,9 @@ class SoupVocabulary:
         self, inputs: Sequence[Ingredient], base: bool, mode: str, multiple: int | None = None
     ):
         if mode not in VOCAB_MODES:
-            raise SoupError(f"--vocab must be one of {', '.join(VOCAB_MODES)}, got {mode!r}")
+            raise SoupError(
+                f"{option('vocab')} must be one of {', '.join(VOCAB_MODES)}, got {mode!r}"
+            )
         self.mode = mode
         folders = [hf_folder(i, "--vocab") for i in inputs]
         self.input_rows = [config_rows(f) for f in folders]

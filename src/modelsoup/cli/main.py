@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import SoupError
+from ..errors import SoupError, is_switch, spell_options
 from ..jobs.recipes import RECIPES
 from ..merges.registry import MERGES
 from ..store.allocator import keep_freed_memory
@@ -79,7 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Parameters whose flag is not "--" + the name with "-" for "_" (the merges' own, such
+# as lam: --lambda, come from the registry).
+FLAGS = {"trust_code": "--trust-task-code", "fraction": "--certify"}
+
+
+def flag(name: str, value: str | None = None, given: str | None = None) -> str:
+    """How the command line spells the library's parameter ``name`` (with ``value``;
+    ``given``: the flag the message names itself): what `modelsoup.errors.option`
+    renders while a command runs."""
+    spelled = (
+        given
+        or FLAGS.get(name)
+        or next(
+            (p.option for m in MERGES.values() for p in m.params if p.name == name),
+            "--" + name.replace("_", "-"),
+        )
+    )
+    return spelled if value is None or is_switch(value) else f"{spelled} {value}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with spell_options(flag):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # 3x faster CPU evaluation: no page faults per batch
     try:

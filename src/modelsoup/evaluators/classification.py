@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.stream import copy_tensor, shape_of
-from ..errors import MismatchError, SoupError
+from ..errors import MismatchError, SoupError, option
 from .distributed import all_reduce, gather_rows, world
 from .protocols import Evaluation, Metric, State, out_of_reach
 
@@ -101,7 +101,7 @@ def as_splits(data: Any, selection: str = "val") -> dict[str, Any]:
         if selection not in splits:
             raise SoupError(
                 f"the data has splits {list(splits)} but no {selection!r} split to select "
-                "on; name the held-out split with --split"
+                f"on; name the held-out split with {option('selection', flag='--split')}"
             )
         return splits
     return {selection: data}

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .classification import ClassificationEvaluator
 from .hf_folders import (
     HFLoader,
@@ -126,7 +126,8 @@ def hf_evaluator(
         if metric != "loss":
             raise SoupError(
                 f"a causal language model is scored by its token loss; metric {metric!r} "
-                "cannot be computed (drop --evaluator, or give --evaluator loss)"
+                f"cannot be computed (drop {option('metric', flag='--evaluator')}, or give "
+                f"{option('metric', 'loss', flag='--evaluator')})"
             )
         return causal_lm_evaluator(
             first,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .hf_folders import (
     HFLoader,
     build_model,
@@ -88,8 +88,8 @@ def causal_lm_evaluator(
     if all(len(x) < 2 for x in ids):
         raise SoupError(
             f"{data}: no token to predict: every example is shorter than 2 tokens (with "
-            f"--max-length {max_length}); a language model is scored on the tokens after the "
-            "first"
+            f"{option('max_length', max_length)}); a language model is scored on the tokens "
+            "after the first"
         )
     pad = pad_id(tok)
     identity = {
@@ -122,7 +122,7 @@ def fit_length(asked: int | None, context: int, folder: Path) -> int:
         return min(DEFAULT_MAX_LENGTH, context)
     if asked > context:
         raise SoupError(
-            f"--max-length {asked} is more than the {context} positions of the model in "
+            f"{option('max_length', asked)} is more than the {context} positions of the model in "
             f"{folder}; give at most {context} (the default is the smaller of 256 and that)"
         )
     return asked

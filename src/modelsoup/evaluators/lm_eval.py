@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .classification import load_state, model_identity
 from .lm_eval_task import read_task
 from .protocols import State
@@ -115,7 +115,8 @@ class LMEvalEvaluator:
         if metric not in declared:
             raise SoupError(
                 f"{where}: lm-eval task {self.task!r} declares the metrics {declared}, not "
-                f"{str(metric)[:60]!r}: name one of those with --lm-eval-metric"
+                f"{str(metric)[:60]!r}: name one of those with "
+                f"{option('metric', flag='--lm-eval-metric')}"
             )
         if loaded.OUTPUT_TYPE == "generate_until" and tokenizer.eos_token_id is None:
             raise SoupError(

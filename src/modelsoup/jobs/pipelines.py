@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.protocols import (
     Compare,
     Evaluation,
@@ -62,8 +62,10 @@ def read_scores(
             raise SoupError(
                 f"{path}: these scores were made by another evaluator or on other held-out "
                 "examples than this run's choosing part, so the choice would see examples "
-                "its certificate needs unseen: drop --scores, take the scores.json of a run "
-                "with the same --certify and --certify-seed, or pass --certify 0"
+                f"its certificate needs unseen: drop {option('scores')}, take the scores.json "
+                f"of a run with the same {option('fraction', flag='--certify')} and "
+                f"{option('seed', flag='--certify-seed')}, or pass "
+                f"{option('fraction', 0, flag='--certify')}"
             )
         data = data["scores"]  # a scores.json of an earlier run
 
@@ -141,7 +143,10 @@ def greedy_run(
     ``certified`` object certifies the (first) soup against the best ingredient.
     """
     if repeats > 1 and order != "random":
-        raise SoupError("--repeats needs --order random (a sorted order is the same each time)")
+        raise SoupError(
+            f"{option('repeats')} needs {option('order', 'random')} (a sorted order is the same "
+            "each time)"
+        )
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     scoring_reads = 0

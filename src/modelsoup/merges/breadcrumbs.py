@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..ops.arithmetic import IntegerPolicy
 from ..ops.tensorwise import Precision, Tensorwise
 from .task_vectors import Rescale, check_density, per_model, rescale_l1, sparsified_merge
@@ -53,7 +53,7 @@ def breadcrumbs(
     gammas = per_model(gamma, len(ingredients), "gamma")
     for g in gammas:
         if not 0 <= g < 1:
-            raise SoupError(f"--gamma must be in [0, 1), got {g}")
+            raise SoupError(f"{option('gamma')} must be in [0, 1), got {g}")
 
     def sparsify(name: str, i: int, tau: torch.Tensor) -> torch.Tensor:
         if densities[i] >= 1:

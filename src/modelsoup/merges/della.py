@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..ops.arithmetic import IntegerPolicy
 from ..ops.tensorwise import Precision, Tensorwise
 from .task_vectors import Rescale, per_model, rescale_l1, sparsified_merge, uniforms, work_dtype
@@ -56,7 +56,8 @@ def della(
     for d, e in zip(densities, epsilons):
         if d < 1 and not (d - e > 0 and d + e < 1):
             raise SoupError(
-                f"--density {d:g} +/- --epsilon {e:g} must lie in (0, 1): choose a smaller epsilon"
+                f"{option('density', f'{d:g}')} +/- {option('epsilon', f'{e:g}')} must lie in "
+                "(0, 1): choose a smaller epsilon"
             )
     if normalize is None:
         normalize = consensus

@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import is_float
-from ..errors import NonFiniteError, SoupError
+from ..errors import NonFiniteError, SoupError, option
 from ..ops.arithmetic import IntegerPolicy, all_finite
 from ..ops.tensorwise import same_integers
 
@@ -156,5 +156,5 @@ class Slerp:
 def slerp(a: Ingredient, b: Ingredient, t: float, *, integers: IntegerPolicy = "error") -> Slerp:
     """SLERP of ``a`` and ``b`` at ``t`` in [0, 1], per tensor; lazy, streamed (`Slerp`)."""
     if not 0 <= t <= 1:
-        raise SoupError(f"--t must be in [0, 1], got {t}")
+        raise SoupError(f"{option('t')} must be in [0, 1], got {t}")
     return Slerp(a, b, t, integers)

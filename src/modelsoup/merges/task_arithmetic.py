@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..ops.arithmetic import Combination, linear_combination, weighted_average
 from ..ops.tensorwise import Precision, Tensorwise
 from .task_vectors import sparsified_merge
@@ -43,7 +43,9 @@ def task_arithmetic(
         if len(ws) != len(ingredients):
             raise SoupError(f"{len(ws)} weights for {name}, {len(ingredients)} ingredients")
     if weights_for and arithmetic != "anchored":
-        raise SoupError("per-tensor weights (--weights-for) need --arithmetic anchored")
+        raise SoupError(
+            f"per-tensor weights ({option('weights_for')}) need {option('arithmetic', 'anchored')}"
+        )
     if precision != "float32":  # mergekit's order, in the inputs' dtype
         if arithmetic != "sum" or weights_for:
             raise SoupError("precision='inputs' computes as mergekit: arithmetic='sum' only")

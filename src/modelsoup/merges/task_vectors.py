@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..ops.arithmetic import IntegerPolicy
 from ..ops.tensorwise import Precision, Tensorwise
 
@@ -97,7 +97,7 @@ def check_weights(k: int, weights: Sequence[float] | None) -> list[float]:
 def check_density(density: float | Sequence[float]) -> None:
     for d in [density] if isinstance(density, (int, float)) else density:
         if not 0 < d <= 1:
-            raise SoupError(f"--density must be in (0, 1], got {d}")
+            raise SoupError(f"{option('density')} must be in (0, 1], got {d}")
 
 
 def per_model(value: float | Sequence[float], k: int, name: str) -> list[float]:

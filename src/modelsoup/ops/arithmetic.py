@@ -19,7 +19,7 @@ import torch
 from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.stream import chunk_ranges, stream_chunks
-from ..errors import MismatchError, NonFiniteError, SoupError
+from ..errors import MismatchError, NonFiniteError, SoupError, option
 from .checks import check_compatible, check_weights
 
 IntegerPolicy = Literal["error", "first"]
@@ -218,8 +218,7 @@ class Combination:
                         f"integer tensor {name!r} differs between {self.ingredients[0].source} "
                         f"and {ing.source} (BatchNorm's num_batches_tracked does after runs "
                         "of different lengths). Integer and bool tensors are never averaged: "
-                        "to keep the first ingredient's value pass --integers first "
-                        "(integers='first' in Python)"
+                        f"to keep the first ingredient's value pass {option('integers', 'first')}"
                     )
         return first.clone()
 
@@ -234,7 +233,8 @@ class Combination:
                 )
         return NonFiniteError(
             f"tensor {name!r} overflows {spec.dtype} in the combination; write a wider "
-            "dtype (--dtype float32) or accumulate in float64 (--accumulate float64)"
+            f"dtype ({option('dtype', 'float32')}) or accumulate in float64 "
+            f"({option('accumulate', 'float64')})"
         )
 
 

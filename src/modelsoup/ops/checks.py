@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
-from ..errors import MismatchError, SoupError
+from ..errors import MismatchError, SoupError, option
 
 
 def check_compatible(
@@ -34,7 +34,7 @@ def check_compatible(
         (a, x), (b, y) = list(bases.items())[:2]
         raise MismatchError(
             f"adapters on different bases: {x.source} adapts {a} but {y.source} adapts {b}; "
-            "a soup of adapters needs one base (--base-model)"
+            f"a soup of adapters needs one base ({option('base_model')})"
         )
     implied = check_same_names(ingredients)
     first = ingredients[0]
@@ -53,13 +53,13 @@ def check_compatible(
                     f"{list(b.shape)} in {other.source}; soups need ingredients of one "
                     "architecture, fine-tuned from the same pretrained model"
                     + ("; if tokens were added in some runs, merge their vocabularies with "
-                       "--vocab union (or base, first)" if rows else "")
+                       f"{option('vocab', 'union')} (or base, first)" if rows else "")
                 )  # fmt: skip
             if a.dtype != b.dtype and not (
                 allow_float_dtype_mix and is_float(a.dtype) and is_float(b.dtype)
             ):
                 fix = (
-                    "choose the output dtype with --dtype (dtype= in Python)"
+                    f"choose the output dtype with {option('dtype')}"
                     if is_float(a.dtype) and is_float(b.dtype)
                     else "integer and bool tensors are never converted; re-save one of them"
                 )
@@ -157,7 +157,7 @@ def check_distinct(ingredients: Sequence[Ingredient]) -> None:
         if key in seen:
             raise SoupError(
                 f"{ing.source} is listed twice (also as {seen[key]}); each ingredient may "
-                "appear once. To give one model more weight, use --weights"
+                f"appear once. To give one model more weight, use {option('weights')}"
             )
         seen[key] = ing.source
 

@@ -32,6 +32,7 @@ from ..checkpoints.ingredients import Ingredient, Origin
 from ..checkpoints.layout import Layout
 from ..checkpoints.read import describe_format
 from ..errors import MismatchError, SoupError
+from ..errors import option as option_of
 
 
 def compile_rule(pattern: str, option: str) -> re.Pattern:
@@ -101,7 +102,10 @@ def resolve_source(
     """``base``, ``first``, a 1-based number, or an ingredient's path as given."""
     if label == "base":
         if base is None:
-            raise SoupError(f"{option}: SOURCE 'base' needs --base THETA0 (the pretrained model)")
+            raise SoupError(
+                f"{option}: SOURCE 'base' needs {option_of('base', 'THETA0')} (the pretrained "
+                "model)"
+            )
         return base
     if label == "first":
         return ingredients[0]
@@ -171,7 +175,8 @@ class Substituted:
                 raise MismatchError(
                     f"tensor {name!r} is {list(theirs.shape)} in {src.source} but "
                     f"{list(mine.shape)} in {inner.source}: it cannot be taken from one for "
-                    "the other (vocabularies that differ: add --vocab base|first|union)"
+                    "the other (vocabularies that differ: add "
+                    f"{option_of('vocab', 'base|first|union')})"
                 )
             specs[name] = theirs
         self._layout = Layout(specs, dict(lay.aliases))

@@ -17,7 +17,7 @@ import torch
 from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
 from ..checkpoints.layout import Layout, TensorSpec, is_float
 from ..checkpoints.recent import RecentTensors
-from ..errors import MismatchError, NonFiniteError, SoupError
+from ..errors import MismatchError, NonFiniteError, SoupError, option
 from .arithmetic import IntegerPolicy, all_finite
 from .checks import check_compatible
 
@@ -132,6 +132,6 @@ def same_integers(name: str, tensors: list[torch.Tensor], integers: str) -> torc
     if integers == "error" and any(not torch.equal(t, tensors[0]) for t in tensors):
         raise MismatchError(
             f"integer tensor {name!r} differs between the ingredients; integers are never "
-            "merged: pass --integers first (integers='first') to take the first's"
+            f"merged: pass {option('integers', 'first')} to take the first's"
         )
     return tensors[0]

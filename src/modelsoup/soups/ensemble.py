@@ -24,7 +24,7 @@ import torch
 from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.distributed import gather_rows, world
 from ..evaluators.protocols import (
     ChunkedLogits,
@@ -253,8 +253,8 @@ def mixture_losses(
             f"an ensemble of {len(members)} models holds {held + 1} x {evaluator.vocab} "
             f"logits x 4 bytes = {per_token / 2**20:.1f} MiB per token, and one batch of "
             f"{largest} tokens needs {human_bytes(largest * per_token)}, over the budget "
-            f"of {human_bytes(budget)}: raise --cache-budget (e.g. --cache-budget "
-            f"{_ceil_gb(largest * per_token)}GB) or lower --batch-size"
+            f"of {human_bytes(budget)}: raise {option('budget', flag='--cache-budget')} to "
+            f"{_ceil_gb(largest * per_token)} GB or more, or lower {option('batch_size')}"
         )
     chunks = evaluator.chunks(split, max(1, budget // per_token))
     from tqdm.auto import tqdm

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints.fingerprint import fingerprint
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.protocols import (
     Compare,
     CountingEvaluator,
@@ -363,6 +363,7 @@ def _replayed(log: DecisionLog | None, step: int, index: int) -> tuple[Evaluatio
     if past["index"] != index:
         raise SoupError(
             f"{log.path}: step {step} was ingredient {past['index']}, now {index}; the "
-            "journal belongs to another run: rerun with --force or give another --run-dir"
+            f"journal belongs to another run: rerun with {option('restart', True, flag='--force')} "
+            f"or give another {option('run_dir')}"
         )
     return Evaluation.from_json(past["evaluation"]), bool(past["accepted"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.distributed import world
 
 
@@ -75,8 +75,8 @@ class Journal:
             changed = ", ".join(differences(head, self.header)[:6])
             raise SoupError(
                 f"{self.path} belongs to another run: {changed} changed. Its decisions "
-                "do not hold for this one: rerun with --force to start the run afresh, or "
-                "give another --run-dir"
+                f"do not hold for this one: rerun with {option('restart', True, flag='--force')} "
+                f"to start the run afresh, or give another {option('run_dir')}"
             )
         if lines[-1]:  # drop the cut line, or the next append would join it
             with open(self.path, "r+") as f:
@@ -95,7 +95,7 @@ class Journal:
         except OSError as e:  # a full disk, a read-only folder: the run cannot go on
             raise SoupError(
                 f"cannot write the journal {self.path}: {e.strerror or e}; free space or "
-                "give another --run-dir, then rerun to resume from what it holds"
+                f"give another {option('run_dir')}, then rerun to resume from what it holds"
             ) from e
 
     def find(self, **match: Any) -> dict | None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import SoupError
+from ..errors import SoupError, option
 
 LOCK_NAME = ".lock"
 
@@ -39,7 +39,7 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise SoupError(
                 f"the run folder {folder} is in use by another modelsoup run (process "
-                f"{holder}); wait for it to end, or give another --run-dir"
+                f"{holder}); wait for it to end, or give another {option('run_dir')}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
