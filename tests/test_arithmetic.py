@@ -202,7 +202,7 @@ def test_integer_tensors_are_never_averaged():
     with pytest.raises(
         MismatchError,
         match=r"'body\.1\.num_batches_tracked' differs.*"
-        r"--integers first",
+        r"integers='first'",  # a Python caller reads the parameter (the CLI: --integers first)
     ):
         materialize(uniform_soup(ings))
     got = materialize(uniform_soup(ings, integers="first"))

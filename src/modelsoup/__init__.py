@@ -9,7 +9,7 @@ streamed arithmetic (a combination is itself an ingredient), and `save` the resu
 """
 
 from .checkpoints.extract import extract_lora
-from .checkpoints.ingredients import Ingredient, StateDictIngredient
+from .checkpoints.ingredients import NO_ORIGIN, Ingredient, Origin, StateDictIngredient
 from .checkpoints.layout import Layout, TensorSpec
 from .checkpoints.read import open_ingredient
 from .checkpoints.save import save
@@ -78,6 +78,8 @@ __all__ = [
     "extract_lora",
     "gram",
     "greedy_run",
+    "Origin",
+    "NO_ORIGIN",
     "HeldOut",
     "split_heldout",
     "certify_soup",
