@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ..analysis.paired import Z95, paired, paired_tokens
+from ..analysis.paired import Z95, correct, paired, paired_tokens
 from ..errors import SoupError
 from ..evaluators.protocols import (
     ExampleScores,
@@ -149,7 +149,7 @@ def outcomes_of(evaluator: Any, output: torch.Tensor) -> Outcomes:
         return Outcomes(-output.double(), ex)
     labels = evaluator.labels(sel)
     if evaluator.metric == "accuracy":
-        return Outcomes((output.argmax(-1) == labels).double(), ex)
+        return Outcomes(correct(output, labels), ex)
     ce = torch.nn.functional.cross_entropy(output.double(), labels, reduction="none")
     return Outcomes(-ce, ex)
 
