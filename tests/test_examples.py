@@ -29,6 +29,7 @@ def test_demo_script(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "greedy soup: kept" in r.stdout and "greedy ensemble" in r.stdout
+    assert "certified on the other 250" in r.stdout  # the demo's greedy soup is certified
     assert "learned soup (memory" in r.stdout and "Model Stock of 6" in r.stdout
     assert "best held-out" in r.stdout  # the WiSE-FT scan
     for name in ("uniform", "greedy", "learned", "model_stock", "wiseft"):
@@ -65,7 +66,18 @@ def test_demo_script(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     custom = json.loads((tmp_path / "custom.safetensors.run" / "result.json").read_text())
-    assert custom["kept"] == result["kept"]  # the same accuracy, measured by the user's code
+    # The user's function scores every held-out example, so it cannot be certified: it
+    # keeps what the built-in evaluator keeps when it too chooses on every example.
+    full = tmp_path / "full.safetensors"
+    r = subprocess.run(
+        [sys.executable, "-m", "modelsoup.cli", "greedy", *map(str, sorted(out.glob("ft*"))),
+         "-o", str(full), "--model", "examples/tiny_sweep.py:model",
+         "--data", "examples/tiny_sweep.py:data", "--certify", "0", "-q"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    every = json.loads((tmp_path / "full.safetensors.run" / "result.json").read_text())
+    assert custom["kept"] == every["kept"]  # the same accuracy, measured by the user's code
 
 
 def test_readme_own_evaluator_snippet_runs_as_printed(tmp_path):

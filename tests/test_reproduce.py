@@ -376,6 +376,7 @@ def test_text_task_end_to_end_tiny(tmp_path):
     res = reproduce(cfg, tmp_path, progress=False, log=lambda m: None)
     assert set(res["splits"]) == {
         "val",
+        "certify",  # carved from val: the text task is certified like the image one
         "test",
         "self-driving",
         "apple",
