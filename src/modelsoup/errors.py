@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 
 _MARK = re.compile("\\x00([A-Za-z_][A-Za-z0-9_]*)\\x01([^\\x00\\x01]*)\\x01([^\\x00]*)\\x00")
 _TRUE = "\x02"
-_SPELLING: contextvars.ContextVar[Callable[[str, str | None], str] | None] = contextvars.ContextVar(
+_Spell = Callable[[str, str | None, str | None], str]
+_SPELLING: contextvars.ContextVar[_Spell | None] = contextvars.ContextVar(
     "modelsoup_option_spelling", default=None
 )
 
