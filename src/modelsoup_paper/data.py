@@ -177,13 +177,11 @@ class TaskData:
         """These splits with ``fraction`` of val, drawn at random (``seed``), moved to a
         ``certify`` split that no choice sees (`modelsoup.jobs.certify`): val keeps the
         rest and drives every choice, as before."""
+        from modelsoup.jobs.certify import split_indices
+
         val = self.splits["val"]
-        perm = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
-        m = max(1, round(fraction * len(val)))
-        parts = {
-            "val": perm[m:].sort().values,
-            "certify": perm[:m].sort().values,
-        }
+        choosing, certifying = split_indices(len(val), fraction, seed)
+        parts = {"val": torch.tensor(choosing), "certify": torch.tensor(certifying)}
         splits: dict[str, Examples] = {}
         for name, ex in self.splits.items():
             if name != "val":

@@ -10,7 +10,14 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from ..jobs.certify import DEFAULT_FRACTION, MIN_EXAMPLES, HeldOut, in_words, split_heldout
+from ..jobs.certify import (
+    DEFAULT_FRACTION,
+    MIN_EXAMPLES,
+    HeldOut,
+    in_words,
+    metric_of,
+    split_heldout,
+)
 from . import options as o
 
 CERTIFY = argparse.ArgumentParser(add_help=False)
@@ -52,6 +59,4 @@ def say(held: HeldOut, certs: Mapping[str, Any], metric: str = "accuracy") -> No
         print(f"  {label}: {in_words(cert, metric)}")
 
 
-def metric_of(evaluator: Any) -> str:
-    """``loss`` when the evaluator's score is minus a loss, else ``accuracy``."""
-    return "loss" if getattr(evaluator, "metric", None) == "loss" else "accuracy"
+__all__ = ["CERTIFY", "held_out", "metric_of", "say"]

@@ -309,7 +309,7 @@ class ClassificationEvaluator:
         if isinstance(data, torch.utils.data.DataLoader):
             raise SoupError(
                 f"the {self.selection!r} split is a DataLoader, whose examples cannot be "
-                "split: return a Dataset from the --data function"
+                f"split: give a Dataset ({option('splits', flag='--data')} returning one)"
             )
         new = copy.copy(self)
         new.splits = {**(self.splits if others else {})}

@@ -152,14 +152,16 @@ class LMEvalEvaluator:
 
     def _run(self, limit: int | None, log_samples: bool = False) -> dict[str, Any]:
         # a part of the documents: lm-eval's ``samples`` (which excludes ``limit``)
-        chosen = {"samples": {self.task: self.docs}, "limit": None} if self.docs else {}
+        which: dict[str, Any] = {"limit": limit}
+        if self.docs is not None:
+            which = {"samples": {self.task: self.docs}, "limit": None}
         try:
             return self._simple_evaluate(
                 model=self._lm,
                 tasks=[self._spec],
                 task_manager=self._manager,
-                **{"limit": limit, **chosen},
                 log_samples=log_samples,
+                **which,
             )
         except Exception as e:  # noqa: BLE001 - the task's code and templates raise anything
             raise _failure(self._where, f"lm-eval failed on task {self.task!r}", e) from e

@@ -128,7 +128,7 @@ class MultipleChoiceEvaluator:
         idx = [int(i) for i in indices]
         new.requests = [self.requests[i] for i in idx]
         new.choices = [self.choices[i] for i in idx]
-        new.gold = self.gold[idx] if idx else self.gold[:0]
+        new.gold = self.gold[idx]
         new._declared = {**self._declared, "data": new._data()}
         return new
 

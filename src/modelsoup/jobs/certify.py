@@ -55,7 +55,6 @@ from ..evaluators.protocols import (
 
 DEFAULT_FRACTION = 0.5
 MIN_EXAMPLES = 100  # below: each part would hold under 50 examples
-VERDICTS = ("beats", "within noise", "below")
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,21 @@ class HeldOut:
             "certifying": self.certify.size(self.certify.selection) if self.certify else 0,
             "reason": self.reason,
         }
+
+
+def split_indices(n: int, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Examples ``0..n-1`` drawn at random (``seed``) into the choosing part and the
+    certifying part (``fraction`` of them, at least one), each in order. The one draw
+    behind every certified split: the commands' and the experiment's."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    m = max(1, round(fraction * n))
+    return sorted(perm[m:]), sorted(perm[:m])
+
+
+def metric_of(evaluator: Any) -> str:
+    """``loss`` when the evaluator's score is minus a loss, else ``accuracy``: how a
+    certificate is said in words (`in_words`)."""
+    return "loss" if getattr(evaluator, "metric", None) == "loss" else "accuracy"
 
 
 def uncertified(evaluator: Any, reason: str) -> HeldOut:
@@ -115,9 +129,7 @@ def split_heldout(
             f"the held-out split has {n} examples; certifying needs at least {minimum}, so "
             "every example was used to choose",
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    m = max(1, round(fraction * n))
-    certifying, choosing = sorted(perm[:m]), sorted(perm[m:])
+    choosing, certifying = split_indices(n, fraction, seed)
     try:
         choose = evaluator.part(choosing)
         certify = evaluator.part(certifying, others=False)
@@ -258,16 +270,12 @@ def in_words(cert: Mapping[str, Any] | None, metric: str = "accuracy") -> str:
     )
 
 
-def certify_state(
-    held: HeldOut, state: State, best: Any, best_name: str, best_outcomes: Outcomes | None = None
-) -> dict[str, Any]:
+def certify_state(held: HeldOut, state: State, best: State, best_name: str) -> dict[str, Any]:
     """The certificate of ``state`` (the chosen result) against the ingredient ``best``
-    (a state), both scored on the certifying part (``best_outcomes``: already scored)."""
+    (a state), both scored on the certifying part."""
     if held.certify is None:
         return not_certified(held)
-    chosen = outcomes(held.certify, state)
-    other = best_outcomes if best_outcomes is not None else outcomes(held.certify, best)
-    return certificate(chosen, other, best_name, held)
+    return certificate(outcomes(held.certify, state), outcomes(held.certify, best), best_name, held)
 
 
 def best_index(scores: Sequence[float | None]) -> int:
@@ -290,17 +298,18 @@ def certify_ensembles(
     table: Mapping[str, Any],
     cache: Any = None,
     budget: int | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], tuple[Outcomes, str] | None]:
     """Certificates of the rows of `soups.ensemble.ensemble_baselines`' ``table``
     (chosen on ``held.choose``): best-on-val, the logit ensemble and the greedy ensemble,
-    each against the ingredient best on the choosing part. Costs each ingredient's
-    outputs on the certifying part (cached in ``cache``); a language model's ensembles
-    are scored chunk by chunk within ``budget`` bytes."""
+    each against the ingredient best on the choosing part; and that ingredient's
+    certifying outcomes with its name (None: not certified), for other rows to compare
+    with. Costs each ingredient's outputs on the certifying part (cached in ``cache``);
+    a language model's ensembles are scored chunk by chunk within ``budget`` bytes."""
     from ..soups.ensemble import compute_logits, mean_logits, mixture_losses
 
     rows = ("best_on_val", "ensemble", "greedy_ensemble")
     if held.certify is None:
-        return {r: not_certified(held) for r in rows}
+        return {r: not_certified(held) for r in rows}, None
     ev = held.certify
     sel = ev.selection
     members = compute_logits(ingredients, ev, [sel], cache)[0][sel]
@@ -315,8 +324,9 @@ def certify_ensembles(
         return outcomes_of(ev, mean_logits([members[i] for i in kept]))
 
     everyone = list(range(len(ingredients)))
-    return {
+    certs = {
         "best_on_val": certificate(best, best, name, held),
         "ensemble": certificate(mixed(everyone), best, name, held),
         "greedy_ensemble": certificate(mixed(table["greedy_ensemble"]["kept"]), best, name, held),
     }
+    return certs, (best, name)

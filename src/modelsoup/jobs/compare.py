@@ -38,7 +38,7 @@ from ..merges.tune import grid, tune
 from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
 from ..ops.running_mean import lazy_state
 from ..soups import greedy_soup, learned_soup
-from ..soups.ensemble import compute_logits, ensemble_baselines
+from ..soups.ensemble import ensemble_baselines
 from ..store.cache import LogitCache
 from ..store.journal import journal_at
 from ..store.provenance import versions
@@ -48,9 +48,9 @@ from .certify import (
     certificate,
     certify_ensembles,
     mean_outcomes,
+    metric_of,
     not_certified,
     outcomes,
-    outcomes_of,
     uncertified,
 )
 from .compare_report import write_reports
@@ -185,7 +185,7 @@ class _Kitchen:
                 progress=self.s.progress,
             )  # fmt: skip
         best, kept = t["best_on_val"], t["greedy_ensemble"]
-        certs = certify_ensembles(ings, self.held, t, self.cache, self.s.budget)
+        certs, self.best = certify_ensembles(ings, self.held, t, self.cache, self.s.budget)
         self.rows += [
             Row("best individual", 1, _splits(best, t), detail={"ingredient": best["source"]},
                 certified=certs["best_on_val"]),
@@ -194,11 +194,6 @@ class _Kitchen:
             Row("greedy ensemble", kept["models"], _splits(kept, t), detail={"kept": kept["kept"]},
                 certified=certs["greedy_ensemble"]),
         ]  # fmt: skip
-        if self.held.certify is not None:
-            sel = self.held.certify.selection
-            lg = compute_logits(ings, self.held.certify, [sel], self.cache)[0][sel]
-            b = best["index"]
-            self.best = (outcomes_of(self.held.certify, lg[b]), ings[b].source)
         return scores_from_logits(ings, self.evaluator, self.cache, self.s.progress)[0]
 
     def greedy(self, scores: Any) -> Any:
@@ -296,7 +291,7 @@ def compare(
         "base": base.source if base is not None else None,
         "methods": [asdict(r) for r in k.rows],
         "certify": held.to_json(),
-        "metric": "loss" if getattr(evaluator, "metric", None) == "loss" else "accuracy",
+        "metric": metric_of(evaluator),
         "versions": versions(),
     }
     write_reports(results, out)

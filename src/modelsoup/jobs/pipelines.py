@@ -334,16 +334,16 @@ def ensemble_run(
     ``certified``."""
     run_dir = Path(run_dir)
     record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
+    cache = LogitCache(run_dir / "logits")
     result = ensemble_baselines(
         ingredients,
         evaluator,
-        cache=LogitCache(run_dir / "logits"),
+        cache=cache,
         compare=compare,
         budget=budget,
         progress=progress,
     )
     if held is not None:
-        cache = LogitCache(run_dir / "logits")
-        result["certified"] = certify_ensembles(ingredients, held, result, cache, budget)
+        result["certified"] = certify_ensembles(ingredients, held, result, cache, budget)[0]
     write_json(run_dir / "ensemble.json", result)
     return result
