@@ -343,7 +343,7 @@ def test_lm_ensembles_equal_full_logits_with_one_batch_of_logits_at_a_time(gpt2)
         assert row["val"] == pytest.approx(-float(ce), abs=1e-6)
     # every greedy-ensemble decision path, taken a few at a time, agrees with the original
     for compare in ("ge", "gt"):
-        from modelsoup.evaluators.protocols import loss_units
+        from modelsoup.evaluators.logits import loss_units
         from modelsoup.soups.ensemble import lm_greedy_ensemble
 
         merits = [-float(loss_units(torch.nn.functional.cross_entropy(

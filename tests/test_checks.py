@@ -141,7 +141,7 @@ def test_the_library_names_parameters_and_the_command_line_names_flags(tmp_path,
     from modelsoup.checkpoints.ingredients import StateDictIngredient
     from modelsoup.cli import main
     from modelsoup.errors import SoupError
-    from modelsoup.merges import breadcrumbs
+    from modelsoup.merges.breadcrumbs import breadcrumbs
 
     a = StateDictIngredient({"w": torch.ones(4)}, "a")
     with pytest.raises(SoupError) as e:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from modelsoup import SoupError, StateDictIngredient, materialize, open_ingredient, uniform_soup
 from modelsoup.evaluators import ClassificationEvaluator, Evaluation, FunctionEvaluator
-from modelsoup.soups.ensemble import best_on_val, correct_count, greedy_ensemble
+from modelsoup.evaluators.logits import correct_count
+from modelsoup.soups.ensemble import best_on_val, greedy_ensemble
 from modelsoup.soups.greedy import greedy_soup
 from modelsoup.store import journal_at
 

@@ -14,8 +14,11 @@ from safetensors.torch import load_file, save_file
 
 import modelsoup as ms
 from modelsoup.cli import main
-from modelsoup.merges import dare, slerp, task_arithmetic, ties
+from modelsoup.merges.dare import dare
 from modelsoup.merges.registry import MERGES, applies_to_sweep
+from modelsoup.merges.slerp import slerp
+from modelsoup.merges.task_arithmetic import task_arithmetic
+from modelsoup.merges.ties import ties
 
 TESTS = Path(__file__).parent
 S = ms.StateDictIngredient
@@ -246,7 +249,8 @@ def test_breadcrumbs_drops_outliers_and_the_smallest():
 
 
 def test_della_and_breadcrumbs_at_density_1_are_task_arithmetic():
-    from modelsoup.merges import breadcrumbs, della_linear
+    from modelsoup.merges.breadcrumbs import breadcrumbs
+    from modelsoup.merges.della import della_linear
 
     g = torch.Generator().manual_seed(3)
     sd = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(5, generator=g)}
@@ -264,7 +268,7 @@ def test_della_and_breadcrumbs_at_density_1_are_task_arithmetic():
 
 
 def test_della_is_seeded():
-    from modelsoup.merges import della
+    from modelsoup.merges.della import della
 
     g = torch.Generator().manual_seed(4)
     w0 = torch.randn(40, 30, generator=g)

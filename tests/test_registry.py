@@ -103,3 +103,22 @@ def test_the_docs_name_every_merge():
         assert f"{module}.py" in layout, f"docs/architecture.md does not list {module}.py"
         if not merge.function.__name__.startswith("_"):
             assert f"`{merge.function.__name__}`" in python, merge.function.__name__
+
+
+def test_every_merge_is_exported_once_and_no_function_hides_its_module():
+    """``ms.ties`` is the function; ``modelsoup.merges.ties`` is always the module."""
+    import importlib
+    import pkgutil
+    import types
+
+    import modelsoup
+    import modelsoup.merges
+
+    for entry in MERGES.values():
+        fn = entry.function  # model_stock_merge: the registry's adapter of model_stock
+        name = fn.__name__.removesuffix("_merge")
+        module = importlib.import_module(fn.__module__)
+        assert getattr(modelsoup, name, None) is getattr(module, name), name
+    for info in pkgutil.iter_modules(modelsoup.merges.__path__):
+        importlib.import_module(f"modelsoup.merges.{info.name}")
+        assert isinstance(getattr(modelsoup.merges, info.name), types.ModuleType), info.name

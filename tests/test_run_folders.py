@@ -117,3 +117,34 @@ def test_a_journal_of_another_run_is_refused_with_options_the_command_has(
     _suggested_options_exist(command, err)
     assert {p.name: digest(p) for p in folder.iterdir() if p.is_file()} == before
     assert main([*argv, "--force"]) == 0
+
+
+def test_run_folders_claim_lock_and_clean_up_for_a_python_caller(tmp_path):
+    """`RunFolders` is what every command claims its folders with: a second claim waits
+    for nobody, a foreign folder is refused by parameter name, and a refused run removes
+    the empty folders it created, while a finished one keeps them."""
+    from modelsoup.errors import SoupError
+    from modelsoup.jobs.run_folders import RunFolders
+
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    with RunFolders() as folders:
+        folders.claim(kept)
+        (kept / "result.json").write_text("{}")
+        with RunFolders() as other, pytest.raises(SoupError, match="in use by another"):
+            other.claim(kept)
+    assert (kept / "result.json").is_file() and (kept / ".lock").is_file()
+    with RunFolders() as again:  # released at the end of the first
+        again.claim(kept)
+    with pytest.raises(SoupError), RunFolders() as folders:
+        folders.claim(dropped)
+        raise SoupError("refused")
+    assert not dropped.exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with RunFolders() as folders, pytest.raises(SoupError, match=r"force=True") as e:
+        folders.claim(foreign)
+    assert "--" not in str(e.value)
+    with RunFolders() as folders:
+        folders.claim(foreign, force=True)
+    assert (foreign / "notes.txt").read_text() == "mine"

@@ -12,7 +12,7 @@ import torch
 
 import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
-from modelsoup.soups.ensemble import compute_logits
+from modelsoup.evaluators.logits import compute_logits
 from modelsoup.store import LogitCache, Stage, Stages
 
 

@@ -173,3 +173,29 @@ def test_keep_checks_shapes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'w' is [3, 3] in" in err and not out.exists()
     assert Path(paths[0]).exists()
+
+
+def test_a_python_caller_prepares_as_the_command_does(sweep_with_base, tmp_path):
+    """`jobs.prepare` is what ``--keep`` and ``--weights-for`` run: the same soup from
+    Python, and errors that name the parameter, not the flag."""
+    import modelsoup as ms
+    from modelsoup.errors import SoupError
+    from modelsoup.jobs.prepare import Preparation, prepare
+
+    base, fts = sweep_with_base
+    cli = _run(["uniform", *fts, "--base", base, "--keep", f"{HEAD}=base",
+                "-o", str(tmp_path / "a.safetensors")])  # fmt: skip
+    opened = [ms.open_ingredient(p) for p in fts]
+    prep = prepare(opened, ms.open_ingredient(base), Preparation(keep=[(HEAD, "base")]))
+    soup = ms.materialize(ms.uniform_soup(prep.ingredients))
+    assert cli.keys() == soup.keys()
+    for name in cli:
+        assert torch.equal(cli[name], soup[name]), name
+    assert prep.rules[0]["rule"] == f"keep={HEAD + '=base'!r}"  # no flag in a Python record
+    assert any(line.startswith("keep=") for line in prep.lines())
+    with pytest.raises(SoupError, match=r"base='THETA0'") as e:
+        prepare(opened, None, Preparation(keep=[(HEAD, "base")]))
+    assert "--" not in str(e.value)
+    with pytest.raises(SoupError, match=r"vocab_multiple pads") as e:
+        prepare(opened, None, Preparation(vocab_multiple=8))
+    assert "--" not in str(e.value)

@@ -28,8 +28,26 @@ from .evaluators import (
 )
 from .jobs.certify import HeldOut, split_heldout
 from .jobs.pipelines import certify_soup, ensemble_run, greedy_run
+from .jobs.prepare import Preparation, Prepared, prepare
 from .jobs.recipes import RECIPES
-from .merges import model_stock, uniform_soup, wise_ft
+from .jobs.run_folders import RunFolders
+from .merges.arcee_fusion import arcee_fusion
+from .merges.breadcrumbs import breadcrumbs, breadcrumbs_ties
+from .merges.dare import dare
+from .merges.della import della, della_linear
+from .merges.karcher import karcher
+from .merges.model_stock import model_stock, model_stock_mergekit
+from .merges.multislerp import multislerp
+from .merges.nearswap import nearswap
+from .merges.nuslerp import nuslerp
+from .merges.passthrough import passthrough
+from .merges.ram import ram, ram_plus
+from .merges.sce import sce
+from .merges.slerp import slerp
+from .merges.task_arithmetic import task_arithmetic
+from .merges.ties import ties
+from .merges.uniform import uniform_soup
+from .merges.wiseft import wise_ft, wiseft_scan
 from .ops.arithmetic import (
     Combination,
     interpolate,
@@ -47,6 +65,29 @@ from .version import package_version
 __version__ = package_version()
 
 __all__ = [
+    "Preparation",
+    "Prepared",
+    "prepare",
+    "RunFolders",
+    "arcee_fusion",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "dare",
+    "della",
+    "della_linear",
+    "karcher",
+    "model_stock_mergekit",
+    "multislerp",
+    "nearswap",
+    "nuslerp",
+    "passthrough",
+    "ram",
+    "ram_plus",
+    "sce",
+    "slerp",
+    "task_arithmetic",
+    "ties",
+    "wiseft_scan",
     "RECIPES",
     "CheckpointError",
     "ClassificationEvaluator",

@@ -23,7 +23,7 @@ from torch.utils.data import Subset
 import modelsoup as ms
 from modelsoup.analysis import compute, figures
 from modelsoup.evaluators import ClassificationEvaluator
-from modelsoup.jobs.analyze import Plan
+from modelsoup.jobs.analyze import AnalysisPlan
 from modelsoup.jobs.analyze import run_analyses as analysis_pipeline
 from modelsoup.jobs.scoring import Scoring
 from modelsoup.store import LogitCache, Stages
@@ -58,7 +58,7 @@ def _evaluator(
     return ev, idx
 
 
-def run_analyses(
+def experiment_analyses(
     config: Config,
     task: Task,
     ingredients: Sequence[ms.Ingredient],
@@ -98,7 +98,7 @@ def run_analyses(
     per_shift = max(1, m // len(shifts))
     measure = _landscape_measure(task, config, prepare, identity, cache) if landscape else None
     scoring = Scoring(scorer, individual, measure, "test", "accuracy", own, scorer.labels)
-    plan = Plan(
+    plan = AnalysisPlan(
         names,
         [("ID test", ["test"]), ("shifts", shifts)],
         (a - 1, b - 1),

@@ -13,7 +13,6 @@ from modelsoup.checkpoints.save import atomic_output
 from modelsoup.cli import analyze, options
 from modelsoup.errors import SoupError
 from modelsoup.store import write_json
-from modelsoup.store.lock import run_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise SoupError(f"--workers must be at least 1 (got {args.workers})")
     out = Path(args.out or f"runs/reproduce-{config.name}")
     t0 = time.perf_counter()
-    options.claim_run_dir(out, [], args.force)  # one run at a time; never a foreign folder
+    args.folders.claim(out, [], args.force)  # one run at a time; never a foreign folder
     runs = []
     for i in range(args.sweeps):
         seeded = config.with_overrides(seed=config.seed + i)
@@ -195,7 +194,7 @@ def analyze_folder(args: argparse.Namespace, folder: Path) -> int | None:
         landscape_grid=args.grid, landscape=False if args.no_landscape else None, analyses=True
     )
     pair = analyze.pair(args.landscape, config.ingredients - 1, "--landscape")
-    options.LOCKS.enter_context(run_lock(folder))
+    args.folders.hold(folder)
     print(f"re-running the analyses of {folder} from its caches (config {config.name})")
     experiment.reproduce(
         config,

@@ -23,15 +23,16 @@ from torch.optim.swa_utils import update_bn
 import modelsoup as ms
 from modelsoup.analysis.compute import LogitScorer
 from modelsoup.evaluators import ClassificationEvaluator, evaluation_from_logits
+from modelsoup.evaluators.logits import compute_logits, correct_count
 from modelsoup.jobs.compare import tuned_merges
 from modelsoup.merges.wiseft import best_alpha, wiseft_scan
-from modelsoup.soups.ensemble import compute_logits, correct_count, greedy_ensemble, mean_logits
+from modelsoup.soups.ensemble import greedy_ensemble, mean_logits
 from modelsoup.soups.greedy import GreedyResult
 from modelsoup.soups.learned import learned_mixture
 from modelsoup.store import LogitCache, Stages, journal_at, versions, write_json
 from modelsoup.store.allocator import keep_freed_memory
 
-from .analyses import run_analyses
+from .analyses import experiment_analyses
 from .comparisons import RANDOM_ORDER, certificates, comparisons_of, save_predictions
 from .config import Config
 from .data import Examples
@@ -215,7 +216,7 @@ def reproduce(
     analysis = None
     if config.analyses:
         with stages("analyses"):
-            analysis = run_analyses(
+            analysis = experiment_analyses(
                 config, task, ingredients, info, logits, cache, out, prepare=prepare,
                 identity=bn_id, landscape=config.landscape, landscape_pair=landscape_pair,
                 progress=progress, log=log, stages=stages,

@@ -26,9 +26,9 @@ import torch
 from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError
-from ..evaluators.protocols import LogitEvaluator, evaluation_from_logits, outputs
+from ..evaluators.logits import correct_count, evaluation_from_logits
+from ..evaluators.protocols import LogitEvaluator, outputs
 from ..ops.geometry import cosine_matrix, gram
-from ..soups.ensemble import correct_count
 from ..store.cache import LogitCache
 
 Scores = dict[str, float]

@@ -165,12 +165,6 @@ def paired_mean(
     return Paired(diff, None if single else math.sqrt(var), n_all)
 
 
-def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example outcomes of a classifier: 1.0 where the top logit is the label (a
-    token-level language model's labels of -100 are not examples here)."""
-    return (logits.argmax(-1) == labels).double()
-
-
 def describe(p: Paired, digits: int = 2) -> str:
     """``+1.20 pp (SE 0.45)``, with ``within noise`` or the McNemar p where it applies."""
     pp = 100 * p.diff

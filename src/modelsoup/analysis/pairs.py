@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
+from ..evaluators.logits import correct
 from ..ops.arithmetic import interpolate
 from . import paired as paired_lib
 from .compute import (
@@ -157,7 +158,7 @@ def _pair_noise(
     """Paired noise of one pair's advantage and of ensemble minus soup, per split and
     per view, from per-example outcomes (the two models' logits and their ensemble's)."""
     splits = list(soup)
-    right = paired_lib.correct
+    right = correct
     first, second = pair
     ok_soup = {s: right(soup[s], labels[s]) for s in splits}
     ok_mean = {s: 0.5 * (right(first[s], labels[s]) + right(second[s], labels[s])) for s in splits}

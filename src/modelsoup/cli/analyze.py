@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     curve = pair(args.curve, k, "--curve")
     landscape = pair(args.landscape, k, "--landscape")
     evaluator = o.make_evaluator(args, ingredients[0]) if wants else None
-    o.claim_run_dir(out, read, args.force)  # every check done: now write
+    args.folders.claim(out, read, args.force)  # every check done: now write
     c.print_rules(prep)
     result = analyze_sweep(
         ingredients,

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     ingredients, base = prep.ingredients, prep.base
     out = Path(args.out)
     held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
-    o.claim_run_dir(out, read, args.force)  # every check done: now write
+    args.folders.claim(out, read, args.force)  # every check done: now write
     c.print_rules(prep)
     results = compare(
         ingredients,

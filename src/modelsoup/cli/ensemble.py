@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     ingredients = prep.ingredients
     held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
     evaluator = held.choose
-    o.claim_run_dir(Path(args.run_dir), read, args.force)  # checks done: now write
+    args.folders.claim(Path(args.run_dir), read, args.force)  # checks done: now write
     c.print_rules(prep)
     result = ensemble_run(
         ingredients,

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     folder = o.run_dir(args)
     held = cf.held_out(args, o.make_evaluator(args, ingredients[0]))
     evaluator = held.choose
-    o.claim_run_dir(folder, read, args.force)  # every check done: now write
+    args.folders.claim(folder, read, args.force)  # every check done: now write
     c.print_rules(prep)
     res = recipe.function(
         ingredients,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import SoupError, is_switch, spell_options
 from ..jobs.recipes import RECIPES
+from ..jobs.run_folders import RunFolders
 from ..merges.registry import MERGES
 from ..store.allocator import keep_freed_memory
 from ..version import package_version
@@ -26,7 +27,6 @@ from . import (
     inspect_checkpoints,
     learned,
     merge_config,
-    options,
 )
 from . import merges as merge_commands
 
@@ -106,20 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    args.folders = RunFolders()  # the run folders this command claims, locked to its end
     keep_freed_memory()  # 3x faster CPU evaluation: no page faults per batch
+    refused = False
     try:
-        code = args.run(args)
-        options.CREATED.clear()
-        return code
+        return args.run(args)
     except SoupError as e:
-        options.drop_unused_run_dirs()  # before the locks are released
+        refused = True
         print(f"modelsoup {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"modelsoup {args.command}: interrupted; no output was written", file=sys.stderr)
         return 130
     finally:
-        options.LOCKS.close()  # the run folders' locks
+        args.folders.close(refused)  # a refused run's empty run folders go first
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

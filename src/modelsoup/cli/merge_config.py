@@ -16,7 +16,7 @@ from ..checkpoints.tokens import same_vocabulary
 from ..checkpoints.vocab import align_vocabulary
 from ..errors import SoupError
 from ..merges.mergekit_build import build
-from ..merges.mergekit_config import ConfigError, Plan, plan
+from ..merges.mergekit_config import ConfigError, MergePlan, plan
 from ..merges.registry import MERGES
 from ..ops.checks import check_distinct, check_same_names
 from ..ops.summary import human_bytes
@@ -70,7 +70,7 @@ def _output(args: argparse.Namespace) -> None:
     args.output = args.output or args.output_option
 
 
-def _same_spelling(p: Plan, names: list[str]) -> None:
+def _same_spelling(p: MergePlan, names: list[str]) -> None:
     """Refuse one folder named two ways (``base`` and ``base/``): mergekit would read
     them as two models, so the base would be merged as a fine-tune of itself."""
     seen: dict[Path, str] = {}
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 NAMED_TEMPLATES = ("alpaca", "chatml", "exaone", "llama3", "mistral")
 
 
-def _chat_template(p: Plan, template: Any, opened: dict[str, Any]) -> dict[str, str]:
+def _chat_template(p: MergePlan, template: Any, opened: dict[str, Any]) -> dict[str, str]:
     """The tokenizer files with ``chat_template`` set, as mergekit writes them (the
     tokenizer's ``save_pretrained``): the template's text, or with ``auto`` the one most
     of the inputs carry; {} without chat_template."""
@@ -184,7 +184,7 @@ def _chat_template(p: Plan, template: Any, opened: dict[str, Any]) -> dict[str, 
         return {f.name: f.read_text() for f in Path(tmp).iterdir() if f.is_file()}
 
 
-def _config_files(p: Plan, template: Any, layers: int) -> dict[str, str]:
+def _config_files(p: MergePlan, template: Any, layers: int) -> dict[str, str]:
     """config.json as mergekit writes it: the template's, with the output's layer count
     (slices) and dtype; {} for a file output or a folder whose config is unchanged."""
     files = [f for f in template.origin.load_files if f.name == "config.json"]

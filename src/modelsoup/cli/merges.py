@@ -181,7 +181,7 @@ def _missing(args: argparse.Namespace, merge: Merge) -> list[Param]:
     return [p for p in merge.tuned if getattr(args, p.name) is None]
 
 
-def choose(
+def tuned_values(
     args: argparse.Namespace,
     merge: Merge,
     inputs: tuple[Any, ...],
@@ -221,8 +221,8 @@ def run(args: argparse.Namespace, merge: Merge) -> int:
     # a run folder where an evaluator runs, or where the user names one
     keeps_run = evaluator is not None or args.run_dir is not None
     if keeps_run:  # every check done: now write
-        o.claim_run_dir(o.run_dir(args), read, args.force)
-    point, rows = choose(args, merge, inputs, evaluator, fixed)
+        args.folders.claim(o.run_dir(args), read, args.force)
+    point, rows = tuned_values(args, merge, inputs, evaluator, fixed)
     t0 = time.perf_counter()
     dtype = parse_dtype(args.dtype) if args.dtype else None
     if varies(merge, {**fixed, **point}):  # a gradient or filters: per tensor

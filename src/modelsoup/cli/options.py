@@ -5,7 +5,6 @@ with its provenance."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,9 @@ from ..checkpoints.read import open_ingredient
 from ..checkpoints.save import DEFAULT_MAX_SHARD_SIZE, check_output, parse_size
 from ..errors import SoupError
 from ..evaluators.distributed import init_distributed, resolve_device, world
+from ..jobs.run_folders import input_paths
 from ..ops.arithmetic import INTEGER_POLICIES
 from ..ops.checks import check_distinct
-from ..store.lock import LOCK_NAME, run_lock
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -368,8 +367,9 @@ def cache_budget(args: argparse.Namespace) -> int:
 
 
 def resolved(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed arguments as JSON-able data (without the command's function)."""
-    return {k: v for k, v in vars(args).items() if k != "run"}
+    """The parsed arguments as JSON-able data (without the command's function and its
+    run folders)."""
+    return {k: v for k, v in vars(args).items() if k not in ("run", "folders")}
 
 
 def is_rank0() -> bool:
@@ -382,66 +382,17 @@ def run_dir(args: argparse.Namespace) -> Path:
     return Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
 
 
-def input_paths(inputs: Sequence[Ingredient]) -> tuple[Path, ...]:
-    """Every file and folder the inputs are read from (never to be written)."""
-    return tuple(f for i in inputs for f in i.files)
-
-
-# Locks held until the command ends (`main` closes it): one run per run folder.
-LOCKS = contextlib.ExitStack()
-# Run folders this command created: removed if it is refused while they hold only the lock
-CREATED: list[Path] = []
-
-
-def drop_unused_run_dirs() -> None:
-    """After a refusal: remove each run folder this command created that holds nothing
-    but its lock (the lock file unlinked while it is still held), so a refused run
-    writes nothing."""
-    for folder in CREATED:
-        try:
-            if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
-                (folder / LOCK_NAME).unlink(missing_ok=True)
-                folder.rmdir()
-        except OSError:
-            pass  # another process wrote into it: it is no longer ours to remove
-    CREATED.clear()
-
-
-def claim_run_dir(folder: Path, inputs: Sequence[Ingredient], force: bool = False) -> Path:
-    """Refuse a run folder in an input, or a folder that holds files modelsoup did not
-    write (it has no ``.lock``, the mark every run folder carries) unless ``force``; then
-    take its lock for the rest of the command (a second run on it stops at once with
-    exit 2); returns the folder."""
-    check_output(folder, input_paths(inputs), True, what="run folder")
-    if folder.is_dir() and not (folder / LOCK_NAME).exists() and not force:
-        # another rank of the same torchrun may create the lock between the test above and
-        # this listing: a lock is modelsoup's mark, never a foreign file
-        found = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
-        if found:
-            listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-            raise SoupError(
-                f"{folder} holds files modelsoup did not write ({listing}); give a new or "
-                "empty folder, or --force to write into it (files of the same names are "
-                "replaced)"
-            )
-    created = not folder.exists()
-    LOCKS.enter_context(run_lock(folder))
-    if created and folder.exists():
-        CREATED.append(folder)
-    return folder
-
-
 def check_writable(
     args: argparse.Namespace, inputs: Sequence[Ingredient], *, run_folder: bool = True
 ) -> Path:
     """Before any work: refuse an output that exists (without --force) or that is, holds
-    or lies in an input, and (``run_folder``) claim the run folder (see
-    `claim_run_dir`); returns the output path. An adapter output always has a run folder
-    (its modules' errors)."""
+    or lies in an input, and (``run_folder``) claim the run folder
+    (`modelsoup.jobs.run_folders.RunFolders.claim`); returns the output path. An adapter
+    output always has a run folder (its modules' errors)."""
     out = Path(args.output)
     if getattr(args, "max_error", None) is not None and getattr(args, "adapter_rank", None) is None:
         raise SoupError("--max-error applies to --adapter-rank on --base; add --adapter-rank R")
     check_output(out, input_paths(inputs), args.force)
     if run_folder or getattr(args, "adapter_rank", None) is not None:
-        claim_run_dir(run_dir(args), inputs, args.force)
+        args.folders.claim(run_dir(args), inputs, args.force)
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.save import save
-from ..errors import SoupError
+from ..jobs.prepare import check_adapter_request
 from ..store.provenance import model_card, record_run, versions, write_json
 from ..version import package_version
 from .options import is_rank0, resolved, run_dir
@@ -92,19 +92,6 @@ def input_roles(
     return out
 
 
-def check_adapter_request(
-    args: argparse.Namespace, inputs: Sequence[Ingredient], base: Ingredient | None
-) -> None:
-    """``--adapter-rank`` needs an output folder, and adapters to re-rank or a base."""
-    adapters = any(i.origin.base_source for i in inputs)
-    if Path(args.output).suffix or (not adapters and base is None):
-        raise SoupError(
-            "--adapter-rank writes a PEFT adapter folder: give an output folder name without "
-            "a suffix, and LoRA adapter folders as ingredients or --base THETA0 (the model "
-            "the full fine-tunes started from)"
-        )
-
-
 def _save_adapter(
     args: argparse.Namespace,
     soup: Ingredient,
@@ -121,7 +108,7 @@ def _save_adapter(
     from ..checkpoints.extract import extract_lora
 
     adapters = [i for i in inputs if isinstance(i, LoraAdapter)]
-    check_adapter_request(args, inputs, base)
+    check_adapter_request(args.output, inputs, base)
     whole: dict[str, str] = {}
     if adapters:
         errors, rank = save_adapter(

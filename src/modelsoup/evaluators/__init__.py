@@ -5,6 +5,7 @@ demand) and torchrun helpers (`distributed`)."""
 from .classification import ClassificationEvaluator, forward, load_state, model_identity
 from .distributed import world
 from .functions import FunctionEvaluator, build_evaluator, load_callable
+from .logits import evaluation_from_logits, split_scores
 from .protocols import (
     ChunkedLogits,
     Compare,
@@ -21,11 +22,9 @@ from .protocols import (
     TrainableEvaluator,
     beats,
     evaluate,
-    evaluation_from_logits,
     identity_key,
     identity_of,
     outputs,
-    split_scores,
 )
 
 __all__ = [

@@ -31,7 +31,8 @@ from torch import nn
 from ..errors import SoupError
 from .classification import load_state, model_identity, output_logits
 from .distributed import all_reduce, gather_rows, world
-from .protocols import LOSS_QUANTUM, Evaluation, State, loss_units
+from .logits import LOSS_QUANTUM, loss_units
+from .protocols import Evaluation, State
 
 IGNORE = -100  # label of a position that predicts nothing (padding, an example's end)
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]

@@ -19,6 +19,7 @@ from torch import nn
 from ..checkpoints.stream import copy_tensor, shape_of
 from ..errors import MismatchError, SoupError, option
 from .distributed import all_reduce, gather_rows, world
+from .logits import correct_count
 from .protocols import Evaluation, Metric, State, out_of_reach
 
 Batch = tuple[torch.Tensor, Any, torch.Tensor]  # (dataset indices, inputs, labels)
@@ -409,7 +410,7 @@ class ClassificationEvaluator:
                     logits_out.append((batch[0], logits.float().cpu()))
                 n = len(y)
                 if self.metric == "accuracy":
-                    c, lsum = float((logits.argmax(-1) == y).sum()), 0.0
+                    c, lsum = float(correct_count(logits, y)), 0.0
                 else:
                     c = 0.0
                     ce = nn.functional.cross_entropy(logits.float(), y, reduction="sum")

@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import SoupError
 from .classification import load_state, model_identity, output_logits
 from .distributed import all_reduce, gather_rows, world
+from .logits import correct_count
 from .protocols import Evaluation, State, out_of_reach
 
 Request = tuple[list[int], int]  # (one choice's tokens, context then continuation; its length)
@@ -237,7 +238,7 @@ class MultipleChoiceEvaluator:
             c, n = 0, 0
             if i < len(groups):
                 table = self._loglikelihoods(groups[i])
-                c = int((table.argmax(-1) == self.gold[groups[i]]).sum())
+                c = correct_count(table, self.gold[groups[i]])
                 n = len(groups[i])
             if world()[1] > 1:
                 c, n = (int(v) for v in all_reduce([c, n], self.device))

@@ -291,51 +291,6 @@ def evaluate(
     return result
 
 
-# Per-unit losses are summed as integers of LOSS_QUANTUM (2^-32 nats; float32 losses are
-# rounded to it, at most 1.2e-10 each). Integer sums do not depend on the order of the
-# terms, so a soup scored batch by batch (early rejection, several ranks) and the same
-# model scored from its cached losses give the same sum, bit for bit, and a tie is a tie.
-LOSS_QUANTUM = 2.0**-32
-
-
-def loss_units(losses: torch.Tensor) -> int:
-    """The exact sum of per-unit losses, in units of `LOSS_QUANTUM`."""
-    if losses.numel() == 0:
-        return 0
-    return int(torch.round(losses.double() / LOSS_QUANTUM).long().sum())
-
-
-def evaluation_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, metric: str = "accuracy"
-) -> Evaluation:
-    """The `Evaluation` these logits give: accuracy with exact counts, or minus the mean
-    cross-entropy for ``metric="loss"``. One-dimensional ``logits`` are per-unit losses
-    (see `outputs`): minus their mean, with their sum as ``loss_sum``."""
-    n = labels.numel()
-    if logits.ndim == 1:
-        total = loss_units(logits) * LOSS_QUANTUM
-        return Evaluation(-total / max(1, n), None, n, n, loss_sum=total)
-    if metric == "accuracy":
-        c = int((logits.argmax(-1) == labels).sum())
-        return Evaluation(c / max(1, n), c, n, n)
-    loss = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="mean")
-    return Evaluation(-float(loss), None, n, n)
-
-
-def split_scores(
-    evaluator: LogitEvaluator, state: State, splits: Sequence[str] | None = None
-) -> dict[str, float]:
-    """The evaluator's score of ``state`` on each split (one `logits` call)."""
-    names = list(splits if splits is not None else evaluator.splits)
-    logits = outputs(evaluator, state, names)
-    out = {}
-    for s in names:
-        score = evaluation_from_logits(logits[s], evaluator.labels(s), evaluator.metric).score
-        assert score is not None
-        out[s] = score
-    return out
-
-
 def identity_of(
     evaluator: Any, split: str | None = None, *, metric: bool = True
 ) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ class Analyses:
 
 
 @dataclass
-class Plan:
+class AnalysisPlan:
     """What an analysis draws: the ingredients' ``names``, the figure panels
     (``views``), the interpolation ``curve``'s pair (0-based), the ``landscape``'s pair
     (None: none) on a ``grid`` x ``grid`` grid with its corners' ``landscape_labels``,
@@ -67,7 +67,7 @@ def run_analyses(
     ingredients: Sequence[Ingredient],
     base: Ingredient,
     scoring: Scoring,
-    plan: Plan,
+    plan: AnalysisPlan,
     folder: Path,
     *,
     integers: str = "error",
@@ -110,7 +110,7 @@ def run_analyses(
 
 
 def _pair_figures(
-    geometry: Angles, pairs: list[PairSoup], scoring: Scoring, plan: Plan, folder: Path
+    geometry: Angles, pairs: list[PairSoup], scoring: Scoring, plan: AnalysisPlan, folder: Path
 ) -> Analyses:
     png = {key: folder / f"{key}.png" for key in ("cosine", "angles", "ensemble_vs_soup")}
     titles = plan.titles
@@ -129,7 +129,11 @@ def _pair_figures(
 
 
 def _curve(
-    ingredients: Sequence[Ingredient], scoring: Scoring, plan: Plan, integers: str, progress: bool
+    ingredients: Sequence[Ingredient],
+    scoring: Scoring,
+    plan: AnalysisPlan,
+    integers: str,
+    progress: bool,
 ) -> Curve:
     a, b = plan.curve
     logits = scoring.logits
@@ -146,7 +150,7 @@ def _landscape(
     base: Ingredient,
     ingredients: Sequence[Ingredient],
     measure: Scorer,
-    plan: Plan,
+    plan: AnalysisPlan,
     folder: Path,
     stages: Stages,
     progress: bool,
@@ -257,7 +261,7 @@ def _evaluated(
     splits = list(individual[0])
     others = [s for s in splits if s != sel]
     pair = curve or tuple(sorted(range(len(ingredients)), key=lambda i: -individual[i][sel])[:2])
-    plan = Plan(
+    plan = AnalysisPlan(
         short,
         [(sel, [sel])] + ([("other splits", others)] if others else []),
         pair,  # type: ignore[arg-type]

@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
-from ..analysis.paired import Z95, correct, paired, paired_tokens
+from ..analysis.paired import Z95, paired, paired_tokens
 from ..errors import SoupError
+from ..evaluators.logits import correct
 from ..evaluators.protocols import (
     ExampleScores,
     LogitEvaluator,
@@ -305,7 +306,8 @@ def certify_ensembles(
     certifying outcomes with its name (None: not certified), for other rows to compare
     with. Costs each ingredient's outputs on the certifying part (cached in ``cache``);
     a language model's ensembles are scored chunk by chunk within ``budget`` bytes."""
-    from ..soups.ensemble import compute_logits, mean_logits, mixture_losses
+    from ..evaluators.logits import compute_logits
+    from ..soups.ensemble import mean_logits, mixture_losses
 
     rows = ("best_on_val", "ensemble", "greedy_ensemble")
     if held.certify is None:

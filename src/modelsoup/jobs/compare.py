@@ -25,17 +25,12 @@ from typing import Any
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
 from ..errors import SoupError
-from ..evaluators.protocols import (
-    Evaluator,
-    LogitEvaluator,
-    TrainableEvaluator,
-    evaluate,
-    split_scores,
-)
-from ..merges import uniform_soup, wise_ft
+from ..evaluators.logits import split_scores
+from ..evaluators.protocols import Evaluator, LogitEvaluator, TrainableEvaluator, evaluate
 from ..merges.registry import MERGES, applies_to_sweep
 from ..merges.tune import grid, tune
-from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wiseft_scan
+from ..merges.uniform import uniform_soup
+from ..merges.wiseft import DEFAULT_ALPHAS, best_alpha, wise_ft, wiseft_scan
 from ..ops.running_mean import lazy_state
 from ..soups import greedy_soup, learned_soup
 from ..soups.ensemble import ensemble_baselines

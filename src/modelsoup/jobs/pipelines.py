@@ -18,6 +18,7 @@ from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError, option
+from ..evaluators.logits import compute_logits, evaluation_from_logits, split_scores
 from ..evaluators.protocols import (
     Compare,
     Evaluation,
@@ -25,12 +26,10 @@ from ..evaluators.protocols import (
     Identified,
     LogitEvaluator,
     evaluate,
-    evaluation_from_logits,
     identity_of,
-    split_scores,
 )
 from ..ops.running_mean import lazy_state
-from ..soups.ensemble import compute_logits, ensemble_baselines
+from ..soups.ensemble import ensemble_baselines
 from ..soups.greedy import GreedyResult, Order, greedy_soup
 from ..store.cache import LogitCache
 from ..store.journal import journal_at

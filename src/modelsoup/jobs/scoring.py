@@ -56,7 +56,7 @@ def scoring_of(
     by chunk within ``budget`` bytes, a landscape of every split's loss; else its score
     alone."""
     if isinstance(evaluator, LogitEvaluator):
-        from ..soups.ensemble import compute_logits
+        from ..evaluators.logits import compute_logits
 
         cache = LogitCache(out / "cache" / "logits")
         scorer = compute.LogitScorer(evaluator, cache=cache)

@@ -1,4 +1,4 @@
-"""The merged model a mergekit configuration (`mergekit_config.Plan`) describes, built
+"""The merged model a mergekit configuration (`mergekit_config.MergePlan`) describes, built
 lazily from the registry's merges, as mergekit 0.1.5's planner builds it.
 
 Per output slice, each source is seen through a `Renamed` view that names its layers
@@ -27,7 +27,7 @@ from ..checkpoints.layout import parse_dtype
 from ..ops.arithmetic import weighted_average
 from ..ops.routed import Renamed, Routed
 from . import settings as st
-from .mergekit_config import KEYWORDS, ConfigError, Plan, Slice, cast, per_model
+from .mergekit_config import KEYWORDS, ConfigError, MergePlan, Slice, cast, per_model
 
 # a tensor outside the layers that comes before them (mergekit's pre weights); the
 # others (final norm, LM head) come after them
@@ -81,7 +81,7 @@ def _views(
     return views, where
 
 
-def _resolve(p: Plan, s: Slice, views: list[Renamed], name: str, t: float) -> tuple:
+def _resolve(p: MergePlan, s: Slice, views: list[Renamed], name: str, t: float) -> tuple:
     """The parameters of output tensor ``name``: (shared values, per-source values), each
     a tuple of (mergekit name, value) pairs, mergekit's precedence and defaults."""
     takes = {k for scope in (p.shared, s.params, *(x.params for x in s.sources)) for k in scope}
@@ -110,7 +110,7 @@ def _resolve(p: Plan, s: Slice, views: list[Renamed], name: str, t: float) -> tu
     return tuple(shared), tuple(per)
 
 
-def _keywords(p: Plan, s: Slice, key: tuple, name: str) -> dict[str, Any]:
+def _keywords(p: MergePlan, s: Slice, key: tuple, name: str) -> dict[str, Any]:
     """The registered function's keywords for one resolved parameter set."""
     shared, per = key
     out = dict(p.keywords)
@@ -156,7 +156,7 @@ def _keywords(p: Plan, s: Slice, key: tuple, name: str) -> dict[str, Any]:
     return out
 
 
-def _weights(p: Plan, w: list[float]) -> list[float]:
+def _weights(p: MergePlan, w: list[float]) -> list[float]:
     if p.method == "linear":
         total = sum(w)
         if total <= 0 or any(x < 0 for x in w):
@@ -166,7 +166,7 @@ def _weights(p: Plan, w: list[float]) -> list[float]:
     return w
 
 
-def _inputs(p: Plan, s: Slice, views: list[Renamed]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _inputs(p: MergePlan, s: Slice, views: list[Renamed]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The merge function's positional inputs and, for an optional base, ``base=``."""
     base = s.base or p.base
     by_model = {src.model: v for src, v in zip(s.sources, views)}
@@ -181,7 +181,7 @@ def _inputs(p: Plan, s: Slice, views: list[Renamed]) -> tuple[tuple[Any, ...], d
 
 
 def build(
-    p: Plan, opened: Mapping[str, Ingredient], *, precision: str = "inputs"
+    p: MergePlan, opened: Mapping[str, Ingredient], *, precision: str = "inputs"
 ) -> tuple[Ingredient, dict[str, Any], int]:
     """The lazy merged model, a record of the merges made (each parameter set and the
     tensors it covers, counted) and the number of output layers."""
@@ -238,7 +238,7 @@ def _order(name: str) -> tuple[int, int, str]:
     return (1, i, name)
 
 
-def _describe(kw: dict[str, Any], p: Plan) -> str:
+def _describe(kw: dict[str, Any], p: MergePlan) -> str:
     shown = {k: v for k, v in kw.items() if k not in p.keywords or p.keywords[k] != v}
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "defaults"
 

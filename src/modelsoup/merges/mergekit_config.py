@@ -74,7 +74,7 @@ class Slice:
 
 
 @dataclass
-class Plan:
+class MergePlan:
     """What a configuration asks: the registered merge, the fine-tunes (``models``, in
     order) and ``base``, the output's slices (one covering every layer for a ``models``
     configuration), the configuration's parameter settings (``shared``), the keywords the
@@ -199,7 +199,7 @@ def _tokenizer(config: Path, data: dict[str, Any]) -> tuple[str | None, int | No
     return source, multiple
 
 
-def _settings(config: Path, where: str, params: Any, p: Plan) -> dict[str, Any]:
+def _settings(config: Path, where: str, params: Any, p: MergePlan) -> dict[str, Any]:
     """A ``parameters:`` mapping checked: each name known, each value a setting."""
     if params is None:
         return {}
@@ -262,7 +262,7 @@ def _layer_range(config: Path, where: str, value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def _slices(config: Path, data: dict[str, Any], p: Plan) -> list[Slice]:
+def _slices(config: Path, data: dict[str, Any], p: MergePlan) -> list[Slice]:
     """``slices`` (or ``models`` as one slice of every layer) as `Slice` objects."""
     if "models" in data:
         models = data["models"]
@@ -310,8 +310,8 @@ def _slices(config: Path, data: dict[str, Any], p: Plan) -> list[Slice]:
     return out
 
 
-def plan(path: str | Path) -> Plan:
-    """Read ``path`` (a mergekit YAML configuration) into a `Plan`."""
+def plan(path: str | Path) -> MergePlan:
+    """Read ``path`` (a mergekit YAML configuration) into a `MergePlan`."""
     config = Path(path)
     data = load(config)
     _check_keys(config, data)
@@ -321,7 +321,7 @@ def plan(path: str | Path) -> Plan:
     base = data.get("base_model")
     base = None if base is None else _model_name(config, "base_model", base)
     dtype = data.get("dtype")
-    out = Plan(config, data["merge_method"], merge, [], base, keywords=keywords,
+    out = MergePlan(config, data["merge_method"], merge, [], base, keywords=keywords,
                dtype=None if dtype is None else str(dtype).removeprefix("torch."),
                out_dtype=None if data.get("out_dtype") is None
                else str(data["out_dtype"]).removeprefix("torch."),
@@ -350,7 +350,7 @@ def plan(path: str | Path) -> Plan:
     return out
 
 
-def _inputs(p: Plan) -> None:
+def _inputs(p: MergePlan) -> None:
     needs = p.merge.inputs
     for i, s in enumerate(p.slices):
         base = s.base or p.base
@@ -375,7 +375,7 @@ def _inputs(p: Plan) -> None:
                         "model(s) (per slice)")  # fmt: skip
 
 
-def _check_weights(p: Plan) -> None:
+def _check_weights(p: MergePlan) -> None:
     """mergekit requires ``weight`` for every model (but the base) of a weighted merge:
     refused here when it is nowhere, and per tensor when a filter leaves it out."""
     if not p.merge.weights:

@@ -18,8 +18,7 @@ from ..checkpoints.ingredients import Ingredient
 from ..errors import SoupError, option
 from ..ops.arithmetic import Combination, linear_combination, weighted_average
 from ..ops.tensorwise import Precision, Tensorwise
-from .task_vectors import sparsified_merge
-from .ties import Ties
+from .task_vectors import TrimmedMerge, model_weights, sparsified_merge
 
 
 def task_arithmetic(
@@ -32,13 +31,11 @@ def task_arithmetic(
     weights_for: Mapping[str, Sequence[float]] | None = None,
     precision: Precision = "float32",
     **options,
-) -> Combination | Ties | Tensorwise:
+) -> Combination | TrimmedMerge | Tensorwise:
     """``base + lam * sum_i w_i (theta_i - base)``, lazy; ``weights`` default 1 each;
     ``weights_for``: {tensor name: its own weights w_i}. ``options`` as `Combination`
     (with ``arithmetic="sum"``: ``integers`` only, and no ``weights_for``)."""
-    w = [1.0] * len(ingredients) if weights is None else [float(x) for x in weights]
-    if len(w) != len(ingredients):
-        raise SoupError(f"{len(w)} weights for {len(ingredients)} ingredients; give one each")
+    w = model_weights(len(ingredients), weights)
     for name, ws in (weights_for or {}).items():
         if len(ws) != len(ingredients):
             raise SoupError(f"{len(ws)} weights for {name}, {len(ingredients)} ingredients")
@@ -57,7 +54,7 @@ def task_arithmetic(
     if arithmetic == "sum":
         dtype = options.pop("dtype", None)
         options.pop("accumulate", None)
-        merged = Ties(
+        merged = TrimmedMerge(
             ingredients, base, density=1.0, weights=w, lam=lam, normalize=False,
             consensus=False, integers=options.pop("integers", "error"),
         )  # fmt: skip

@@ -5,9 +5,9 @@ normalize by the weights summed, and add lambda times that to theta0.
 
 A method that fits this pattern is a sparsifier: a function of (tensor name, ingredient
 position, task vector) returning the sparsified task vector. DARE, DELLA and Model
-Breadcrumbs are each one such function (see `sparsified_merge`); TIES keeps its own
-streamed implementation (`ties.py`) because its magnitude threshold can be found one task
-vector at a time.
+Breadcrumbs are each one such function (see `sparsified_merge`); TIES and task
+arithmetic in mergekit's order stream in chunks instead (`TrimmedMerge`), because TIES'
+magnitude threshold can be found one task vector at a time.
 
 Random drops come from `uniforms`: a CPU generator seeded by the merge's ``seed``, the
 tensor's name and the ingredient's position, so that a seed gives the same merge on any
@@ -19,15 +19,18 @@ same deterministic draws and find the merges equal.)
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 
-from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError, option
-from ..ops.arithmetic import IntegerPolicy
-from ..ops.tensorwise import Precision, Tensorwise
+from ..checkpoints.ingredients import NO_ORIGIN, Ingredient
+from ..checkpoints.layout import is_float
+from ..errors import NonFiniteError, SoupError, option
+from ..ops.arithmetic import IntegerPolicy, all_finite
+from ..ops.checks import check_compatible
+from ..ops.tensorwise import Precision, Tensorwise, same_integers
 
 # sparsify(name, i, tau) -> tau with entries dropped (and rescaled)
 Sparsifier = Callable[[str, int, torch.Tensor], torch.Tensor]
@@ -86,7 +89,7 @@ def merge_task_vectors(
     return mixed / divisor if normalize else mixed
 
 
-def check_weights(k: int, weights: Sequence[float] | None) -> list[float]:
+def model_weights(k: int, weights: Sequence[float] | None) -> list[float]:
     """One weight per ingredient (default 1 each)."""
     w = [1.0] * k if weights is None else [float(x) for x in weights]
     if len(w) != k:
@@ -126,7 +129,7 @@ def sparsified_merge(
 ) -> Tensorwise:
     """theta0 + lam * merge(sparsify(tau_i)), one tensor at a time, lazy (memory: k + 1
     copies of one tensor); ``precision``: what it computes in (see `Tensorwise`)."""
-    w = check_weights(len(ingredients), weights)
+    w = model_weights(len(ingredients), weights)
 
     def fn(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         *fts, theta0 = tensors
@@ -138,3 +141,86 @@ def sparsified_merge(
         [*ingredients, base], fn, source=f"{kind} of {len(ingredients)}", integers=integers,
         precision=precision,
     )  # fmt: skip
+
+
+class TrimmedMerge:
+    """theta0 + lam * merge(trim(tau_i)) as a lazy ingredient streamed in chunks, TIES'
+    and task arithmetic's (``consensus=False``, density 1): per tensor, each task vector's
+    magnitude threshold (its k-th largest |tau_i|, k = max(1, int(density * n))) is found
+    once, one task vector at a time; every chunk is then trimmed, sign-elected and merged
+    on its own. Memory: two copies of one tensor while thresholds are found, then k chunks.
+    An entry whose magnitude ties the threshold is kept (top-k keeps exactly k; they differ
+    only on exact ties of nonzero magnitudes). With ``consensus=False`` and density 1 it
+    is task arithmetic in mergekit's order of operations."""
+
+    def __init__(
+        self,
+        ingredients: Sequence[Ingredient],
+        base: Ingredient,
+        *,
+        density: float,
+        weights: Sequence[float],
+        lam: float,
+        normalize: bool,
+        integers: IntegerPolicy,
+        thresholds: dict[tuple[str, float], list[float]] | None = None,
+        consensus: bool = True,
+    ):
+        self.ingredients, self.base = list(ingredients), base
+        self._layout = check_compatible([*ingredients, base])
+        self.density, self.weights, self.lam = density, list(weights), lam
+        self.normalize, self.integers, self.consensus = normalize, integers, consensus
+        # (tensor, density) -> each task vector's threshold; shared between merges of the
+        # same ingredients and base (a lambda grid) when the caller passes one dict.
+        self._thresholds = thresholds if thresholds is not None else {}
+        self._lock = threading.Lock()
+
+    source = property(
+        lambda self: f"{'TIES' if self.consensus else 'task arithmetic'} of {len(self.ingredients)}"
+    )
+    layout = property(lambda self: self._layout)
+    files = property(lambda self: tuple(f for i in [*self.ingredients, self.base] for f in i.files))
+    origin = NO_ORIGIN  # a merge of several models: nothing more to say
+
+    def _threshold(self, name: str) -> list[float]:
+        if self.density >= 1:  # every entry kept: nothing to find
+            return [0.0] * len(self.ingredients)
+        key = (name, self.density)
+        with self._lock:
+            if key not in self._thresholds:
+                theta0 = self.base.get(name).float().reshape(-1)
+                n = theta0.numel()
+                k = max(int(self.density * n), 1)
+                out = []
+                for ing in self.ingredients:
+                    if self.density >= 1 or n == 0:
+                        out.append(0.0)
+                        continue
+                    tau = (ing.get(name).float().reshape(-1) - theta0).abs_()
+                    out.append(float(torch.kthvalue(tau, n - k + 1).values))  # k-th largest
+                    del tau
+                self._thresholds[key] = out
+            return self._thresholds[key]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        name = self._layout.canonical(name)
+        spec = self._layout.spec(name)
+        stop = spec.numel if stop is None else stop
+        if not is_float(spec.dtype):
+            return same_integers(name, [i.read(name, start, stop) for i in self.ingredients],
+                                  self.integers)  # fmt: skip
+        theta0 = self.base.read(name, start, stop).float()
+        taus = []
+        for ing, thr in zip(self.ingredients, self._threshold(name)):
+            tau = ing.read(name, start, stop).float() - theta0
+            taus.append(tau * (tau.abs() >= thr))
+        merged = merge_task_vectors(
+            taus, self.weights, consensus=self.consensus, normalize=self.normalize
+        )
+        out = (theta0 + self.lam * merged).to(spec.dtype)
+        if not all_finite(out):
+            raise NonFiniteError(f"the {self.source} of tensor {name!r} is not finite")
+        return out
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.read(name).view(self._layout.spec(name).shape)

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
-from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
+from ..evaluators.logits import split_scores
+from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate
 
 
 def grid(**axes: Sequence[float]) -> list[dict[str, float]]:

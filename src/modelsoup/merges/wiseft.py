@@ -15,7 +15,8 @@ import torch
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
-from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate, split_scores
+from ..evaluators.logits import split_scores
+from ..evaluators.protocols import Evaluator, LogitEvaluator, evaluate
 from ..ops.arithmetic import Combination, interpolate
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))

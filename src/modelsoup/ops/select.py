@@ -31,7 +31,7 @@ import torch
 from ..checkpoints.ingredients import Ingredient, Origin
 from ..checkpoints.layout import Layout
 from ..checkpoints.read import describe_format
-from ..errors import MismatchError, SoupError
+from ..errors import MismatchError, SoupError, render
 from ..errors import option as option_of
 
 
@@ -63,8 +63,9 @@ def parse_keep(text: str) -> tuple[str, str]:
     pattern, sep, source = text.rpartition("=")
     if not sep or not pattern or not source:
         raise SoupError(
-            f"--keep {text!r}: write REGEX=SOURCE, with SOURCE 'base', 'first', an "
-            "ingredient's number (1 is the first) or its path, e.g. --keep 'lm_head|embed'=base"
+            f"{option_of('keep', text)}: write REGEX=SOURCE, with SOURCE 'base', 'first', an "
+            "ingredient's number (1 is the first) or its path, e.g. "
+            f"{option_of('keep', 'lm_head|embed=base')}"
         )
     return pattern, source
 
@@ -78,8 +79,8 @@ def parse_weights_for(text: str) -> tuple[str, list[float]]:
         weights = []
     if not sep or not pattern or not weights:
         raise SoupError(
-            f"--weights-for {text!r}: write REGEX=w1,w2,... with one weight per ingredient, "
-            "e.g. --weights-for 'mlp'=0.7,0.3"
+            f"{option_of('weights_for', text)}: write REGEX=w1,w2,... with one weight per "
+            f"ingredient, e.g. {option_of('weights_for', 'mlp=0.7,0.3')}"
         )
     return pattern, weights
 
@@ -137,20 +138,19 @@ def choose(
     layout = ingredients[0].layout
     out = Choices()
     for pattern, label in keep:
-        option = f"--keep {pattern}={label}"
+        option = render(option_of("keep", f"{pattern}={label}"))
         src = resolve_source(label, ingredients, base, option)
         names = [n for n in matching(pattern, layout, option) if n not in out.sources]
         out.sources.update(dict.fromkeys(names, src))
         out.report.append({"rule": option, "source": src.source, "tensors": names})
     if only is not None:
-        merged = set(matching(only, layout, f"--only {only}"))
+        rule = render(option_of("only", only))
+        merged = set(matching(only, layout, rule))
         src = base if base is not None else ingredients[0]
         rest = [n for n in layout.specs if n not in merged and n not in out.sources]
         kept = [n for n in layout.specs if n in merged and n not in out.sources]
         out.sources.update(dict.fromkeys(rest, src))
-        out.report.append(
-            {"rule": f"--only {only}", "source": src.source, "tensors": rest, "merged": kept}
-        )
+        out.report.append({"rule": rule, "source": src.source, "tensors": rest, "merged": kept})
     return out
 
 
@@ -239,7 +239,7 @@ def weights_for(
     out: dict[str, list[float]] = {}
     report = []
     for pattern, weights in rules:
-        option = f"--weights-for {pattern}"
+        option = render(option_of("weights_for", pattern))
         if len(weights) != k:
             raise SoupError(
                 f"{option}: {len(weights)} weights for {k} ingredients; give one per ingredient"

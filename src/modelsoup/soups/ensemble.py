@@ -17,32 +17,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import materialize
 from ..errors import SoupError, option
 from ..evaluators.distributed import gather_rows, world
+from ..evaluators.logits import (
+    OutputCache,
+    compute_logits,
+    correct_count,
+    evaluation_from_logits,
+    loss_units,
+)
 from ..evaluators.protocols import (
     ChunkedLogits,
     Compare,
     LogitEvaluator,
     LossEvaluator,
-    evaluation_from_logits,
     evaluator_name,
-    loss_units,
-    outputs,
 )
-from ..ops.running_mean import lazy_state
 from ..ops.summary import human_bytes
-
-
-def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Number of rows whose argmax is the label."""
-    return int((logits.argmax(-1) == labels).sum())
 
 
 def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -95,62 +92,6 @@ def greedy_ensemble(
             kept.append(i)
             total, best = cand, m
     return kept, best
-
-
-class OutputCache(Protocol):
-    """Where computed logits (or per-token losses) are kept between runs (the store's
-    `LogitCache` is one): entries of an ingredient (or a state key) on an evaluator's
-    split; ``alias`` makes an ingredient's entry findable under another key too."""
-
-    def get(self, item: Ingredient | str, evaluator: Any, split: str) -> torch.Tensor | None: ...
-
-    def put(
-        self, item: Ingredient | str, evaluator: Any, split: str, logits: torch.Tensor
-    ) -> None: ...
-
-    def alias(self, item: Ingredient | str, key: str, evaluator: Any, split: str) -> None: ...
-
-
-def compute_logits(
-    ingredients: Sequence[Ingredient],
-    evaluator: LogitEvaluator,
-    splits: Sequence[str],
-    cache: OutputCache | None,
-    *,
-    alias: bool = False,
-    progress: bool = False,
-) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], int]:
-    """Every ingredient's logits on every split (from the cache where possible; entries
-    are keyed by the ingredient's fingerprint and the evaluator's identity); a
-    `LossEvaluator`'s per-unit losses instead (see `outputs`). With
-    ``alias``, each computed entry is also linked under the ingredient's `state_key`, so
-    a soup equal to an ingredient (a greedy soup that kept one model) scored through the
-    cache is not evaluated again; that costs a hash of every ingredient's bytes.
-
-    Returns ``(logits[split][i], labels[split], reads)`` where ``reads`` counts the
-    checkpoints that had to be read (cache misses).
-    """
-    from tqdm.auto import tqdm
-
-    labels = {s: evaluator.labels(s) for s in splits}
-    out: dict[str, list[torch.Tensor]] = {s: [] for s in splits}
-    reads = 0
-    for ing in tqdm(ingredients, desc="logits", disable=not progress, delay=0.5):
-        found = {s: cache.get(ing, evaluator, s) if cache else None for s in splits}
-        missing = [s for s in splits if found[s] is None]
-        if missing:
-            state = lazy_state(ing)  # read as the evaluator loads it: no second model
-            found.update(outputs(evaluator, state, missing))
-            reads += 1
-            if cache:
-                key = state_key(state) if alias else None
-                for s in missing:
-                    cache.put(ing, evaluator, s, found[s])
-                    if key is not None:
-                        cache.alias(ing, key, evaluator, s)
-        for s in splits:
-            out[s].append(found[s])
-    return out, labels, reads
 
 
 def ensemble_baselines(
