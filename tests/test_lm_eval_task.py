@@ -41,8 +41,13 @@ def test_includes_are_followed_and_functions_recorded_without_running(tmp_path):
     assert not marker.exists()  # read, not imported
     with pytest.raises(SoupError) as e:
         files.check_code(trust=False)
-    message = str(e.value)
-    assert "common.yaml" in message and "utils.fn" in message and "--trust-task-code" in message
+    message = str(e.value)  # a Python caller reads the parameter, a command its flag
+    assert "common.yaml" in message and "utils.fn" in message and "trust_code=True" in message
+    from modelsoup.cli.main import flag
+    from modelsoup.errors import spell_options
+
+    with spell_options(flag):
+        assert "--trust-task-code" in str(e.value) and "trust_code" not in str(e.value)
     files.check_code(trust=True)
     assert not marker.exists()
 

@@ -25,7 +25,7 @@ import torch
 
 from ..checkpoints.fingerprint import state_key
 from ..checkpoints.ingredients import Ingredient
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.logits import correct_count, evaluation_from_logits
 from ..evaluators.protocols import LogitEvaluator, outputs
 from ..ops.geometry import cosine_matrix, gram
@@ -169,7 +169,7 @@ def angles(
         if n == 0:
             raise SoupError(
                 f"{name} equals the base, so its task vector is zero and has no angle; "
-                "leave it out of the ingredients or pass the pretrained model as --base"
+                f"leave it out of the ingredients or pass the pretrained model as {option('base')}"
             )
     cos = cosine_matrix(g).clamp(-1.0, 1.0)
     cos.fill_diagonal_(1.0)

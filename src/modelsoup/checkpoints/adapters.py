@@ -370,7 +370,7 @@ def save_adapter(
         raise SoupError(
             f"the soup changes {len(changed)} tensor(s) no adapter targets (first "
             f"{changed[0]!r}), so it is no adapter of the base; write the full model (drop "
-            "--adapter-rank)"
+            f"{option('rank', flag='--adapter-rank')})"
         )
     config = _adapter_config(first, rank, targets, whole)
     with atomic_output(path, force=force, folder=True) as tmp:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SoupError
+from ..errors import SoupError, option, render
 from .adapters import ADAPTER_CONFIG, PREFIX
 from .ingredients import Ingredient
 from .tokens import hf_folder
@@ -72,8 +72,8 @@ def _modules(
                 f"the soup changes {tied[0]}, which is tied to "
                 f"{[t for t in shared.get(tied[0], [tied[0]]) if t != tied[0]] or 'another tensor'}"
                 "; an adapter cannot keep weights tied (peft's merged model would use the "
-                "base's): write the full model (drop --adapter-rank), or take it from the base "
-                f"with --keep '{tied[0]}'=base"
+                f"base's): write the full model (drop {option('rank', flag='--adapter-rank')}), "
+                f"or take it from the base with {option('keep', tied[0] + '=base')}"
             )
         kind = type(module).__name__
         weight, b = f"{mod}.weight", f"{mod}.bias"
@@ -139,7 +139,7 @@ def extract_lora(
 
     from .save import atomic_output, check_output
 
-    folder = hf_folder(base, "--adapter-rank")
+    folder = hf_folder(base, option("rank", flag="--adapter-rank"))
     path = Path(path)
     check_output(path, tuple(base.files) + tuple(soup.files), force)
     sl, bl = soup.layout, base.layout
@@ -148,9 +148,10 @@ def extract_lora(
         raise SoupError(
             f"the soup and the base {base.source} differ in their tensors (first "
             f"{(differ or sorted(set(bl.specs) - set(sl.names)))[0]!r}), so the soup is no "
-            "adapter of it: with --vocab, choose --vocab base; or drop --adapter-rank"
+            f"adapter of it: with {option('vocab')}, choose {option('vocab', 'base')}; or drop "
+            f"{option('rank', flag='--adapter-rank')}"
         )
-    model = meta_model(folder, "--adapter-rank")
+    model = meta_model(folder, option("rank", flag="--adapter-rank"))
     kinds = [type(m).__name__ for m in model.modules()]
     # peft reads fan_in_fan_out ([in, out] weights: transformers' Conv1D) for the whole
     # adapter: the more common kind of linear layer gets LoRA
@@ -172,14 +173,15 @@ def extract_lora(
                     change = theirs[f"{mod}.bias"].float() - base.get(f"{mod}.bias").float()
                     tensors[f"{PREFIX}{mod}.lora_B.bias"] = change.contiguous()
                 continue
-            kind = f"its rank-{out.rank} error {err:.3g} is over --max-error {max_error:g}"
+            over = render(option("max_error", f"{max_error:g}"))  # a record: spelled now
+            kind = f"its rank-{out.rank} error {err:.3g} is over {over}"
         out.whole[mod] = kind
         tensors.update({PREFIX + n: t.contiguous() for n, t in theirs.items()})
     if not out.errors:
         raise SoupError(
             "the soup changes no linear layer of the base that LoRA can adapt within "
-            "--max-error, so the adapter would hold whole modules only; write the full "
-            "model (drop --adapter-rank)"
+            f"{option('max_error', max_error)}, so the adapter would hold whole modules only; "
+            f"write the full model (drop {option('rank', flag='--adapter-rank')})"
         )
     config = {**_config(folder, out, fan), "lora_bias": bias}
     with atomic_output(path, force=force, folder=True) as tmp:

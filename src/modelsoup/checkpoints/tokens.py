@@ -81,7 +81,7 @@ def load_tokenizer(folder: Path) -> Any:
     try:
         import transformers
     except ImportError as e:
-        raise SoupError("--vocab reads tokenizers with transformers: pip install "
+        raise SoupError(f"{option('vocab')} reads tokenizers with transformers: pip install "
                         "'modelsoup[hf]'") from e  # fmt: skip
     try:
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -160,7 +160,7 @@ class SoupVocabulary:
                 f"{option('vocab')} must be one of {', '.join(VOCAB_MODES)}, got {mode!r}"
             )
         self.mode = mode
-        folders = [hf_folder(i, "--vocab") for i in inputs]
+        folders = [hf_folder(i, option("vocab")) for i in inputs]
         self.input_rows = [config_rows(f) for f in folders]
         tokenizers = [load_tokenizer(f) for f in folders]
         full = [t.get_vocab() for t in tokenizers]  # get_vocab costs 0.16 s at 128k tokens

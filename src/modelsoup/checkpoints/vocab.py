@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, MismatchError
+from ..errors import CheckpointError, MismatchError, option
 from .ingredients import Ingredient, Origin, flat_range
 from .layout import Layout, TensorSpec
 from .read import describe_format
@@ -60,15 +60,15 @@ def meta_model(folder: Path, why: str) -> torch.nn.Module:
 def vocab_tensors(folder: Path, layout: Layout) -> list[str]:
     """The canonical names of ``layout``'s input and output embeddings, as the
     architecture of ``folder``'s config.json declares them."""
-    model = meta_model(folder, "--vocab")
+    model = meta_model(folder, option("vocab"))
     embeds = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m]
     ids = {id(m.weight) for m in embeds}
     names = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in ids]
     found = {layout.canonical(n) for n in names if n in layout.names}
     if not found:
         raise CheckpointError(
-            f"{folder}: none of the embeddings {names} is in the checkpoint; --vocab needs "
-            "the weights saved under the architecture's names (save_pretrained)"
+            f"{folder}: none of the embeddings {names} is in the checkpoint; {option('vocab')} "
+            "needs the weights saved under the architecture's names (save_pretrained)"
         )
     return [n for n in layout.specs if n in found]
 
@@ -87,15 +87,16 @@ class VocabularyPlan:
         self.inputs = list(inputs)
         self.vocab = SoupVocabulary(inputs, base, mode, multiple)
         first = self.inputs[0]
-        self.names = vocab_tensors(hf_folder(first, "--vocab"), first.layout)
+        self.names = vocab_tensors(hf_folder(first, option("vocab")), first.layout)
         for ing, rows in zip(self.inputs, self.vocab.input_rows):
             for name in self.names:
                 shape = ing.layout.spec(name).shape if name in ing.layout.names else None
                 if shape is None or shape[0] != rows:
                     raise MismatchError(
                         f"{ing.source}: {name} is {list(shape) if shape else 'missing'}, but "
-                        f"its config.json declares {rows} tokens (vocab_size); --vocab aligns "
-                        "embeddings whose rows are the config's vocab_size"
+                        f"its config.json declares {rows} tokens (vocab_size); "
+                        f"{option('vocab')} aligns embeddings whose rows are the config's "
+                        "vocab_size"
                     )
         perms = torch.stack(self.vocab.permutations)  # [inputs, real]
         present = perms >= 0
@@ -266,7 +267,7 @@ def align_vocabulary(
     padding is asked."""
     inputs = [*ingredients, *([base] if base is not None else [])]
     for ing in inputs:
-        hf_folder(ing, f"--vocab {mode}")  # a plain file has no tokenizer to align
+        hf_folder(ing, option("vocab", mode))  # a plain file has no tokenizer to align
     if not multiple and same_vocabulary(inputs, load=False):
         return list(ingredients), base, None
     plan = VocabularyPlan(inputs, base is not None, mode, multiple)

@@ -78,7 +78,7 @@ def load_state(model: nn.Module, state: State) -> None:
                 f"{unexpected[0]!r}"
             )
         raise MismatchError(
-            "the model from --model does not match the ingredients: "
+            f"the model from {option('model')} does not match the ingredients: "
             + "; ".join(parts)
             + ". The factory must build the architecture the checkpoints were saved from"
         )
@@ -87,7 +87,7 @@ def load_state(model: nn.Module, state: State) -> None:
         if tuple(t.shape) != shape:
             raise MismatchError(
                 f"tensor {k!r} is {list(shape)} in the soup but {list(t.shape)} in the model "
-                "from --model; the factory must build the checkpoints' architecture"
+                f"from {option('model')}; the factory must build the checkpoints' architecture"
             )
     with torch.no_grad():  # tensor by tensor (chunk by chunk where the state streams)
         for k, t in own.items():
@@ -278,7 +278,8 @@ class ClassificationEvaluator:
         if isinstance(data, torch.utils.data.DataLoader):
             if size > 1:
                 raise SoupError(
-                    "under torchrun the --data function must return Datasets, not DataLoaders, "
+                    f"under torchrun the {option('data')} function must return Datasets, not "
+                    "DataLoaders, "
                     "so that modelsoup can give each rank its share"
                 )
             start = 0

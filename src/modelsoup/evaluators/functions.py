@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .classification import ClassificationEvaluator, load_state, model_identity
 from .protocols import Evaluator, State
 
@@ -130,16 +130,18 @@ def build_evaluator(
         fn = load_callable(model)
         m = fn()
         if not isinstance(m, nn.Module):
-            raise SoupError(f"--model {model} returned a {type(m).__name__}, not a torch.nn.Module")
+            raise SoupError(
+                f"{option('model', model)} returned a {type(m).__name__}, not a torch.nn.Module"
+            )
         factory_id = callable_identity(model, fn)
         return m
 
     if evaluator in ("accuracy", "loss"):
         if model is None or data is None:
             raise SoupError(
-                f"the built-in {evaluator} evaluator needs --model module:factory (the "
-                "architecture) and --data module:function (the held-out split); or pass "
-                "--evaluator module:function"
+                f"the built-in {evaluator} evaluator needs {option('model', 'module:factory')} "
+                f"(the architecture) and {option('data', 'module:function')} (the held-out "
+                f"split); or pass {option('evaluator', 'module:function')}"
             )
         net = factory()
         data_fn = load_callable(data)
@@ -154,7 +156,8 @@ def build_evaluator(
         )
     if data is not None:
         raise SoupError(
-            "--data feeds the built-in evaluators only; a custom --evaluator reads its own data"
+            f"{option('data')} feeds the built-in evaluators only; a custom "
+            f"{option('evaluator')} reads its own data"
         )
     m = factory()
     if m is not None:

@@ -110,7 +110,7 @@ def hf_evaluator(
     multiple choice, loss (the only one) for a causal language model; None: the first."""
 
     if task not in HF_TASKS:
-        raise SoupError(f"--task must be one of {HF_TASKS}, got {task!r}")
+        raise SoupError(f"{option('task')} must be one of {HF_TASKS}, got {task!r}")
     if metric is None:  # the task's own
         metric = "loss" if task == "causal-lm" else "accuracy"
     if task == "multiple-choice":  # acc, or acc_norm with metric="acc_norm"
@@ -138,34 +138,45 @@ def hf_evaluator(
             device=device,
             eval_dtype=eval_dtype,
         )
+    columns = {"text": text_column, "text_pair": text_pair_column, "label": label_column,
+               "image": image_column}  # fmt: skip
+    return _classifier(
+        task, first, data, columns, max_length, metric=metric, batch_size=batch_size,
+        device=device,
+    )  # fmt: skip
+
+
+def _classifier(
+    task: str,
+    first: Ingredient,
+    data: str,
+    columns: dict[str, Any],
+    max_length: int | None,
+    **options: Any,
+) -> HFClassificationEvaluator:
+    """A text or image classifier from the first ingredient's folder, on the table
+    ``data`` whose ``columns`` name the text (and its pair), the label and the image;
+    ``options`` as `HFClassificationEvaluator` (metric, batch_size, device)."""
     folder = model_folder(first)
     model, config = build_model(task, folder)
     table = read_table(data)
-    y = encode_labels(column(table, label_column, data, "--label-column"), config, data)
+    y = encode_labels(column(table, columns["label"], data, option("label_column")), config, data)
     if task == "text-classification":
         max_length = fit_length(max_length, _positions(config), folder)
-        inputs = _text_inputs(folder, table, data, text_column, text_pair_column, max_length)
+        inputs = _text_inputs(
+            folder, table, data, columns["text"], columns["text_pair"], max_length
+        )
     else:
-        inputs = _image_inputs(folder, table, data, image_column)
+        inputs = _image_inputs(folder, table, data, columns["image"])
     identity = {
         "task": task,
         "config": config_hash(folder),
         "data_file": str(Path(data).resolve()),
-        "columns": {
-            "text": text_column,
-            "text_pair": text_pair_column,
-            "label": label_column,
-            "image": image_column,
-        },
+        "columns": columns,
         "max_length": max_length,
     }
     return HFClassificationEvaluator(
-        model,
-        TensorDictDataset(inputs, y),
-        metric=metric,
-        batch_size=batch_size,
-        device=device,
-        identity=identity,
+        model, TensorDictDataset(inputs, y), identity=identity, **options
     )
 
 
@@ -185,10 +196,10 @@ def _text_inputs(
     import transformers
 
     tok = from_folder(transformers.AutoTokenizer, folder, "tokenizer")
-    texts = texts_of(table, text_column, data, "--text-column")
+    texts = texts_of(table, text_column, data, option("text_column"))
     pairs = None
     if pair_column:
-        pairs = texts_of(table, pair_column, data, "--text-pair-column")
+        pairs = texts_of(table, pair_column, data, option("text_pair_column"))
     enc = tok(texts, pairs, truncation=True, max_length=length, padding=True, return_tensors="pt")
     return {k: v for k, v in enc.items()}
 
@@ -204,7 +215,7 @@ def _image_inputs(
     proc = from_folder(transformers.AutoImageProcessor, folder, "image_processor")
     root = Path(data).parent
     images = []
-    for p in column(table, image_column, data, "--image-column"):
+    for p in column(table, image_column, data, option("image_column")):
         path = Path(p) if Path(p).is_absolute() else root / p
         try:
             with Image.open(path) as im:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.stream import copy_tensor, shape_of
-from ..errors import SoupError
+from ..errors import SoupError, option
 from .classification import load_state
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -30,9 +30,9 @@ def model_folder(ingredient: Ingredient) -> Path:
         if (c / "config.json").is_file():
             return c
     raise SoupError(
-        f"--task needs Hugging Face model folders (with config.json); {ingredient.source} has "
-        "none next to it. Pass the save_pretrained / checkpoint-* folders, or describe the "
-        "model with --model and --data instead"
+        f"{option('task')} needs Hugging Face model folders (with config.json); "
+        f"{ingredient.source} has none next to it. Pass the save_pretrained / checkpoint-* "
+        f"folders, or describe the model with {option('model')} and {option('data')} instead"
     )
 
 
@@ -41,12 +41,15 @@ def read_table(path: str | os.PathLike) -> Any:
     try:
         import pandas as pd
     except ImportError as e:
-        raise SoupError("--task reads --data with pandas: pip install 'modelsoup[hf]'") from e
+        raise SoupError(
+            f"{option('task')} reads {option('data')} with pandas: pip install 'modelsoup[hf]'"
+        ) from e
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise SoupError(
-            f"{path}: --data for --task must be a table file ({', '.join(TABLE_SUFFIXES)})"
+            f"{path}: {option('data')} for {option('task')} must be a table file "
+            f"({', '.join(TABLE_SUFFIXES)})"
         )
     if not path.is_file():
         raise SoupError(f"{path}: no such data file")
@@ -61,18 +64,18 @@ def read_table(path: str | os.PathLike) -> Any:
         raise SoupError(f"{path}: cannot read the table ({e})") from e
 
 
-def column(table: Any, name: str, path: str, flag: str) -> Any:
+def column(table: Any, name: str, path: str, named: str) -> Any:
     if name not in table.columns:
         raise SoupError(
-            f"{path}: no column {name!r} (it has {list(table.columns)}); name it with {flag}"
+            f"{path}: no column {name!r} (it has {list(table.columns)}); name it with {named}"
         )
     return table[name]
 
 
-def texts_of(table: Any, name: str, path: str, flag: str) -> list[str]:
+def texts_of(table: Any, name: str, path: str, named: str) -> list[str]:
     """The column ``name`` as texts; a row that holds no text (null, NaN, a number, a
     list) is refused by its number, as the tokenizer cannot read it."""
-    values = column(table, name, path, flag).tolist()
+    values = column(table, name, path, named).tolist()
     for i, v in enumerate(values):
         if not isinstance(v, str):
             shown = "null" if v is None or (isinstance(v, float) and v != v) else type(v).__name__
@@ -115,7 +118,8 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
             if len(values) != 1 or not float(values[0]).is_integer():
                 raise SoupError(
                     f"transformers saves {name!r} of {type(model).__name__} fused from several "
-                    "tensors; modelsoup cannot evaluate it with --task. Use --model and --data"
+                    f"tensors; modelsoup cannot evaluate it with {option('task')}. Use "
+                    f"{option('model')} and {option('data')}"
                 )
             out[name] = names[int(values[0])]
     return out
@@ -217,7 +221,7 @@ def build_model(task: str, folder: Path) -> tuple[nn.Module, Any]:
     try:
         import transformers
     except ImportError as e:
-        raise SoupError("--task needs transformers: pip install 'modelsoup[hf]'") from e
+        raise SoupError(f"{option('task')} needs transformers: pip install 'modelsoup[hf]'") from e
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         auto = {

@@ -37,7 +37,7 @@ def read_texts(path: str | os.PathLike, text_column: str) -> list[str]:
 
         return text_lines(text)
     table = read_table(path)
-    texts = texts_of(table, text_column, str(path), "--text-column")
+    texts = texts_of(table, text_column, str(path), option("text_column"))
     return [t for t in texts if t.strip()]  # empty rows skipped, as blank lines are
 
 

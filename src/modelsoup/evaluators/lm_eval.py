@@ -18,6 +18,7 @@ import copy
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,58 @@ def checked_task(manager: Any, spec: str, name: str, where: str, limit: int | No
     return task
 
 
+@dataclass(frozen=True)
+class LocatedTask:
+    """A task as lm-eval is handed it: its ``name``, the ``spec`` lm-eval loads (a
+    registered name or a file's path), the ``manager`` that knows it, what its identity
+    hashes (``source``: a file's includes, code and data) and how messages name it."""
+
+    name: str
+    spec: str
+    manager: Any
+    source: str
+    where: str
+
+
+def locate_task(task: str, trust_code: bool, manager: Callable[..., Any]) -> LocatedTask:
+    """``task``: a local task YAML (its ``!function`` code refused unless ``trust_code``)
+    or a task lm-eval has registered; ``manager``: lm-eval's ``TaskManager``."""
+    if is_task_file(task):
+        files = read_task(task)
+        files.check_code(trust_code)
+        path = str(files.path)
+        return LocatedTask(files.name, path, manager(include_defaults=False), files.digest(), path)
+    known = manager()
+    if task not in known.all_tasks:
+        raise SoupError(
+            f"lm-eval knows no task {task!r}; give a local task YAML "
+            f"({option('task', 'path/to/task.yaml', flag='--lm-eval')}) or one of "
+            "`lm-eval ls tasks`"
+        )
+    return LocatedTask(task, task, known, task, option("task", task, flag="--lm-eval"))
+
+
+def _checked_metric(loaded: Any, name: str, metric: str | None, tokenizer: Any, where: str) -> str:
+    """The metric scored (``metric``, default the task's first), refused unless the task
+    declares it; and a generating task refused for a tokenizer without an end of text."""
+    declared = list(loaded.aggregation())
+    if metric is None and declared:
+        metric = declared[0]
+    if metric not in declared:
+        raise SoupError(
+            f"{where}: lm-eval task {name!r} declares the metrics {declared}, "
+            f"not {str(metric)[:60]!r}: name one of those with "
+            f"{option('metric', flag='--lm-eval-metric')}"
+        )
+    if loaded.OUTPUT_TYPE == "generate_until" and tokenizer.eos_token_id is None:
+        raise SoupError(
+            f"{where}: lm-eval task {name!r} generates text, which lm-eval stops "
+            "at the tokenizer's end-of-text token, and this tokenizer has none: set "
+            "eos_token in the first ingredient's tokenizer_config.json"
+        )
+    return str(metric)
+
+
 class LMEvalEvaluator:
     """A soup's score on an lm-eval task (see the module's docstring).
 
@@ -92,38 +145,16 @@ class LMEvalEvaluator:
             from lm_eval.models.huggingface import HFLM
             from lm_eval.tasks import TaskManager
         except ImportError as e:
-            raise SoupError("--lm-eval needs lm-eval: pip install 'modelsoup[lm-eval]'") from e
-        if is_task_file(task):
-            files = read_task(task)
-            files.check_code(trust_code)
-            self.task, self._spec, source = files.name, str(files.path), files.digest()
-            where = str(files.path)
-            self._manager = TaskManager(include_defaults=False)
-        else:
-            self.task, self._spec, source, where = task, task, task, f"--lm-eval {task}"
-            self._manager = TaskManager()
-            if self.task not in self._manager.all_tasks:
-                raise SoupError(
-                    f"lm-eval knows no task {self.task!r}; give a local task YAML (--lm-eval "
-                    "path/to/task.yaml) or one of `lm-eval ls tasks`"
-                )
+            raise SoupError(
+                f"{option('task', flag='--lm-eval')} needs lm-eval: pip install "
+                "'modelsoup[lm-eval]'"
+            ) from e
+        located = locate_task(task, trust_code, TaskManager)
+        self.task, self._spec, self._manager = located.name, located.spec, located.manager
+        source, where = located.source, located.where
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         loaded = checked_task(self._manager, self._spec, self.task, where, limit)
-        declared = list(loaded.aggregation())
-        if metric is None and declared:
-            metric = declared[0]
-        if metric not in declared:
-            raise SoupError(
-                f"{where}: lm-eval task {self.task!r} declares the metrics {declared}, not "
-                f"{str(metric)[:60]!r}: name one of those with "
-                f"{option('metric', flag='--lm-eval-metric')}"
-            )
-        if loaded.OUTPUT_TYPE == "generate_until" and tokenizer.eos_token_id is None:
-            raise SoupError(
-                f"{where}: lm-eval task {self.task!r} generates text, which lm-eval stops at "
-                "the tokenizer's end-of-text token, and this tokenizer has none: set "
-                "eos_token in the first ingredient's tokenizer_config.json"
-            )
+        metric = _checked_metric(loaded, self.task, metric, tokenizer, where)
         self._where = where
         self.selection = "val"
         self.docs: list[int] | None = None  # the documents scored (None: all, to limit)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.yaml_files import read_yaml
-from ..errors import SoupError
+from ..errors import SoupError, option
 
 # datasets' packaged builders: without data files they read every file of their kind
 # under the working directory
@@ -28,7 +28,7 @@ PACKAGED = ("json", "csv", "parquet", "text", "arrow", "pandas", "xml", "sql", "
             "imagefolder", "audiofolder", "videofolder")  # fmt: skip
 MAX_FILES = 64  # YAML files a task may include, transitively
 MAX_DATA_FILES = 10_000  # files under the data paths a task names
-TRUST = "--trust-task-code (trust_code=True)"
+TRUST = option("trust_code", True)
 
 
 @dataclass(frozen=True)

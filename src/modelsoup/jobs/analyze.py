@@ -22,6 +22,7 @@ from ..analysis.page import Figure, Section, Table, write_page
 from ..analysis.pairs import Curve, PairSoup
 from ..analysis.plane import Landscape
 from ..checkpoints.ingredients import Ingredient
+from ..errors import option, render
 from ..evaluators.protocols import Evaluator
 from ..store.provenance import versions, write_json
 from ..store.stages import Stages
@@ -211,7 +212,10 @@ def analyze_sweep(
         figures.cosine_heatmap(geometry, out / "cosine.png")
         drawn = {"cosine": out / "cosine.png"}
         result["angles"] = geometry.to_json()
-        result["note"] = "no evaluator: angles only (pass --model and --data, or --evaluator)"
+        result["note"] = render(  # a record: spelled for the caller now
+            f"no evaluator: angles only (pass {option('model')} and {option('data')}, or "
+            f"{option('evaluator')})"
+        )
     else:
         drawn, tables = _evaluated(
             ingredients, base, evaluator, out, short, result,

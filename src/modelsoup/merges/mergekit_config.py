@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.yaml_files import read_yaml
-from ..errors import SoupError
+from ..errors import SoupError, option
 from . import settings as st
 from .registry import MERGES, Merge
 
@@ -193,8 +193,8 @@ def _tokenizer(config: Path, data: dict[str, Any]) -> tuple[str | None, int | No
     if source is not None and source not in TOKENIZER_SOURCES:
         raise _fail(
             config, "tokenizer_source", f"{str(source)[:80]!r}: a model as the tokenizer source "
-            "is not supported: 'base' or 'union' (or modelsoup's --vocab first, with that "
-            "model listed first)",
+            "is not supported: 'base' or 'union' (or modelsoup's "
+            f"{option('vocab', 'first')}, with that model listed first)",
         )  # fmt: skip
     return source, multiple
 

@@ -37,56 +37,67 @@ def check_compatible(
             f"a soup of adapters needs one base ({option('base_model')})"
         )
     implied = check_same_names(ingredients)
-    first = ingredients[0]
-    ref = first.layout
-    ref_names = ref.names
     for other in ingredients[1:]:
-        lay = other.layout
-        for name in ref_names:
-            if name in implied:
-                continue  # its target is compared
-            a, b = ref.spec(name), lay.spec(name)
-            if a.shape != b.shape:
-                rows = len(a.shape) == len(b.shape) > 0 and a.shape[1:] == b.shape[1:]
-                raise MismatchError(
-                    f"tensor {name!r} has shape {list(a.shape)} in {first.source} but "
-                    f"{list(b.shape)} in {other.source}; soups need ingredients of one "
-                    "architecture, fine-tuned from the same pretrained model"
-                    + ("; if tokens were added in some runs, merge their vocabularies with "
-                       f"{option('vocab', 'union')} (or base, first)" if rows else "")
-                )  # fmt: skip
-            if a.dtype != b.dtype and not (
-                allow_float_dtype_mix and is_float(a.dtype) and is_float(b.dtype)
-            ):
-                fix = (
-                    f"choose the output dtype with {option('dtype')}"
-                    if is_float(a.dtype) and is_float(b.dtype)
-                    else "integer and bool tensors are never converted; re-save one of them"
-                )
-                raise MismatchError(
-                    f"tensor {name!r} is {a.describe()} in {first.source} but "
-                    f"{b.describe()} in {other.source}; {fix}"
-                )
+        _check_specs(ingredients[0], other, implied, allow_float_dtype_mix)
+    return Layout(*_shared_ties(ingredients, implied))
 
-    # Tied in the result = tied in every ingredient: group names by their canonical
-    # name in each ingredient; the first name of a group (in the first ingredient's
-    # order) is stored, the others are aliases of it. A name an ingredient leaves out
-    # as an implied tie counts there as its target.
+
+def _check_specs(
+    first: Ingredient, other: Ingredient, implied: dict[str, str], allow_float_dtype_mix: bool
+) -> None:
+    """``other``'s tensors have ``first``'s shapes and dtypes (an implied tie's target is
+    compared instead of it)."""
+    ref, lay = first.layout, other.layout
+    for name in ref.names:
+        if name in implied:
+            continue  # its target is compared
+        a, b = ref.spec(name), lay.spec(name)
+        if a.shape != b.shape:
+            rows = len(a.shape) == len(b.shape) > 0 and a.shape[1:] == b.shape[1:]
+            raise MismatchError(
+                f"tensor {name!r} has shape {list(a.shape)} in {first.source} but "
+                f"{list(b.shape)} in {other.source}; soups need ingredients of one "
+                "architecture, fine-tuned from the same pretrained model"
+                + ("; if tokens were added in some runs, merge their vocabularies with "
+                   f"{option('vocab', 'union')} (or base, first)" if rows else "")
+            )  # fmt: skip
+        floats = is_float(a.dtype) and is_float(b.dtype)
+        if a.dtype != b.dtype and not (allow_float_dtype_mix and floats):
+            fix = (
+                f"choose the output dtype with {option('dtype')}"
+                if floats
+                else "integer and bool tensors are never converted; re-save one of them"
+            )
+            raise MismatchError(
+                f"tensor {name!r} is {a.describe()} in {first.source} but "
+                f"{b.describe()} in {other.source}; {fix}"
+            )
+
+
+def _shared_ties(
+    ingredients: Sequence[Ingredient], implied: dict[str, str]
+) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """The result's stored tensors and aliases: tied in the result = tied in every
+    ingredient. Names are grouped by their canonical name in each ingredient; the first
+    name of a group (in the first ingredient's order) is stored, the others are aliases
+    of it. A name an ingredient leaves out as an implied tie counts there as its target."""
+
     def canonical(ing: Ingredient, name: str) -> str:
         lay = ing.layout
         return lay.canonical(name if name in lay.specs or name in lay.aliases else implied[name])
 
+    ref = ingredients[0].layout
     groups: dict[tuple[str, ...], str] = {}
     specs: dict[str, TensorSpec] = {}
     aliases: dict[str, str] = {}
-    for name in ref_names:
+    for name in ref.names:
         key = tuple(canonical(ing, name) for ing in ingredients)
         if key in groups:
             aliases[name] = groups[key]
         else:
             groups[key] = name
             specs[name] = ref.spec(name)
-    return Layout(specs, aliases)
+    return specs, aliases
 
 
 def check_same_names(ingredients: Sequence[Ingredient]) -> dict[str, str]:

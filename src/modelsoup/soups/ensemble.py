@@ -110,9 +110,9 @@ def ensemble_baselines(
     LM) gets its ensembles chunk by chunk within ``budget`` bytes (`lm_ensembles`)."""
     if not isinstance(evaluator, LogitEvaluator):
         raise SoupError(
-            f"ensemble baselines need logits; {evaluator_name(evaluator)} gives none: use the "
-            "built-in evaluator (--model and --data, or --task), or implement "
-            "modelsoup.evaluators.LogitEvaluator"
+            f"ensemble baselines need logits; {evaluator_name(evaluator)} gives none: use a "
+            f"built-in evaluator ({option('model')} and {option('data')}, or {option('task')}), "
+            "or implement modelsoup.evaluators.LogitEvaluator"
         )
     sel = evaluator.selection
     splits = list(splits or evaluator.splits)

@@ -27,7 +27,7 @@ import torch
 from ..checkpoints.ingredients import Ingredient, StateDictIngredient
 from ..checkpoints.layout import is_float
 from ..checkpoints.stream import chunk_ranges, materialize
-from ..errors import SoupError
+from ..errors import SoupError, option
 from ..evaluators.classification import forward, to_device
 from ..evaluators.distributed import all_reduce, world
 from ..evaluators.protocols import TrainableEvaluator, evaluator_name
@@ -151,8 +151,9 @@ def learned_soup(
     if not isinstance(evaluator, TrainableEvaluator):
         raise SoupError(
             f"a learned soup trains through the model on the held-out batches; "
-            f"{evaluator_name(evaluator)} gives neither: use the built-in evaluator (--model "
-            "and --data, or --task), or implement modelsoup.evaluators.TrainableEvaluator"
+            f"{evaluator_name(evaluator)} gives neither: use a built-in evaluator "
+            f"({option('model')} and {option('data')}, or {option('task')}), or implement "
+            "modelsoup.evaluators.TrainableEvaluator"
         )
     if mode not in ("auto", "streamed", "memory"):
         raise SoupError(f"mode must be auto, streamed or memory, got {mode!r}")
