@@ -24,6 +24,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,6 +73,31 @@ class SafetensorsFile:
             "or corrupt: copy it again or re-save it with safetensors.torch.save_file"
         )
 
+    def _entry(self, name: str, info: Any) -> tuple[int, int, str, TensorSpec]:
+        """One header entry checked: (first byte, end byte, name, spec)."""
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            ints = [*shape, begin, end]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+                raise TypeError("non-integer shape or offset")
+            if min(ints, default=0) < 0:
+                raise ValueError("negative shape or offset")
+            # torch sizes and strides are int64: a zero-size tensor may still name
+            # dimensions that overflow them
+            if math.prod(max(d, 1) for d in shape) >= 2**63 or max(ints, default=0) >= 2**63:
+                raise ValueError("a dimension or offset beyond 2**63")
+        except (KeyError, TypeError, ValueError) as e:
+            raise self._fail(f"entry for tensor {name!r} is malformed: {info!r:.200}") from e
+        spec = TensorSpec(shape, dtype)
+        if end - begin != spec.nbytes:
+            raise self._fail(
+                f"tensor {name!r}: {spec.describe()} needs {spec.nbytes} bytes but its "
+                f"offsets span {end - begin}"
+            )
+        return begin, end, name, spec
+
     def _read_header(self) -> None:
         size = os.fstat(self._fd).st_size
         if size < 8:
@@ -94,31 +120,9 @@ class SafetensorsFile:
         self.metadata: dict[str, str] = meta
         self._data_start = 8 + n
         data_len = size - self._data_start
-        entries: list[tuple[int, int, str, TensorSpec]] = []
-        for name, info in header.items():
-            try:
-                dtype = SAFETENSORS_DTYPES[info["dtype"]]
-                shape = tuple(info["shape"])
-                begin, end = info["data_offsets"]
-                ints = [*shape, begin, end]
-                if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
-                    raise TypeError("non-integer shape or offset")
-                if min(ints, default=0) < 0:
-                    raise ValueError("negative shape or offset")
-                # torch sizes and strides are int64: a zero-size tensor may still name
-                # dimensions that overflow them
-                if math.prod(max(d, 1) for d in shape) >= 2**63 or max(ints, default=0) >= 2**63:
-                    raise ValueError("a dimension or offset beyond 2**63")
-            except (KeyError, TypeError, ValueError) as e:
-                raise self._fail(f"entry for tensor {name!r} is malformed: {info!r:.200}") from e
-            spec = TensorSpec(shape, dtype)
-            if end - begin != spec.nbytes:
-                raise self._fail(
-                    f"tensor {name!r}: {spec.describe()} needs {spec.nbytes} bytes but its "
-                    f"offsets span {end - begin}"
-                )
-            entries.append((begin, end, name, spec))
-        entries.sort(key=lambda e: (e[0], e[1]))
+        entries = sorted(
+            (self._entry(name, info) for name, info in header.items()), key=lambda e: e[:2]
+        )
         cursor = 0
         for begin, end, name, _ in entries:
             if begin != cursor:
