@@ -414,15 +414,15 @@ def test_gpt2_adapter_transposes_conv1d_and_refuses_a_changed_tie(tmp_path, caps
 def test_large_layers_use_the_randomized_svd_within_a_hair_of_the_optimum():
     """Beyond EXACT_UP_TO, a low rank is found by torch.svd_lowrank (O(m·n·R) instead of
     O(m·n·min(m, n))): deterministic, and its error within 1% of the exact SVD's."""
-    from modelsoup.checkpoints.extract import EXACT_UP_TO, _factor
+    from modelsoup.checkpoints.adapters import EXACT_UP_TO, low_rank
 
     g = torch.Generator().manual_seed(0)
     m, n = EXACT_UP_TO + 64, EXACT_UP_TO + 200
     u = torch.linalg.qr(torch.randn(m, 64, generator=g))[0]
     v = torch.linalg.qr(torch.randn(n, 64, generator=g))[0]
     delta = (u * torch.logspace(0, -2, 64)) @ v.T + 1e-4 * torch.randn(m, n, generator=g)
-    b, a, err = _factor(delta, 8)
-    assert torch.equal(_factor(delta, 8)[0], b)
+    b, a, err = low_rank(delta, 8)
+    assert torch.equal(low_rank(delta, 8)[0], b)
     s = torch.linalg.svdvals(delta)
     optimum = float(s[8:].norm() / s.norm())  # Eckart-Young
     assert 0.9999 * optimum <= err <= 1.01 * optimum

@@ -14,7 +14,7 @@ soup, up to float rounding.
 
 Memory: one module's weights, its SVD and its factors at a time. Time: one SVD per
 linear layer, exact up to 1024 (or R above a quarter of the smaller side), randomized
-beyond (`EXACT_UP_TO`).
+beyond (`adapters.EXACT_UP_TO`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import SoupError, option, render
-from .adapters import ADAPTER_CONFIG, PREFIX
+from .adapters import ADAPTER_CONFIG, PREFIX, low_rank
 from .ingredients import Ingredient
 from .tokens import hf_folder
 from .vocab import meta_model
@@ -95,34 +95,6 @@ def _modules(
             )
 
 
-# A truncated SVD of rank R of an [m, n] change costs O(m·n·min(m, n)) exactly (62 s for
-# 4096 x 11008 on 2 cores: 2.3 hours for a 7B model) and O(m·n·R) by the randomized
-# algorithm (Halko et al., 2011; torch.svd_lowrank, 4 power iterations: 1.1 s there, with
-# an error 0.07% above the optimum at R = 64). Exact where that is cheap or R is large.
-EXACT_UP_TO = 1024  # min(m, n) up to which the SVD is exact whatever R
-OVERSAMPLE, POWER_ITERATIONS = 16, 4
-
-
-def _factor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """B [out, rank], A [rank, in] of ΔW [out, in] (zero-padded past its rank), and the
-    relative Frobenius error of B·A."""
-    small = min(delta.shape)
-    if small <= EXACT_UP_TO or 4 * rank > small:
-        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    else:
-        with torch.random.fork_rng(devices=[]):  # the same factors on every run
-            torch.manual_seed(0)
-            u, s, v = torch.svd_lowrank(delta, q=rank + OVERSAMPLE, niter=POWER_ITERATIONS)
-        vh = v.T
-    r = min(rank, s.numel())
-    root = s[:r].sqrt()
-    b = torch.zeros(delta.shape[0], rank)
-    a = torch.zeros(rank, delta.shape[1])
-    b[:, :r], a[:r] = u[:, :r] * root, root[:, None] * vh[:r]
-    norm = float(delta.norm())
-    return b, a, (float((delta - b @ a).norm()) / norm if norm else 0.0)
-
-
 def extract_lora(
     soup: Ingredient,
     base: Ingredient,
@@ -164,7 +136,7 @@ def extract_lora(
     for mod, kind, theirs in _modules(soup, base, model, fan, bias):
         if kind == "lora":
             delta = theirs[f"{mod}.weight"].float() - base.get(f"{mod}.weight").float()
-            b, a, err = _factor(delta.T if fan else delta, out.rank)
+            b, a, err = low_rank(delta.T if fan else delta, out.rank)
             if max_error is None or err <= max_error:
                 out.errors[mod] = err
                 tensors[f"{PREFIX}{mod}.lora_A.weight"] = a.contiguous()
