@@ -145,8 +145,8 @@ def test_inspect_lists_what_each_rule_matches(sweep_with_base, capsys):
     assert main(["inspect", *fts, "--base", base, "--keep", f"{HEAD}=base", "--only", BODY,
                  "--weights-for", f"{BODY}=0.5,0.25,0.25", "-q"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert f"--keep {HEAD}=base: 2 tensor(s) from {base}: 2.bias, 2.weight" in out
-    assert f"--only {BODY}: merges 2 tensor(s): 0.bias, 0.weight" in out
+    assert f"--keep '{HEAD}=base': 2 tensor(s) from {base}: 2.bias, 2.weight" in out
+    assert f"--only '{BODY}': merges 2 tensor(s): 0.bias, 0.weight" in out
     assert main(["inspect", *fts, "--keep", "zzz=first", "--json", "-q"]) == 2
     assert main(["inspect", *fts, "--base", base, "--only", BODY, "--json", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)

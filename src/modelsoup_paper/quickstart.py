@@ -66,11 +66,12 @@ def _train(net: nn.Module, ds: TensorDataset, *, lr: float, steps: int, seed: in
         opt.step()
 
 
-def make_sweep(out: Path, k: int = FINETUNES, log=print) -> list[Path]:
+def make_sweep(out: str | Path, k: int = FINETUNES, log=print) -> list[Path]:
     """``base.safetensors`` (the shared initialization θ0) and ``ft0..ft{k-1}`` in
     ``out``, deterministic; returns the fine-tunes' paths."""
     from safetensors.torch import save_file
 
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     net = model()

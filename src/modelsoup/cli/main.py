@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -85,9 +86,9 @@ FLAGS = {"trust_code": "--trust-task-code", "fraction": "--certify"}
 
 
 def flag(name: str, value: str | None = None, given: str | None = None) -> str:
-    """How the command line spells the library's parameter ``name`` (with ``value``;
-    ``given``: the flag the message names itself): what `modelsoup.errors.option`
-    renders while a command runs."""
+    """How the command line spells the library's parameter ``name`` (with ``value``,
+    quoted where a shell needs it; ``given``: the flag the message names itself): what
+    `modelsoup.errors.option` renders while a command runs."""
     spelled = (
         given
         or FLAGS.get(name)
@@ -96,7 +97,9 @@ def flag(name: str, value: str | None = None, given: str | None = None) -> str:
             "--" + name.replace("_", "-"),
         )
     )
-    return spelled if value is None or is_switch(value) else f"{spelled} {value}"
+    if value is None or is_switch(value):
+        return spelled
+    return f"{spelled} {shlex.quote(value)}"  # as a shell takes it: 'lm_head|embed=base'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
