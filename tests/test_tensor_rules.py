@@ -180,13 +180,13 @@ def test_a_python_caller_prepares_as_the_command_does(sweep_with_base, tmp_path)
     Python, and errors that name the parameter, not the flag."""
     import modelsoup as ms
     from modelsoup.errors import SoupError
-    from modelsoup.jobs.prepare import Preparation, prepare
+    from modelsoup.jobs.prepare import Preparation, prepare_inputs
 
     base, fts = sweep_with_base
     cli = _run(["uniform", *fts, "--base", base, "--keep", f"{HEAD}=base",
                 "-o", str(tmp_path / "a.safetensors")])  # fmt: skip
     opened = [ms.open_ingredient(p) for p in fts]
-    prep = prepare(opened, ms.open_ingredient(base), Preparation(keep=[(HEAD, "base")]))
+    prep = prepare_inputs(opened, ms.open_ingredient(base), Preparation(keep=[(HEAD, "base")]))
     soup = ms.materialize(ms.uniform_soup(prep.ingredients))
     assert cli.keys() == soup.keys()
     for name in cli:
@@ -194,8 +194,8 @@ def test_a_python_caller_prepares_as_the_command_does(sweep_with_base, tmp_path)
     assert prep.rules[0]["rule"] == f"keep={HEAD + '=base'!r}"  # no flag in a Python record
     assert any(line.startswith("keep=") for line in prep.lines())
     with pytest.raises(SoupError, match=r"base='THETA0'") as e:
-        prepare(opened, None, Preparation(keep=[(HEAD, "base")]))
+        prepare_inputs(opened, None, Preparation(keep=[(HEAD, "base")]))
     assert "--" not in str(e.value)
     with pytest.raises(SoupError, match=r"vocab_multiple pads") as e:
-        prepare(opened, None, Preparation(vocab_multiple=8))
+        prepare_inputs(opened, None, Preparation(vocab_multiple=8))
     assert "--" not in str(e.value)

@@ -28,7 +28,7 @@ from .evaluators import (
 )
 from .jobs.certify import HeldOut, split_heldout
 from .jobs.pipelines import certify_soup, ensemble_run, greedy_run
-from .jobs.prepare import Preparation, Prepared, prepare
+from .jobs.prepare import Preparation, Prepared, prepare_inputs
 from .jobs.recipes import RECIPES
 from .jobs.run_folders import RunFolders
 from .merges.arcee_fusion import arcee_fusion
@@ -67,7 +67,7 @@ __version__ = package_version()
 __all__ = [
     "Preparation",
     "Prepared",
-    "prepare",
+    "prepare_inputs",
     "RunFolders",
     "arcee_fusion",
     "breadcrumbs",

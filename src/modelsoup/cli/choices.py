@@ -1,7 +1,7 @@
 """Options that change what a soup is made of, shared by every recipe: the vocabulary of
 ingredients whose tokenizers differ (``--vocab``), and per-tensor choices (``--keep``,
 ``--only``, ``--weights-for``). They are parsed here into a
-`modelsoup.jobs.prepare.Preparation`, which `modelsoup.jobs.prepare.prepare` applies."""
+`modelsoup.jobs.prepare.Preparation`, which `modelsoup.jobs.prepare.prepare_inputs` applies."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 from ..checkpoints.ingredients import Ingredient
 from ..checkpoints.tokens import VOCAB_MODES
-from ..jobs.prepare import Preparation, Prepared
-from ..jobs.prepare import prepare as prepare_inputs
+from ..jobs.prepare import Preparation, Prepared, prepare_inputs
 from ..ops.select import parse_keep, parse_weights_for
 from . import options as o
 
@@ -83,14 +82,14 @@ def preparation(args: argparse.Namespace) -> Preparation:
     )
 
 
-def prepare(
+def prepare_args(
     args: argparse.Namespace,
     ingredients: Sequence[Ingredient],
     base: Ingredient | None,
     *,
     quiet: bool = False,
 ) -> Prepared:
-    """`modelsoup.jobs.prepare.prepare` with the command's options; what the vocabulary
+    """`modelsoup.jobs.prepare.prepare_inputs` with the command's options; what the vocabulary
     alignment did is said on stderr (rank 0, unless ``quiet``)."""
     say = None if quiet or not o.is_rank0() else (lambda line: print(line, file=sys.stderr))
     return prepare_inputs(ingredients, base, preparation(args), say=say)
@@ -100,7 +99,7 @@ def open_prepared(
     args: argparse.Namespace, minimum: int = 2, paths: Sequence[str] | None = None
 ) -> tuple[list[Ingredient], Prepared]:
     """Open the ingredients (``paths``, default ``args.ingredients``) and ``--base``, check
-    them distinct, and `prepare` them: every checkpoint read (the base last), and the
+    them distinct, and `prepare_args` them: every checkpoint read (the base last), and the
     inputs as the recipe sees them."""
     from ..checkpoints.read import open_ingredient
     from ..ops.checks import check_distinct
@@ -111,7 +110,7 @@ def open_prepared(
     base = None if path is None else open_ingredient(path, key=args.key, base_model=args.base_model)
     read = [*ings, *([base] if base is not None else [])]
     check_distinct(read)
-    return read, prepare(args, ings, base)
+    return read, prepare_args(args, ings, base)
 
 
 def print_rules(prep: Prepared) -> None:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report: dict = {"ingredients": [summarize(i) for i in ingredients]}
     if args.vocab or args.vocab_multiple or args.keep or args.only or args.weights_for:
-        prep = c.prepare(args, ingredients, base, quiet=args.json)
+        prep = c.prepare_args(args, ingredients, base, quiet=args.json)
         ingredients, base = prep.ingredients, prep.base
         report.update(prep.summary())
         report["tensor_rules"] = prep.rules

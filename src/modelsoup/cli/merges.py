@@ -146,9 +146,9 @@ def open_inputs(
         first, second = (one(getattr(args, n)) for n, _, _ in POSITIONAL[merge.inputs])
         check_distinct([first, second])
         if merge.inputs == "base+one":
-            prep = c.prepare(args, [second], first)
+            prep = c.prepare_args(args, [second], first)
             return (prep.base, prep.ingredients[0]), [second, first], prep
-        prep = c.prepare(args, [first, second], None)
+        prep = c.prepare_args(args, [first, second], None)
         return tuple(prep.ingredients), [first, second], prep
     read, prep = c.open_prepared(args, merge.min_models)
     if merge.inputs == "models":

@@ -4,7 +4,7 @@ one source, tensors merged, weights per tensor). `prepare` applies a `Preparatio
 opened inputs, so that what a recipe evaluates is what it writes; every command applies
 its options through it, and a Python caller can do the same::
 
-    prep = prepare(ingredients, base, Preparation(vocab="union", keep=[("lm_head", "base")]))
+    prep = prepare_inputs(ingredients, base, Preparation(vocab="union", keep=[("lm_head", "base")]))
     soup = uniform_soup(prep.ingredients)
 """
 
@@ -95,7 +95,7 @@ def rule_lines(rules: Sequence[dict[str, Any]], limit: int = 8) -> list[str]:
     return lines
 
 
-def prepare(
+def prepare_inputs(
     ingredients: Sequence[Ingredient],
     base: Ingredient | None,
     how: Preparation = Preparation(),
