@@ -355,6 +355,7 @@ def save_adapter(
     (0 for a ΔW of zero). Atomic, like every writer.
     """
     from safetensors.torch import save_file
+    from tqdm.auto import tqdm
 
     from .save import atomic_output, check_output
 
@@ -373,7 +374,7 @@ def save_adapter(
     check_output(path, tuple(f for a in adapters for f in a.files), force)
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
-    for name in targets:
+    for name in tqdm(targets, desc="adapter modules", disable=not progress, delay=0.5):
         delta = soup.get(name).float() - base.get(name).float()
         b, a, errors[name] = low_rank(delta.T if fan else delta, rank)
         module = PREFIX + name.removesuffix(".weight")
