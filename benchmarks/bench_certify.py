@@ -49,6 +49,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from modelsoup_paper.quickstart import train_steps
+
 DIM, CLASSES, HIDDEN, K = 20, 5, 64, 8
 LRS = [1e-3, 3e-3, 3e-3, 1e-2, 1e-2, 1e-2, 3e-2, 0.1]
 TRUTH = 100_000
@@ -86,15 +88,7 @@ def draw(n: int, seed: int, shift: float = 0.7) -> TensorDataset:
 def train(state: dict, data: TensorDataset, lr: float, steps: int, seed: int) -> dict:
     m = model()
     m.load_state_dict(state)
-    x, y = data.tensors
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(m.parameters(), lr=lr)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (32,), generator=g)
-        loss = nn.functional.cross_entropy(m(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(m, data, lr=lr, steps=steps, seed=seed, batch=32)  # AdamW, weight decay 0.01
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
 

@@ -151,6 +151,27 @@ def test_a_fraction_outside_its_range_is_refused():
 # -- the verdict ---------------------------------------------------------------------------
 
 
+def test_a_choice_on_the_whole_split_is_refused_a_certificate(tmp_path):
+    """A certified split handed with the unsplit evaluator would let the choice see the
+    certifying examples: every job refuses it before writing, instead of certifying."""
+    from modelsoup.jobs.compare import compare
+
+    ings, labels = _pool(4, seed=0)
+    ev = _evaluator(labels)
+    held = split_heldout(ev, 0.5)
+    for run in (
+        lambda out: greedy_run(ings, ev, out, held=held),
+        lambda out: ensemble_run(ings, ev, out, held=held),
+        lambda out: compare(ings, ev, out, held=held),
+    ):
+        out = tmp_path / "run"
+        with pytest.raises(SoupError, match="pass held.choose"):
+            run(out)
+        assert not out.exists()
+    _, res = greedy_run(ings, ev, tmp_path / "off", held=split_heldout(ev, 0))  # nothing held
+    assert res["certified"]["verdict"] is None
+
+
 def test_the_verdict_follows_the_interval_of_the_difference():
     assert verdict(0.02, 0.005) == "beats"
     assert verdict(-0.02, 0.005) == "below"

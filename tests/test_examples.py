@@ -16,6 +16,18 @@ def _env():
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def _greedy(folder: Path, out: Path, *options: str) -> dict:
+    """``modelsoup greedy`` on the fine-tunes of ``folder`` in a subprocess, writing
+    ``out``; its result.json."""
+    r = subprocess.run(
+        [sys.executable, "-m", "modelsoup.cli", "greedy", *map(str, sorted(folder.glob("ft*"))),
+         "-o", str(out), "--model", "examples/tiny_sweep.py:model", *options, "-q"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(out.with_name(out.name + ".run").joinpath("result.json").read_text())
+
+
 @pytest.mark.slow  # CI time: run by `pytest -m slow` (README)
 def test_demo_script(tmp_path):
     out = tmp_path / "demo"
@@ -43,40 +55,12 @@ def test_demo_script(tmp_path):
     assert result["cost"]["scoring_reads"] == 0  # scores came from the ensemble's logits
     assert set(load_file(out / "greedy.safetensors")) == set(load_file(out / "ft0.safetensors"))
     # The custom evaluator of the README, on the same sweep.
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelsoup.cli",
-            "greedy",
-            *map(str, sorted(out.glob("ft*"))),
-            "-o",
-            str(tmp_path / "custom.safetensors"),
-            "--model",
-            "examples/tiny_sweep.py:model",
-            "--evaluator",
-            "examples/custom_evaluator.py:top1",
-            "-q",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    custom = json.loads((tmp_path / "custom.safetensors.run" / "result.json").read_text())
+    custom = _greedy(out, tmp_path / "custom.safetensors", "--evaluator",
+                     "examples/custom_evaluator.py:top1")  # fmt: skip
     # The user's function scores every held-out example, so it cannot be certified: it
     # keeps what the built-in evaluator keeps when it too chooses on every example.
-    full = tmp_path / "full.safetensors"
-    r = subprocess.run(
-        [sys.executable, "-m", "modelsoup.cli", "greedy", *map(str, sorted(out.glob("ft*"))),
-         "-o", str(full), "--model", "examples/tiny_sweep.py:model",
-         "--data", "examples/tiny_sweep.py:data", "--certify", "0", "-q"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    every = json.loads((tmp_path / "full.safetensors.run" / "result.json").read_text())
+    every = _greedy(out, tmp_path / "full.safetensors", "--data", "examples/tiny_sweep.py:data",
+                    "--certify", "0")  # fmt: skip
     assert custom["kept"] == every["kept"]  # the same accuracy, measured by the user's code
 
 
@@ -103,32 +87,9 @@ def test_readme_own_evaluator_snippet_runs_as_printed(tmp_path):
     record = json.loads((sweep / "run" / "result.json").read_text())
     assert str(record["kept"]) in r.stdout and (sweep / "greedy.safetensors").is_file()
     assert record["heldout"]["score"] >= record["best_single"]["heldout"]
-    cli = tmp_path / "cli.safetensors"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelsoup.cli",
-            "greedy",
-            *map(str, sorted(sweep.glob("ft*"))),
-            "-o",
-            str(cli),
-            "--model",
-            "examples/tiny_sweep.py:model",
-            "--data",
-            "examples/tiny_sweep.py:data",
-            "-q",
-            "--certify",
-            "0",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip  (--certify 0: choose on every held-out example, as greedy_run does)
-    assert r.returncode == 0, r.stderr[-2000:]
-    cli_kept = json.loads((tmp_path / "cli.safetensors.run" / "result.json").read_text())["kept"]
+    cli_kept = _greedy(sweep, tmp_path / "cli.safetensors", "--data",
+                       "examples/tiny_sweep.py:data", "--certify", "0")["kept"]  # fmt: skip
+    # (--certify 0: choose on every held-out example, as greedy_run does)
     assert [Path(p).name for p in cli_kept] == [Path(p).name for p in record["kept"]]
 
 

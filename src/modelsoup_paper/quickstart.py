@@ -54,12 +54,16 @@ def data() -> dict[str, TensorDataset]:
     return {"val": task(11, 500), "test": task(12, 2000), "shift": task(13, 2000, shift=0.3)}
 
 
-def _train(net: nn.Module, ds: TensorDataset, *, lr: float, steps: int, seed: int) -> None:
+def train_steps(
+    net: nn.Module, ds: TensorDataset, *, lr: float, steps: int, seed: int, batch: int = 64
+) -> None:
+    """``steps`` AdamW steps (weight decay 0.01) on random batches of ``ds`` drawn with
+    ``seed``: how the tiny sweeps (this one, `benchmarks/bench_certify.py`) are trained."""
     x, y = ds.tensors
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
+        idx = torch.randint(0, len(x), (batch,), generator=g)
         loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -71,11 +75,13 @@ def make_sweep(out: str | Path, k: int = FINETUNES, log=print) -> list[Path]:
     ``out``, deterministic; returns the fine-tunes' paths."""
     from safetensors.torch import save_file
 
+    from modelsoup.evaluators.logits import correct_count
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     net = model()
-    _train(net, task(0, 4000, centres=1), lr=3e-3, steps=400, seed=0)  # "pretraining"
+    train_steps(net, task(0, 4000, centres=1), lr=3e-3, steps=400, seed=0)  # "pretraining"
     base = {n: t.clone() for n, t in net.state_dict().items()}
     save_file(base, out / "base.safetensors")
     train = task(10, 1000)  # the downstream task's training split
@@ -85,9 +91,9 @@ def make_sweep(out: str | Path, k: int = FINETUNES, log=print) -> list[Path]:
     for i in range(k):
         lr = math.exp(rng.uniform(math.log(1e-4), math.log(3e-3)))
         net.load_state_dict(base)
-        _train(net, train, lr=lr, steps=300, seed=100 + i)
+        train_steps(net, train, lr=lr, steps=300, seed=100 + i)
         with torch.no_grad():
-            acc = (net(x).argmax(1) == y).float().mean().item()
+            acc = correct_count(net(x), y) / len(y)
         paths.append(out / f"ft{i}.safetensors")
         save_file(net.state_dict(), paths[-1])
         log(f"  {paths[-1]}: lr {lr:.2e}, held-out accuracy {acc:.3f}")

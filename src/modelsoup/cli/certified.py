@@ -54,7 +54,10 @@ def say(held: HeldOut, certs: Mapping[str, Any], metric: str = "accuracy") -> No
         print(f"not certified: {held.reason}")
         return
     n, m = held.examples, held.certify.size(held.certify.selection)
-    print(f"chose on {n - m} of the {n} held-out examples; certified on the other {m}:")
+    print(
+        f"chose on {n - m} of the {n} held-out examples; certified on the other {m} "
+        "(examples that no choice saw):"
+    )
     for label, cert in certs.items():
         print(f"  {label}: {in_words(cert, metric)}")
 

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from ..jobs.compare import Settings, compare
-from ..jobs.compare_report import table, verdicts
+from ..jobs.compare_report import table
 from . import certified as cf
 from . import choices as c
 from . import options as o
@@ -95,12 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))
             )
         )
-    if held.certify is None:
-        print(f"not certified: {held.reason}")
-    else:
-        print(f"certified on {held.certify.size(held.certify.selection)} held-out examples "
-              "that no choice saw:")  # fmt: skip
-        for line in verdicts(results):
-            print("  " + line)
+    certs = {r["method"]: r["certified"] for r in results["methods"]}
+    cf.say(held, certs, results["metric"])
     print(f"wrote {out}/report.html, results.md, results.json, results.csv")
     return 0

@@ -44,7 +44,7 @@ import torch
 
 from ..analysis.paired import Z95, paired, paired_tokens
 from ..errors import SoupError
-from ..evaluators.logits import correct
+from ..evaluators.logits import compute_logits, correct
 from ..evaluators.protocols import (
     ExampleScores,
     LogitEvaluator,
@@ -52,7 +52,9 @@ from ..evaluators.protocols import (
     Parted,
     State,
     TokenExamples,
+    outputs,
 )
+from ..soups.ensemble import mean_logits, mixture_losses
 
 DEFAULT_FRACTION = 0.5
 MIN_EXAMPLES = 100  # below: each part would hold under 50 examples
@@ -139,6 +141,18 @@ def split_heldout(
     return HeldOut(choose, certify, fraction, seed, examples=n)
 
 
+def check_chooser(held: HeldOut, evaluator: Any) -> None:
+    """Refuse a certified ``held`` with an ``evaluator`` other than ``held.choose``: that
+    choice would see the certifying examples, and its certificate would claim they were
+    unseen."""
+    if held.certify is not None and evaluator is not held.choose:
+        raise SoupError(
+            "the evaluator given is not the choosing part of the certified split, so the "
+            "choice would see the examples that certify it: pass held.choose as the "
+            "evaluator (or a held-out split made with fraction 0)"
+        )
+
+
 def _gives_outcomes(evaluator: Any) -> bool:
     return isinstance(evaluator, (LossEvaluator, LogitEvaluator, ExampleScores))
 
@@ -170,10 +184,8 @@ def outcomes_of(evaluator: Any, output: torch.Tensor) -> Outcomes:
 def outcomes(evaluator: Any, state: State) -> Outcomes:
     """``state``'s outcomes on ``evaluator``'s selection split (one evaluation)."""
     sel = evaluator.selection
-    if isinstance(evaluator, LossEvaluator):
-        return outcomes_of(evaluator, evaluator.losses(state, [sel])[sel])
-    if isinstance(evaluator, LogitEvaluator):
-        return outcomes_of(evaluator, evaluator.logits(state, [sel])[sel])
+    if isinstance(evaluator, (LossEvaluator, LogitEvaluator)):
+        return outcomes_of(evaluator, outputs(evaluator, state, [sel])[sel])
     return Outcomes(evaluator.example_scores(state).double())
 
 
@@ -306,9 +318,6 @@ def certify_ensembles(
     certifying outcomes with its name (None: not certified), for other rows to compare
     with. Costs each ingredient's outputs on the certifying part (cached in ``cache``);
     a language model's ensembles are scored chunk by chunk within ``budget`` bytes."""
-    from ..evaluators.logits import compute_logits
-    from ..soups.ensemble import mean_logits, mixture_losses
-
     rows = ("best_on_val", "ensemble", "greedy_ensemble")
     if held.certify is None:
         return {r: not_certified(held) for r in rows}, None

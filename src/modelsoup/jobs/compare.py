@@ -42,6 +42,7 @@ from .certify import (
     Outcomes,
     certificate,
     certify_ensembles,
+    check_chooser,
     mean_outcomes,
     metric_of,
     not_certified,
@@ -267,11 +268,12 @@ def compare(
     ``out/results.json``). Recipes needing a base (WiSE-FT of the greedy soup, and every
     registered merge of fine-tunes on a base: Model Stock, and those with a grid tuned on
     held-out) run when ``base`` is given; logit ensembles with a `LogitEvaluator`;
-    learned soups with a `TrainableEvaluator`. With ``held`` (`certify.split_heldout`
-    of ``evaluator``), every choice is made on its choosing part and each row carries
-    its ``certified`` object (see `certify`)."""
-    if held is None or held.choose is not evaluator:
+    learned soups with a `TrainableEvaluator`. With ``held`` (`certify.split_heldout`,
+    whose ``choose`` is ``evaluator``), every choice is made on its choosing part and each
+    row carries its ``certified`` object (see `certify`)."""
+    if held is None:
         held = uncertified(evaluator, "no certifying split was given")
+    check_chooser(held, evaluator)
     k = _Kitchen(ingredients, held, out, settings or Settings())
     scores = k.baselines()
     k.cook("uniform soup", lambda: uniform_soup(ingredients, **k.opts))

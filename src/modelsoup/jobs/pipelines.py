@@ -34,7 +34,14 @@ from ..soups.greedy import GreedyResult, Order, greedy_soup
 from ..store.cache import LogitCache
 from ..store.journal import journal_at
 from ..store.provenance import record_run, write_json
-from .certify import HeldOut, best_index, certify_ensembles, certify_state, not_certified
+from .certify import (
+    HeldOut,
+    best_index,
+    certify_ensembles,
+    certify_state,
+    check_chooser,
+    not_certified,
+)
 
 
 def read_scores(
@@ -138,14 +145,17 @@ def greedy_run(
     another run (``--force``); without it such a journal is refused. ``repeats`` > 1
     runs the random order with seeds ``seed, seed+1, ...`` and reports mean and standard
     deviation, as the paper does. ``options`` go to `greedy_soup` (``accumulate``,
-    ``integers``). With ``held`` (`certify.split_heldout` of ``evaluator``), the result's
-    ``certified`` object certifies the (first) soup against the best ingredient.
+    ``integers``). With ``held`` (`certify.split_heldout`, whose ``choose`` is
+    ``evaluator``; another evaluator is refused), the result's ``certified`` object
+    certifies the (first) soup against the best ingredient.
     """
     if repeats > 1 and order != "random":
         raise SoupError(
             f"{option('repeats')} needs {option('order', 'random')} (a sorted order is the same "
             "each time)"
         )
+    if held is not None:
+        check_chooser(held, evaluator)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     scoring_reads = 0
@@ -188,28 +198,14 @@ def greedy_run(
     if repeats > 1:
         result["repeats"] = _repeats(ingredients, runs, seed)
     if held is not None:
-        result["certified"] = _certify_greedy(ingredients, evaluator, held, first, run_dir)
+        ran = [s.score if s is not None else None for s in first.scores]
+        scores = ran if any(s is not None for s in ran) else None  # a random order: none
+        result["certified"] = certify_soup(
+            ingredients, held, lazy_state(first.soup), run_dir, scores=scores
+        )
         result["cost"]["certify_evaluations"] = 2 if held.certify is not None else 0
     write_json(run_dir / "result.json", result)
     return first, result
-
-
-def _certify_greedy(
-    ingredients: Sequence[Ingredient],
-    evaluator: Evaluator,
-    held: HeldOut,
-    run: GreedyResult,
-    run_dir: Path,
-) -> dict[str, Any]:
-    """The greedy soup's certificate against the ingredient best on the choosing part
-    (scored now when the run did not score them: a random order)."""
-    if held.certify is None:
-        return not_certified(held)
-    scores = [s.score if s is not None else None for s in run.scores]
-    if not any(s is not None for s in scores):
-        scores = choosing_scores(ingredients, evaluator, run_dir)
-    best = ingredients[best_index(scores)]
-    return certify_state(held, lazy_state(run.soup), lazy_state(best), best.source)
 
 
 def choosing_scores(
@@ -225,13 +221,21 @@ def choosing_scores(
 
 
 def certify_soup(
-    ingredients: Sequence[Ingredient], held: HeldOut, state: Mapping[str, Any], run_dir: Path
+    ingredients: Sequence[Ingredient],
+    held: HeldOut,
+    state: Mapping[str, Any],
+    run_dir: Path,
+    *,
+    scores: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
-    """The certificate of a soup's ``state``, chosen on ``held.choose`` (a learned
-    soup, a tuned merge), against the ingredient best on the choosing part."""
+    """The certificate of a soup's ``state``, chosen on ``held.choose`` (a greedy or
+    learned soup, a tuned merge), against the ingredient best on the choosing part:
+    best by ``scores`` (the run's own, when it scored the ingredients), else scored now."""
     if held.certify is None:
         return not_certified(held)
-    best = ingredients[best_index(choosing_scores(ingredients, held.choose, run_dir))]
+    if scores is None:
+        scores = choosing_scores(ingredients, held.choose, run_dir)
+    best = ingredients[best_index(scores)]
     return certify_state(held, state, lazy_state(best), best.source)
 
 
@@ -329,8 +333,10 @@ def ensemble_run(
 ) -> dict[str, Any]:
     """The ensemble baselines from (cached) logits, recorded in ``run_dir/ensemble.json``
     (a language model's: at most ``budget`` bytes of logits at once); with ``held``
-    (`certify.split_heldout` of ``evaluator``), each row's certificate under
-    ``certified``."""
+    (`certify.split_heldout`, whose ``choose`` is ``evaluator``), each row's certificate
+    under ``certified``."""
+    if held is not None:
+        check_chooser(held, evaluator)
     run_dir = Path(run_dir)
     record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
     cache = LogitCache(run_dir / "logits")
