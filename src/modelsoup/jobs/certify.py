@@ -141,11 +141,11 @@ def split_heldout(
     return HeldOut(choose, certify, fraction, seed, examples=n)
 
 
-def check_chooser(held: HeldOut, evaluator: Any) -> None:
+def check_chooser(held: HeldOut | None, evaluator: Any) -> None:
     """Refuse a certified ``held`` with an ``evaluator`` other than ``held.choose``: that
     choice would see the certifying examples, and its certificate would claim they were
-    unseen."""
-    if held.certify is not None and evaluator is not held.choose:
+    unseen. Nothing to check without ``held``."""
+    if held is not None and held.certify is not None and evaluator is not held.choose:
         raise SoupError(
             "the evaluator given is not the choosing part of the certified split, so the "
             "choice would see the examples that certify it: pass held.choose as the "

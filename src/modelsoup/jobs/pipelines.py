@@ -154,8 +154,7 @@ def greedy_run(
             f"{option('repeats')} needs {option('order', 'random')} (a sorted order is the same "
             "each time)"
         )
-    if held is not None:
-        check_chooser(held, evaluator)
+    check_chooser(held, evaluator)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     scoring_reads = 0
@@ -166,23 +165,21 @@ def greedy_run(
         )
     # A checkpoint read while scoring is one full evaluation of it (cache hits cost none).
     scoring_examples = scoring_reads * (scores[0].total if scores else 0)
-    runs: list[GreedyResult] = []
-    for r in range(repeats):
-        name = "journal.jsonl" if order == "sorted" else f"journal-random-seed{seed + r}.jsonl"
-        runs.append(
-            greedy_soup(
-                ingredients,
-                evaluator,
-                compare=compare,
-                order=order,
-                seed=seed + r,
-                scores=scores,
-                journal=journal_at(run_dir / name, restart=restart),
-                early_rejection=early_rejection,
-                progress=progress,
-                **options,
-            )
-        )
+    runs = [
+        greedy_soup(
+            ingredients,
+            evaluator,
+            compare=compare,
+            order=order,
+            seed=seed + r,
+            scores=scores,
+            journal=journal_at(run_dir / _journal_name(order, seed + r), restart=restart),
+            early_rejection=early_rejection,
+            progress=progress,
+            **options,
+        )  # fmt: skip
+        for r in range(repeats)
+    ]
     first = runs[0]
     # recorded once the journals are known to be this run's: a refused run (a journal of
     # another run) leaves the folder's record as it was
@@ -198,14 +195,25 @@ def greedy_run(
     if repeats > 1:
         result["repeats"] = _repeats(ingredients, runs, seed)
     if held is not None:
-        ran = [s.score if s is not None else None for s in first.scores]
-        scores = ran if any(s is not None for s in ran) else None  # a random order: none
-        result["certified"] = certify_soup(
-            ingredients, held, lazy_state(first.soup), run_dir, scores=scores
-        )
+        result["certified"] = _certify_greedy(ingredients, held, first, run_dir)
         result["cost"]["certify_evaluations"] = 2 if held.certify is not None else 0
     write_json(run_dir / "result.json", result)
     return first, result
+
+
+def _journal_name(order: Order, seed: int) -> str:
+    """The journal of one greedy soup in the run folder (a random order's by its seed)."""
+    return "journal.jsonl" if order == "sorted" else f"journal-random-seed{seed}.jsonl"
+
+
+def _certify_greedy(
+    ingredients: Sequence[Ingredient], held: HeldOut, run: GreedyResult, run_dir: Path
+) -> dict[str, Any]:
+    """`certify_soup` of the greedy soup, with the run's own scores of the ingredients
+    (a random order has none: they are scored then)."""
+    ran = [s.score if s is not None else None for s in run.scores]
+    scores = ran if any(s is not None for s in ran) else None
+    return certify_soup(ingredients, held, lazy_state(run.soup), run_dir, scores=scores)
 
 
 def choosing_scores(
@@ -335,8 +343,7 @@ def ensemble_run(
     (a language model's: at most ``budget`` bytes of logits at once); with ``held``
     (`certify.split_heldout`, whose ``choose`` is ``evaluator``), each row's certificate
     under ``certified``."""
-    if held is not None:
-        check_chooser(held, evaluator)
+    check_chooser(held, evaluator)
     run_dir = Path(run_dir)
     record_run(run_dir, "ensemble", args=args, inputs=ingredients, evaluator=evaluator)
     cache = LogitCache(run_dir / "logits")
